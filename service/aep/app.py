@@ -1,0 +1,146 @@
+"""Builds the service from Settings and owns start-up and the ordered shutdown.
+
+Shutdown order: health NOT_SERVING -> stop taking RPCs and let in-flight ones
+finish -> drain the pipeline -> close the store -> close HTTP -> telemetry.
+All of it within shutdown.grace_period; signal handlers only set an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import grpc
+
+from aep.deadletter import DeadLetterQueue
+from aep.health import ServingState
+from aep.http_server import HttpEndpoints
+from aep.pipeline import Pipeline
+from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
+from aep.servicer import AdEventServicer
+from aep.settings import Settings
+from aep.stats import IngestStats
+from aep.storage import StoreError, create_store
+from aep.telemetry import Telemetry
+from aep.validation import EventValidator
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_DRAIN_INCOMPLETE = 1
+EXIT_STARTUP_FAILED = 3
+EXIT_FORCED = 130
+
+
+class Application:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
+        self.pipeline = Pipeline(
+            self.store,
+            self.stats,
+            DeadLetterQueue(settings.dead_letter.dir),
+            batch=settings.batch,
+            queue=settings.queue,
+            retry=settings.retry,
+        )
+        self.serving = ServingState([AD_EVENT_SERVICE_NAME])
+        self.servicer = AdEventServicer(
+            self.pipeline,
+            EventValidator(settings.validation),
+            self.stats,
+            self.serving,
+            server=settings.server,
+            default_ack=settings.ack.mode,
+            store_type=self.store.name,
+        )
+        self.telemetry = Telemetry(self.stats, self.pipeline, self.store.name)
+        self.http = HttpEndpoints(self.serving, self.telemetry.render)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        settings = self.settings
+        try:
+            await self.store.open()
+        except StoreError as error:
+            logger.error("cannot open the store", extra={"error": str(error)})
+            self.telemetry.shutdown()
+            return EXIT_STARTUP_FAILED
+        self.pipeline.start()
+        try:
+            grpc_server, grpc_port = build_server(settings.server, self.servicer, self.serving)
+            http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
+        except (BindError, OSError) as error:
+            logger.error("cannot listen", extra={"error": str(error)})
+            await self.pipeline.drain(settings.shutdown.grace_period)
+            await self.store.close()
+            self.telemetry.shutdown()
+            return EXIT_STARTUP_FAILED
+        await grpc_server.start()
+        await self.serving.set_serving(True)
+        logger.info(
+            "serving",
+            extra={
+                "grpc_port": grpc_port,
+                "metrics_port": http_port,
+                "store": self.store.name,
+                "ack_mode": settings.ack.mode.value,
+                "pid": os.getpid(),
+            },
+        )
+        await stop.wait()
+        return await self._shutdown(grpc_server)
+
+    async def _shutdown(self, grpc_server: grpc.aio.Server) -> int:
+        grace = self.settings.shutdown.grace_period
+        deadline = time.monotonic() + grace
+        logger.info("shutting down", extra={"grace_period_s": grace})
+        await self.serving.begin_shutdown()
+        # In-flight RPCs get half the budget; committed-mode RPCs finish only
+        # when their events are written, which the still-running pipeline does.
+        await grpc_server.stop(grace / 2)
+        drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        try:
+            await self.store.close()
+        except Exception:
+            logger.exception("closing the store failed")
+            drained = False
+        await self.http.close()
+        stats = self.stats
+        logger.info(
+            "stopped",
+            extra={
+                "received": stats.received,
+                "written": stats.written,
+                "duplicates": stats.duplicates,
+                "dead_lettered": stats.dead_lettered,
+                "lost": stats.lost,
+                "drained": drained,
+            },
+        )
+        self.telemetry.shutdown()
+        return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT starts the graceful shutdown; a second one forces exit."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting without draining", extra={"signal": signum})
+            os._exit(EXIT_FORCED)
+        logger.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def serve(settings: Settings) -> int:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    return await Application(settings).run(stop)

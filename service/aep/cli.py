@@ -1,0 +1,73 @@
+"""`ad-event-processor`: the server command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from aep import __version__
+from aep.settings import (
+    CONFIG_PATH_ENV,
+    ConfigError,
+    iter_env_names,
+    load_settings,
+    render_settings,
+)
+
+_EPILOG = """\
+configuration: defaults < YAML file (--config or {config_env}) < environment.
+Every key has an env var: AEP_ + the key path in upper case joined by single
+underscores, e.g. batch.flush_interval -> AEP_BATCH_FLUSH_INTERVAL=200ms.
+Durations: 500us, 200ms, 5s, 1m, 1h. Sizes: 65536, 64KiB, 4MiB.
+
+environment variables:
+{env_names}
+
+exit codes: 0 stopped cleanly with everything acknowledged stored; 1 the
+shutdown could not write everything (what was left is in the dead-letter
+file); 2 bad configuration; 3 start-up failed (store or port); 130 forced by a
+second signal.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    env_names = "\n".join(f"  {name:<42} {'.'.join(path)}" for name, path in iter_env_names())
+    parser = argparse.ArgumentParser(
+        prog="ad-event-processor",
+        description="Ingest ad events over gRPC, batch them and store them "
+        "(JSON Lines files by default).",
+        epilog=_EPILOG.format(config_env=CONFIG_PATH_ENV, env_names=env_names),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"YAML configuration file (or ${CONFIG_PATH_ENV})",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as YAML and exit",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(f"ad-event-processor: {error}", file=sys.stderr)
+        sys.exit(2)
+    if args.print_config:
+        sys.stdout.write(render_settings(settings))
+        return
+    from aep.app import serve
+    from aep.logs import configure_logging
+
+    configure_logging(settings.logging)
+    sys.exit(asyncio.run(serve(settings)))

@@ -1,0 +1,326 @@
+"""`ad-event-client`: smoke and load client. Uses only the public proto.
+
+Modes (the reference design's):
+  single   send --events events one RPC each, one after another
+  batch    send --events events in SendAdEventBatch calls of --batch events
+  load     --concurrent callers send --events events in total (batches of
+           --batch; --batch 1 uses SendAdEvent) and report events/s and latency
+  health   call HealthCheck and grpc.health.v1; exit 0 only when SERVING
+
+Exit codes: 0 every event accepted; 1 some event rejected or an RPC failed;
+2 the server could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_UNREACHABLE = 2
+
+_EVENT_TYPES = (pb.EVENT_TYPE_IMPRESSION, pb.EVENT_TYPE_CLICK, pb.EVENT_TYPE_CONVERSION)
+_ACK_MODES = {
+    "server": pb.ACK_MODE_UNSPECIFIED,
+    "accepted": pb.ACK_MODE_ACCEPTED,
+    "committed": pb.ACK_MODE_COMMITTED,
+}
+
+
+def make_event(rng: random.Random, now: Timestamp) -> pb.AdEvent:
+    event_type = rng.choice(_EVENT_TYPES)
+    event = pb.AdEvent(
+        user_id=f"user-{rng.randrange(1_000_000)}",
+        ad_id=f"ad-{rng.randrange(10_000)}",
+        event_type=event_type,
+        timestamp=now,
+        campaign_id=f"campaign-{rng.randrange(100)}",
+        publisher_id=f"publisher-{rng.randrange(500)}",
+    )
+    if event_type == pb.EVENT_TYPE_CONVERSION:
+        event.price_micros = rng.randrange(1, 50_000_000)
+        event.currency = "USD"
+    return event
+
+
+@dataclass
+class Outcome:
+    accepted: int = 0
+    rejected: int = 0
+    failed_rpcs: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    event_ids: list[str] = field(default_factory=list)
+
+    def failure(self, error: grpc.aio.AioRpcError, events: int) -> None:
+        self.failed_rpcs += 1
+        self.rejected += events
+        key = f"{error.code().name}: {error.details()}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+class Progress:
+    """A bar on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self._total = total
+        self._stream = stream
+        self._enabled = enabled
+        self._tty = stream.isatty()
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < (0.1 if self._tty else 5.0) and done < self._total:
+            return
+        self._last = now
+        rate = done / max(now - self._started, 1e-9)
+        if self._tty:
+            width = 30
+            filled = width * done // max(self._total, 1)
+            bar = "#" * filled + "." * (width - filled)
+            self._stream.write(f"\r[{bar}] {done}/{self._total} events {rate:,.0f}/s")
+            if done >= self._total:
+                self._stream.write("\n")
+        else:
+            self._stream.write(f"progress: {done}/{self._total} events, {rate:,.0f} events/s\n")
+        self._stream.flush()
+
+
+class LoadClient:
+    def __init__(self, channel: grpc.aio.Channel, ack_mode: int, timeout: float, seed: int) -> None:
+        self._stub = pb_grpc.AdEventServiceStub(channel)
+        self._ack_mode = pb.AckMode.ValueType(ack_mode)
+        self._timeout = timeout
+        self._rng = random.Random(seed)
+
+    def _now(self) -> Timestamp:
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        return stamp
+
+    async def send(self, count: int, outcome: Outcome, keep_ids: bool) -> None:
+        """One RPC carrying `count` events (SendAdEvent when count == 1)."""
+        now = self._now()
+        started = time.perf_counter()
+        try:
+            if count == 1:
+                single = await self._stub.SendAdEvent(
+                    pb.SendAdEventRequest(
+                        event=make_event(self._rng, now), ack_mode=self._ack_mode
+                    ),
+                    timeout=self._timeout,
+                )
+                outcome.accepted += 1
+                if keep_ids:
+                    outcome.event_ids.append(single.event_id)
+            else:
+                events = [make_event(self._rng, now) for _ in range(count)]
+                batch = await self._stub.SendAdEventBatch(
+                    pb.SendAdEventBatchRequest(events=events, ack_mode=self._ack_mode),
+                    timeout=self._timeout,
+                )
+                outcome.accepted += batch.accepted_count
+                outcome.rejected += batch.rejected_count
+                for result in batch.results:
+                    if result.status != pb.EVENT_STATUS_ACCEPTED:
+                        key = f"rejected: {result.reason}"
+                        outcome.errors[key] = outcome.errors.get(key, 0) + 1
+                    elif keep_ids:
+                        outcome.event_ids.append(result.event_id)
+        except grpc.aio.AioRpcError as error:
+            outcome.failure(error, count)
+        outcome.latencies.append(time.perf_counter() - started)
+
+
+async def _run_sends(
+    client: LoadClient, total: int, batch: int, concurrent: int, progress: Progress, keep_ids: bool
+) -> tuple[Outcome, float]:
+    outcome = Outcome()
+    remaining = total
+    sent = 0
+
+    async def caller() -> None:
+        nonlocal remaining, sent
+        while remaining > 0:
+            count = min(batch, remaining)
+            remaining -= count
+            await client.send(count, outcome, keep_ids)
+            sent += count
+            progress.update(sent)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrent)))
+    return outcome, time.perf_counter() - started
+
+
+async def _health(channel: grpc.aio.Channel, rpc_timeout_s: float, out: TextIO) -> int:
+    stub = pb_grpc.AdEventServiceStub(channel)
+    health_stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        response = await stub.HealthCheck(pb.HealthCheckRequest(), timeout=rpc_timeout_s)
+        standard = await health_stub.Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=rpc_timeout_s
+        )
+    except grpc.aio.AioRpcError as error:
+        print(f"health check failed: {error.code().name}: {error.details()}", file=sys.stderr)
+        return EXIT_UNREACHABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_REJECTED
+    status = pb.HealthCheckResponse.ServingStatus.Name(response.status)
+    standard_status = health_pb2.HealthCheckResponse.ServingStatus.Name(standard.status)
+    out.write(
+        f"status={status} grpc_health={standard_status} "
+        f"store={response.store_type} store_healthy={response.store_healthy} "
+        f"pending_events={response.pending_events} pending_bytes={response.pending_bytes} "
+        f"version={response.version}\n"
+    )
+    serving = response.status == pb.HealthCheckResponse.SERVING_STATUS_SERVING
+    return EXIT_OK if serving else EXIT_REJECTED
+
+
+def _report(
+    args: argparse.Namespace, outcome: Outcome, elapsed: float, out: TextIO
+) -> dict[str, object]:
+    latencies = sorted(outcome.latencies)
+    summary: dict[str, object] = {
+        "mode": args.mode,
+        "events": args.events,
+        "batch": args.batch,
+        "concurrent": args.concurrent,
+        "accepted": outcome.accepted,
+        "rejected": outcome.rejected,
+        "failed_rpcs": outcome.failed_rpcs,
+        "rpcs": len(latencies),
+        "elapsed_s": round(elapsed, 3),
+        "events_per_s": round(outcome.accepted / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.50) * 1000, 3),
+            "p95": round(percentile(latencies, 0.95) * 1000, 3),
+            "p99": round(percentile(latencies, 0.99) * 1000, 3),
+            "max": round((latencies[-1] if latencies else 0.0) * 1000, 3),
+        },
+        "errors": outcome.errors,
+    }
+    if args.json:
+        out.write(orjson.dumps(summary).decode() + "\n")
+    else:
+        latency = summary["latency_ms"]
+        assert isinstance(latency, dict)
+        out.write(
+            f"{args.mode}: {outcome.accepted} accepted, {outcome.rejected} rejected, "
+            f"{outcome.failed_rpcs} failed RPCs in {elapsed:.2f}s "
+            f"= {summary['events_per_s']:,} events/s\n"
+            f"latency per RPC (ms): p50 {latency['p50']} p95 {latency['p95']} "
+            f"p99 {latency['p99']} max {latency['max']}\n"
+        )
+        for error, count in sorted(outcome.errors.items(), key=lambda item: -item[1])[:10]:
+            out.write(f"  {count} x {error}\n")
+    return summary
+
+
+async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(args.server, options=options) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
+        except TimeoutError:
+            print(
+                f"ad-event-client: cannot reach {args.server} within {args.connect_timeout}s",
+                file=sys.stderr,
+            )
+            return EXIT_UNREACHABLE
+        if args.mode == "health":
+            return await _health(channel, args.timeout, out)
+        client = LoadClient(channel, _ACK_MODES[args.ack_mode], args.timeout, args.seed)
+        batch = 1 if args.mode == "single" else args.batch
+        concurrent = args.concurrent if args.mode == "load" else 1
+        progress = Progress(args.events, sys.stderr, enabled=not args.quiet)
+        keep_ids = args.ids_out is not None
+        outcome, elapsed = await _run_sends(
+            client, args.events, batch, concurrent, progress, keep_ids
+        )
+    _report(args, outcome, elapsed, out)
+    if args.ids_out is not None:
+        args.ids_out.write_text("".join(f"{event_id}\n" for event_id in outcome.event_ids))
+    if (
+        outcome.failed_rpcs
+        and all(error.startswith("UNAVAILABLE") for error in outcome.errors)
+        and outcome.accepted == 0
+    ):
+        return EXIT_UNREACHABLE
+    return EXIT_OK if outcome.rejected == 0 and outcome.failed_rpcs == 0 else EXIT_REJECTED
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(
+        prog="ad-event-client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    result.add_argument(
+        "--server", default="localhost:8080", help="HOST:PORT (default %(default)s)"
+    )
+    result.add_argument("--mode", choices=("single", "batch", "load", "health"), default="single")
+    result.add_argument("--events", type=_positive, default=100, help="events to send in all")
+    result.add_argument("--batch", type=_positive, default=100, help="events per batch RPC")
+    result.add_argument(
+        "--concurrent", type=_positive, default=10, help="RPCs in flight in load mode"
+    )
+    result.add_argument(
+        "--ack-mode",
+        choices=tuple(_ACK_MODES),
+        default="server",
+        help="guarantee to ask for (default: the server's ack.mode)",
+    )
+    result.add_argument("--timeout", type=float, default=10.0, help="per-RPC deadline, seconds")
+    result.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to wait for the server"
+    )
+    result.add_argument("--seed", type=int, default=1, help="random seed for generated events")
+    result.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    result.add_argument("--quiet", action="store_true", help="no progress output")
+    result.add_argument(
+        "--ids-out", type=Path, metavar="FILE", help="write acknowledged event_ids, one per line"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

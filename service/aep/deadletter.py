@@ -1,0 +1,53 @@
+"""Dead-letter files: where batches go that the store refused past the retry bound.
+
+One JSON object per line: {"reason", "failed_at", "attempts", "event": <stored form>},
+in `<dead_letter.dir>/dead-letter-<UTC start>-p<pid>.jsonl`, fsynced per append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from aep.records import EventRecord, format_epoch
+
+DEAD_LETTER_PATTERN = "dead-letter-*.jsonl"
+
+
+class DeadLetterQueue:
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._path: Path | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    async def append(self, records: Sequence[EventRecord], reason: str, attempts: int) -> None:
+        """Raises OSError when even the dead-letter file cannot be written."""
+        failed_at = format_epoch(time.time())
+        lines = b"".join(
+            orjson.dumps(
+                {"reason": reason, "failed_at": failed_at, "attempts": attempts, "event": record},
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
+            for record in records
+        )
+        async with self._lock:
+            await asyncio.to_thread(self._write, lines)
+
+    def _write(self, data: bytes) -> None:
+        if self._path is None:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            self._path = self._directory / f"dead-letter-{stamp}-p{os.getpid()}.jsonl"
+        with self._path.open("ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,337 @@
+"""Admission, batching and the writers between the servicer and the store.
+
+    submit() -> bounded queue (events and bytes) -> batcher (batch.size or
+    batch.flush_interval) -> batch.worker_pool_size writers -> store
+                                          (retry with backoff, then dead-letter)
+
+The queue bound covers every accepted event until its write finished, so
+memory is bounded by queue.max_events / queue.max_bytes no matter how slow the
+store is; past the bound submit() refuses at once (never blocks the loop).
+A submission can ask for a future that resolves when all its events are
+written (ack mode `committed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aep.deadletter import DeadLetterQueue
+from aep.records import EventRecord
+from aep.settings import BatchSettings, QueueSettings, RetrySettings
+from aep.stats import IngestStats
+from aep.storage.base import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+class AdmissionError(Exception):
+    """The pipeline cannot take these events now; nothing of them was accepted."""
+
+
+class QueueFullError(AdmissionError):
+    pass
+
+
+class PipelineClosedError(AdmissionError):
+    pass
+
+
+class CommitFailedError(Exception):
+    """The store refused the events past the retry bound (they were dead-lettered)."""
+
+
+class _Submission:
+    __slots__ = ("arrived", "done", "nbytes", "records", "remaining")
+
+    def __init__(
+        self,
+        records: list[EventRecord],
+        nbytes: int,
+        arrived: float,
+        done: asyncio.Future[None] | None,
+    ) -> None:
+        self.records = records
+        self.nbytes = nbytes
+        self.remaining = len(records)
+        self.arrived = arrived
+        self.done = done
+
+
+@dataclass(slots=True, eq=False)  # identity hash: batches sit in a set while written
+class _Batch:
+    records: list[EventRecord] = field(default_factory=list)
+    parts: list[tuple[_Submission, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StoreState:
+    healthy: bool = True
+    detail: str = "ok"
+    failing_since: float | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: EventStore,
+        stats: IngestStats,
+        dead_letters: DeadLetterQueue,
+        *,
+        batch: BatchSettings,
+        queue: QueueSettings,
+        retry: RetrySettings,
+    ) -> None:
+        self._store = store
+        self._stats = stats
+        self._dead_letters = dead_letters
+        self._batch_size = batch.size
+        self._flush_interval = batch.flush_interval
+        self._worker_count = batch.worker_pool_size
+        self._max_events = queue.max_events
+        self._max_bytes = queue.max_bytes
+        self._retry = retry
+        self._queue: deque[_Submission] = deque()
+        self._head_offset = 0
+        self._queued_events = 0
+        self._pending_events = 0
+        self._pending_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=batch.worker_pool_size)
+        self._writing: set[_Batch] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.store_state = StoreState()
+
+    # -- state -----------------------------------------------------------
+    @property
+    def pending_events(self) -> int:
+        """Accepted events not yet written (queued, batched or being written)."""
+        return self._pending_events
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    @property
+    def queued_events(self) -> int:
+        """Accepted events not yet taken into a batch."""
+        return self._queued_events
+
+    @property
+    def max_events(self) -> int:
+        return self._max_events
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    # -- admission ---------------------------------------------------------
+    def submit(
+        self, records: list[EventRecord], nbytes: int, *, wait_for_commit: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Take the events or raise AdmissionError; never blocks.
+
+        With wait_for_commit, returns a future that resolves once every event is
+        written (or raises CommitFailedError).
+        """
+        if self._closing:
+            raise PipelineClosedError("the server is shutting down")
+        count = len(records)
+        if (
+            self._pending_events + count > self._max_events
+            or self._pending_bytes + nbytes > self._max_bytes
+        ):
+            raise QueueFullError(
+                f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
+                f"bounds queue.max_events={self._max_events}, "
+                f"queue.max_bytes={self._max_bytes}); retry later"
+            )
+        done = asyncio.get_running_loop().create_future() if wait_for_commit else None
+        was_empty = not self._queue
+        self._queue.append(_Submission(records, nbytes, time.monotonic(), done))
+        self._queued_events += count
+        self._pending_events += count
+        self._pending_bytes += nbytes
+        if was_empty or self._queued_events >= self._batch_size:
+            self._wakeup.set()
+        return done
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run_batcher(), name="batcher"))
+        for index in range(self._worker_count):
+            self._tasks.append(asyncio.create_task(self._run_writer(), name=f"writer-{index}"))
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, never expected: make it loud. What the task held is
+        # dead-lettered by drain() when the grace period runs out.
+        logger.critical(
+            "pipeline task crashed", exc_info=task.exception(), extra={"task": task.get_name()}
+        )
+        self.store_state.healthy = False
+        self.store_state.detail = f"pipeline task {task.get_name()} crashed: {task.exception()}"
+
+    async def drain(self, budget_s: float) -> bool:
+        """Stop admission, write everything accepted, stop the tasks.
+
+        True when all was written (or dead-lettered by the retry policy). When
+        the timeout passes first, whatever is left is dead-lettered with the
+        reason "shutdown", so nothing accepted vanishes silently; returns False.
+        """
+        self._closing = True
+        self._wakeup.set()
+        if not self._tasks:
+            return True
+        _, unfinished = await asyncio.wait(self._tasks, timeout=budget_s)
+        if not unfinished:
+            return self._pending_events == 0
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        await self._dead_letter_leftovers()
+        return False
+
+    async def _dead_letter_leftovers(self) -> None:
+        leftovers = list(self._writing)
+        while not self._batches.empty():
+            batch = self._batches.get_nowait()
+            if batch is not None:
+                leftovers.append(batch)
+        if self._queue:
+            leftovers.append(self._take_batch(limit=None))
+        for batch in leftovers:
+            await self._give_up(batch, "shutdown grace period ended before the write", attempts=0)
+
+    # -- batcher ---------------------------------------------------------------
+    async def _run_batcher(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    break
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._queued_events < self._batch_size and not self._closing:
+                delay = self._queue[0].arrived + self._flush_interval - time.monotonic()
+                if delay > 0:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), delay)
+                    continue
+            await self._batches.put(self._take_batch(limit=self._batch_size))
+        for _ in range(self._worker_count):
+            await self._batches.put(None)
+
+    def _take_batch(self, limit: int | None) -> _Batch:
+        batch = _Batch()
+        queue = self._queue
+        while queue and (limit is None or len(batch.records) < limit):
+            head = queue[0]
+            available = len(head.records) - self._head_offset
+            take = available if limit is None else min(available, limit - len(batch.records))
+            if self._head_offset == 0 and take == len(head.records):
+                batch.records.extend(head.records)
+            else:
+                batch.records.extend(head.records[self._head_offset : self._head_offset + take])
+            batch.parts.append((head, take))
+            if take == available:
+                queue.popleft()
+                self._head_offset = 0
+            else:
+                self._head_offset += take
+        self._queued_events -= len(batch.records)
+        return batch
+
+    # -- writers -----------------------------------------------------------------
+    async def _run_writer(self) -> None:
+        while (batch := await self._batches.get()) is not None:
+            self._writing.add(batch)
+            try:
+                await self._write_with_retry(batch)
+            finally:
+                self._writing.discard(batch)
+
+    async def _write_with_retry(self, batch: _Batch) -> None:
+        retry = self._retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self._store.write_batch(batch.records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure is retried, then dead-lettered
+                self._stats.write_failures += 1
+                self._note_store_failure(error)
+                if attempt >= retry.max_attempts:
+                    await self._give_up(batch, f"{type(error).__name__}: {error}", attempt)
+                    return
+                backoff = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+                continue
+            self._note_store_success()
+            stats = self._stats
+            stats.written += result.written
+            stats.duplicates += result.duplicates
+            stats.batches_written += 1
+            self._complete(batch, None)
+            return
+
+    async def _give_up(self, batch: _Batch, reason: str, attempts: int) -> None:
+        try:
+            await self._dead_letters.append(batch.records, reason, attempts)
+        except OSError as error:
+            self._stats.lost += len(batch.records)
+            logger.critical(
+                "events lost: store write failed and the dead-letter file could not be written",
+                extra={"events": len(batch.records), "reason": reason, "error": str(error)},
+            )
+        else:
+            self._stats.dead_lettered += len(batch.records)
+            logger.error(
+                "batch dead-lettered",
+                extra={
+                    "events": len(batch.records),
+                    "reason": reason,
+                    "attempts": attempts,
+                    "path": str(self._dead_letters.path),
+                },
+            )
+        self._complete(batch, CommitFailedError(reason))
+
+    def _complete(self, batch: _Batch, error: Exception | None) -> None:
+        self._pending_events -= len(batch.records)
+        for submission, count in batch.parts:
+            submission.remaining -= count
+            if error is not None and submission.done is not None and not submission.done.done():
+                submission.done.set_exception(error)
+            if submission.remaining == 0:
+                self._pending_bytes -= submission.nbytes
+                if submission.done is not None and not submission.done.done():
+                    submission.done.set_result(None)
+
+    def _note_store_failure(self, error: Exception) -> None:
+        state = self.store_state
+        if state.healthy:
+            logger.warning("store write failed", extra={"error": str(error)})
+            state.failing_since = time.monotonic()
+        state.healthy = False
+        state.detail = f"{type(error).__name__}: {error}"
+
+    def _note_store_success(self) -> None:
+        state = self.store_state
+        if not state.healthy:
+            logger.info("store writes succeed again")
+        state.healthy = True
+        state.detail = "ok"
+        state.failing_since = None

@@ -1,0 +1,85 @@
+"""The grpc.aio server: AdEventService, grpc.health.v1 and reflection on one port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from aep.health import ServingState
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.reflection import enable_reflection
+from aep.servicer import AdEventServicer
+from aep.settings import ServerSettings
+
+AD_EVENT_SERVICE = pb.DESCRIPTOR.services_by_name["AdEventService"]
+AD_EVENT_SERVICE_NAME: str = AD_EVENT_SERVICE.full_name
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+
+
+class BindError(Exception):
+    pass
+
+
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    def ms(seconds: float) -> int:
+        return max(1, int(seconds * 1000))
+
+    return [
+        # The servicer refuses requests over max_message_bytes with
+        # INVALID_ARGUMENT naming the limit; gRPC core cuts anything over twice
+        # that before it is read whole.
+        ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
+        ("grpc.max_send_message_length", 2 * settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
+    ]
+
+
+def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    # Raw bytes in (no request_deserializer): the servicer decodes and answers
+    # malformed input with INVALID_ARGUMENT.
+    handlers = {
+        "SendAdEvent": grpc.unary_unary_rpc_method_handler(
+            servicer.decoding(pb.SendAdEventRequest, servicer.SendAdEvent),
+            response_serializer=pb.SendAdEventResponse.SerializeToString,
+        ),
+        "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
+            servicer.decoding(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
+            response_serializer=pb.SendAdEventBatchResponse.SerializeToString,
+        ),
+        "HealthCheck": grpc.unary_unary_rpc_method_handler(
+            servicer.decoding(pb.HealthCheckRequest, servicer.HealthCheck),
+            response_serializer=pb.HealthCheckResponse.SerializeToString,
+        ),
+    }
+    missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()
+    assert not missing, f"AdEventService methods without a handler: {missing}"
+    return grpc.method_handlers_generic_handler(AD_EVENT_SERVICE_NAME, handlers)
+
+
+def build_server(
+    settings: ServerSettings, servicer: AdEventServicer, serving: ServingState
+) -> tuple[grpc.aio.Server, int]:
+    """The server, bound but not started, and the port it bound (for port 0)."""
+    server = grpc.aio.server(
+        options=_channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    server.add_generic_rpc_handlers((_ad_event_handler(servicer),))
+    health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, server)
+    enable_reflection(server, (AD_EVENT_SERVICE_NAME, HEALTH_SERVICE_NAME))
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise BindError(f"server.port: cannot listen on {address}: {error}") from error
+    if port == 0:
+        raise BindError(f"server.port: cannot listen on {address}")
+    return server, port

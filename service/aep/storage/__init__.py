@@ -1,0 +1,17 @@
+"""Event stores behind one interface (EventStore), one module per backend."""
+
+from __future__ import annotations
+
+from aep.settings import DatabaseSettings, StoreType
+from aep.storage.base import EventStore, StoreError, WriteResult
+
+__all__ = ["EventStore", "StoreError", "WriteResult", "create_store"]
+
+
+def create_store(settings: DatabaseSettings, *, worker_count: int) -> EventStore:
+    """The store database.type selects, not yet opened."""
+    if settings.type is StoreType.FILE:
+        from aep.storage.file import FileStore
+
+        return FileStore(settings.file, writer_count=worker_count)
+    raise NotImplementedError(f"database.type: {settings.type.value!r} store is not available yet")

@@ -1,0 +1,45 @@
+"""The one interface every store implements. Stores know nothing about gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aep.records import EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a batch write did: new events stored, and ids that were already stored."""
+
+    written: int
+    duplicates: int
+
+
+class StoreError(Exception):
+    """A store operation failed; the pipeline retries, then dead-letters."""
+
+
+class EventStore(Protocol):
+    """A place events end up. write_batch must be idempotent by event_id."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def open(self) -> None:
+        """Connect / create what is needed. Raises StoreError when unreachable."""
+
+    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+        """Store the batch; ids already stored are counted as duplicates.
+
+        Returns only once the batch is as durable as the store's policy makes
+        it; raises StoreError when nothing of the batch can be counted as stored.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot take writes."""
+
+    async def close(self) -> None:
+        """Flush and release everything; called once, after the last write."""

@@ -1,0 +1,221 @@
+"""JSON Lines files: the default store.
+
+Layout: `<database.file.dir>/events-<UTC start>-p<pid>-w<writer>-<seq>.jsonl`,
+one event per line. Each batch writer owns one open file, so writers never
+contend; a file is rotated when it reaches `rotate_bytes` or is older than
+`rotate_interval` (checked at each write). Lines are appended whole, with one
+write per batch; a reader of a file still being written may see a trailing
+partial line and should stop there. Encoding and I/O run in a worker thread so
+the event loop keeps serving RPCs.
+
+Idempotency: an event_id written within `dedupe_window` (at most
+`dedupe_max_ids` ids) is not written again. At start-up the ids in files
+modified within the window are read back, so the guarantee holds across
+restarts and crashes too. Older ids are forgotten: a replay of an event from
+longer ago than the window is written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import orjson
+
+from aep.records import EventRecord
+from aep.settings import FileStoreSettings, FsyncPolicy
+from aep.storage.base import StoreError, WriteResult
+
+FILE_PATTERN = "events-*.jsonl"
+_DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
+
+
+class RecentIds:
+    """Ids written recently, forgotten by age and count (oldest batch first)."""
+
+    def __init__(self, window: float, max_ids: int) -> None:
+        self._window = window
+        self._max_ids = max_ids
+        self._ids: set[str] = set()
+        self._batches: deque[tuple[float, list[str]]] = deque()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add_batch(self, event_ids: list[str], at: float) -> None:
+        self._ids.update(event_ids)
+        self._batches.append((at, event_ids))
+        self._evict(at)
+
+    def forget(self, event_ids: Iterable[str]) -> None:
+        self._ids.difference_update(event_ids)
+
+    def _evict(self, now: float) -> None:
+        horizon = now - self._window
+        batches = self._batches
+        while batches and (batches[0][0] < horizon or len(self._ids) > self._max_ids):
+            _, expired = batches.popleft()
+            self._ids.difference_update(expired)
+
+
+class _SegmentWriter:
+    """One writer's current file. Used from one thread at a time."""
+
+    def __init__(self, directory: Path, index: int, settings: FileStoreSettings) -> None:
+        self._directory = directory
+        self._index = index
+        self._settings = settings
+        self._fd: int | None = None
+        self._opened_at = 0.0
+        self._size = 0
+        self._sequence = 0
+        self._last_fsync = 0.0
+        self.path: Path | None = None
+
+    def append(self, records: Sequence[EventRecord]) -> None:
+        data = b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
+        now = time.time()
+        if (
+            self._fd is None
+            or self._size >= self._settings.rotate_bytes
+            or now - self._opened_at >= self._settings.rotate_interval
+        ):
+            self._rotate(now)
+        fd = self._fd
+        assert fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            # Cut a partial batch off again so the retry cannot leave half-lines
+            # or events stored twice behind.
+            os.ftruncate(fd, self._size)
+            raise
+        self._size += len(data)
+        policy = self._settings.fsync
+        if policy is FsyncPolicy.BATCH or (
+            policy is FsyncPolicy.INTERVAL
+            and now - self._last_fsync >= self._settings.fsync_interval
+        ):
+            os.fsync(fd)
+            self._last_fsync = now
+
+    def _rotate(self, now: float) -> None:
+        self.close()
+        self._sequence += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        name = f"events-{stamp}-p{os.getpid()}-w{self._index}-{self._sequence:06d}.jsonl"
+        self.path = self._directory / name
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._opened_at = now
+        self._size = 0
+        if self._settings.fsync is not FsyncPolicy.NEVER:
+            _fsync_directory(self._directory)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                if self._settings.fsync is not FsyncPolicy.NEVER or self._size:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_event_ids(path: Path) -> list[str]:
+    """The event_ids of a file; a partial or corrupt line (a crash mid-write) is skipped."""
+    ids: list[str] = []
+    with path.open("rb") as handle:
+        for line in handle:
+            try:
+                ids.append(orjson.loads(line)["event_id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+    return ids
+
+
+class FileStore:
+    """EventStore writing JSON Lines files; see the module docstring."""
+
+    def __init__(self, settings: FileStoreSettings, *, writer_count: int) -> None:
+        self._settings = settings
+        self._directory = settings.dir
+        self._writers = [
+            _SegmentWriter(settings.dir, index, settings) for index in range(writer_count)
+        ]
+        self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
+        self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)
+
+    @property
+    def name(self) -> str:
+        return "file"
+
+    async def open(self) -> None:
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._load_recent_ids)
+            await self.ping()
+        except OSError as error:
+            raise StoreError(f"file store at {self._directory}: {error}") from error
+        for writer in self._writers:
+            self._free.put_nowait(writer)
+
+    def _load_recent_ids(self) -> None:
+        horizon = time.time() - self._settings.dedupe_window
+        recent = []
+        for path in self._directory.glob(FILE_PATTERN):
+            modified = path.stat().st_mtime
+            if modified >= horizon:
+                recent.append((modified, path))
+        for modified, path in sorted(recent):  # oldest first: the newest survive the count bound
+            self._recent.add_batch(read_event_ids(path), modified)
+
+    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+        recent = self._recent
+        fresh: list[EventRecord] = []
+        fresh_ids: list[str] = []
+        in_batch: set[str] = set()
+        for record in records:
+            event_id = record["event_id"]
+            if event_id in recent or event_id in in_batch:
+                continue
+            in_batch.add(event_id)
+            fresh.append(record)
+            fresh_ids.append(event_id)
+        if not fresh:
+            return WriteResult(written=0, duplicates=len(records))
+        # Claim the ids before the write so a concurrent writer cannot write them too.
+        recent.add_batch(fresh_ids, time.time())
+        writer = await self._free.get()
+        try:
+            await asyncio.to_thread(writer.append, fresh)
+        except OSError as error:
+            recent.forget(fresh_ids)
+            raise StoreError(f"file store: writing {writer.path}: {error}") from error
+        finally:
+            self._free.put_nowait(writer)
+        return WriteResult(written=len(fresh), duplicates=len(records) - len(fresh))
+
+    async def ping(self) -> None:
+        if not os.access(self._directory, os.W_OK):
+            raise StoreError(f"file store: {self._directory} is not writable")
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            await asyncio.to_thread(writer.close)

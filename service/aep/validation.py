@@ -1,0 +1,101 @@
+"""Checks one AdEvent against the configured bounds; the reason names the field."""
+
+from __future__ import annotations
+
+import re
+
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.settings import ValidationSettings, format_duration
+
+_KNOWN_EVENT_TYPES = frozenset(
+    value.number for value in pb.EventType.DESCRIPTOR.values if value.number != 0
+)
+_CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+_OPTIONAL_IDS = ("campaign_id", "creative_id", "placement_id", "publisher_id")
+
+
+class EventValidator:
+    """Validates events; built once from settings, used for every event."""
+
+    __slots__ = (
+        "_max_age",
+        "_max_attribute_key",
+        "_max_attribute_value",
+        "_max_attributes",
+        "_max_id",
+        "_max_skew",
+        "_settings",
+    )
+
+    def __init__(self, settings: ValidationSettings) -> None:
+        self._settings = settings
+        self._max_id = settings.max_id_length
+        self._max_attributes = settings.max_attributes
+        self._max_attribute_key = settings.max_attribute_key_length
+        self._max_attribute_value = settings.max_attribute_value_length
+        self._max_age = settings.max_event_age
+        self._max_skew = settings.max_clock_skew
+
+    def problem(self, event: pb.AdEvent, now: float) -> str | None:
+        """None when the event is valid, else `"<field>: <what is wrong>"`."""
+        max_id = self._max_id
+        if len(event.event_id) > max_id:
+            return f"event_id: longer than {max_id} characters"
+        user_id = event.user_id
+        if not user_id:
+            return "user_id: required"
+        if len(user_id) > max_id:
+            return f"user_id: longer than {max_id} characters"
+        ad_id = event.ad_id
+        if not ad_id:
+            return "ad_id: required"
+        if len(ad_id) > max_id:
+            return f"ad_id: longer than {max_id} characters"
+        event_type = event.event_type
+        if event_type not in _KNOWN_EVENT_TYPES:
+            if event_type == 0:
+                return "event_type: required (EVENT_TYPE_UNSPECIFIED is not allowed)"
+            return f"event_type: unknown value {event_type}"
+        if not event.HasField("timestamp"):
+            return "timestamp: required"
+        timestamp = event.timestamp
+        seconds = timestamp.seconds + timestamp.nanos * 1e-9
+        if seconds < now - self._max_age:
+            return (
+                f"timestamp: older than validation.max_event_age ({format_duration(self._max_age)})"
+            )
+        if seconds > now + self._max_skew:
+            return (
+                "timestamp: in the future by more than validation.max_clock_skew "
+                f"({format_duration(self._max_skew)})"
+            )
+        return self._optional_problem(event)
+
+    def _optional_problem(self, event: pb.AdEvent) -> str | None:
+        max_id = self._max_id
+        for name in _OPTIONAL_IDS:
+            if len(getattr(event, name)) > max_id:
+                return f"{name}: longer than {max_id} characters"
+        if event.price_micros < 0:
+            return "price_micros: must not be negative"
+        currency = event.currency
+        if currency and not _CURRENCY_PATTERN.fullmatch(currency):
+            return "currency: must be an ISO 4217 code of three upper-case letters"
+        if event.price_micros and not currency:
+            return "currency: required when price_micros is set"
+        attributes = event.attributes
+        if attributes:
+            if len(attributes) > self._max_attributes:
+                return f"attributes: more than {self._max_attributes} entries"
+            for key, value in attributes.items():
+                if not key or len(key) > self._max_attribute_key:
+                    return (
+                        f"attributes: key {key[:32]!r} must have 1 to "
+                        f"{self._max_attribute_key} characters"
+                    )
+                if len(value) > self._max_attribute_value:
+                    return (
+                        f"attributes[{key}]: value longer than "
+                        f"{self._max_attribute_value} characters"
+                    )
+        return None
