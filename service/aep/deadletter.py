@@ -1,13 +1,14 @@
 """Dead-letter files: where batches go that the store refused past the retry bound.
 
 One JSON object per line: {"reason", "failed_at", "attempts", "event": <stored form>},
-in `<dead_letter.dir>/dead-letter-<UTC start>-p<pid>.jsonl`, fsynced per append.
+in `<dead_letter.dir>/dead-letter-<UTC start>-<random>.jsonl`, fsynced per append.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ class DeadLetterQueue:
         if self._path is None:
             self._directory.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            self._path = self._directory / f"dead-letter-{stamp}-p{os.getpid()}.jsonl"
+            instance = secrets.token_hex(4)  # pid is 1 in every container restart
+            self._path = self._directory / f"dead-letter-{stamp}-{instance}.jsonl"
         with self._path.open("ab") as handle:
             handle.write(data)
             handle.flush()

@@ -104,6 +104,7 @@ class Pipeline:
         self._wakeup = asyncio.Event()
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=batch.worker_pool_size)
         self._writing: set[_Batch] = set()
+        self._handing_over: _Batch | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.store_state = StoreState()
@@ -203,6 +204,8 @@ class Pipeline:
 
     async def _dead_letter_leftovers(self) -> None:
         leftovers = list(self._writing)
+        if self._handing_over is not None:
+            leftovers.append(self._handing_over)
         while not self._batches.empty():
             batch = self._batches.get_nowait()
             if batch is not None:
@@ -228,7 +231,10 @@ class Pipeline:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), delay)
                     continue
-            await self._batches.put(self._take_batch(limit=self._batch_size))
+            batch = self._take_batch(limit=self._batch_size)
+            self._handing_over = batch  # visible to drain() while the put waits
+            await self._batches.put(batch)
+            self._handing_over = None
         for _ in range(self._worker_count):
             await self._batches.put(None)
 
@@ -255,11 +261,11 @@ class Pipeline:
     # -- writers -----------------------------------------------------------------
     async def _run_writer(self) -> None:
         while (batch := await self._batches.get()) is not None:
+            # Stays in _writing if the task is cancelled mid-write, so that
+            # drain() can dead-letter it.
             self._writing.add(batch)
-            try:
-                await self._write_with_retry(batch)
-            finally:
-                self._writing.discard(batch)
+            await self._write_with_retry(batch)
+            self._writing.discard(batch)
 
     async def _write_with_retry(self, batch: _Batch) -> None:
         retry = self._retry

@@ -1,6 +1,7 @@
 """JSON Lines files: the default store.
 
-Layout: `<database.file.dir>/events-<UTC start>-p<pid>-w<writer>-<seq>.jsonl`,
+Layout: `<database.file.dir>/events-<UTC start>-<instance>-w<writer>-<seq>.jsonl`
+(instance: random per store opening, since in a container every restart is pid 1),
 one event per line. Each batch writer owns one open file, so writers never
 contend; a file is rotated when it reaches `rotate_bytes` or is older than
 `rotate_interval` (checked at each write). Lines are appended whole, with one
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -68,8 +70,11 @@ class RecentIds:
 class _SegmentWriter:
     """One writer's current file. Used from one thread at a time."""
 
-    def __init__(self, directory: Path, index: int, settings: FileStoreSettings) -> None:
+    def __init__(
+        self, directory: Path, instance: str, index: int, settings: FileStoreSettings
+    ) -> None:
         self._directory = directory
+        self._instance = instance
         self._index = index
         self._settings = settings
         self._fd: int | None = None
@@ -112,7 +117,7 @@ class _SegmentWriter:
         self.close()
         self._sequence += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        name = f"events-{stamp}-p{os.getpid()}-w{self._index}-{self._sequence:06d}.jsonl"
+        name = f"events-{stamp}-{self._instance}-w{self._index}-{self._sequence:06d}.jsonl"
         self.path = self._directory / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._opened_at = now
@@ -156,8 +161,9 @@ class FileStore:
     def __init__(self, settings: FileStoreSettings, *, writer_count: int) -> None:
         self._settings = settings
         self._directory = settings.dir
+        instance = secrets.token_hex(4)
         self._writers = [
-            _SegmentWriter(settings.dir, index, settings) for index in range(writer_count)
+            _SegmentWriter(settings.dir, instance, index, settings) for index in range(writer_count)
         ]
         self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
         self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)

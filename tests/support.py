@@ -1,0 +1,157 @@
+"""Helpers shared by the tests: free ports, a real server process, event builders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def now_timestamp(offset_s: float = 0.0) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int((time.time() + offset_s) * 1e9))
+    return stamp
+
+
+def valid_event(**overrides: object) -> pb.AdEvent:
+    fields: dict[str, object] = {
+        "user_id": "user-1",
+        "ad_id": "ad-1",
+        "event_type": pb.EVENT_TYPE_CLICK,
+        "timestamp": now_timestamp(),
+    }
+    fields.update(overrides)
+    return pb.AdEvent(**fields)  # type: ignore[arg-type]
+
+
+def stored_events(directory: Path) -> list[dict[str, object]]:
+    """Every complete line of every events-*.jsonl file under directory."""
+    events = []
+    for path in sorted(directory.glob("events-*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            events.append(orjson.loads(line))
+    return events
+
+
+@dataclass
+class ServerProcess:
+    """`python -m aep` in a subprocess, on free loopback ports."""
+
+    data_dir: Path
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.data_dir / "events"
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        return self.data_dir / "dead-letter"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AEP_")}
+        env.update(
+            {
+                "AEP_SERVER_HOST": "127.0.0.1",
+                "AEP_SERVER_PORT": str(self.grpc_port),
+                "AEP_METRICS_HOST": "127.0.0.1",
+                "AEP_METRICS_PORT": str(self.metrics_port),
+                "AEP_DATABASE_FILE_DIR": str(self.events_dir),
+                "AEP_DEAD_LETTER_DIR": str(self.dead_letter_dir),
+                "AEP_LOGGING_FORMAT": "json",
+                "AEP_SHUTDOWN_GRACE_PERIOD": "20s",
+            }
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"server-{self.grpc_port}.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aep"],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout_s: float = 20.0) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited early:\n{self.log()}")
+                with contextlib.suppress(grpc.RpcError):
+                    response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.05)
+        raise TimeoutError(f"server not SERVING within {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait_exit()
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(data_dir, env).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

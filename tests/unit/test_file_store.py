@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from support import stored_events
+
+from aep.records import EventRecord
+from aep.settings import FileStoreSettings, FsyncPolicy
+from aep.storage.base import StoreError
+from aep.storage.file import FileStore
+
+
+def settings(directory: Path, **overrides: object) -> FileStoreSettings:
+    return FileStoreSettings(dir=directory, **overrides)  # type: ignore[arg-type]
+
+
+def batch(start: int, count: int) -> list[EventRecord]:
+    return [
+        {"event_id": f"e{i}", "user_id": "u", "ad_id": "a", "event_type": "EVENT_TYPE_CLICK"}
+        for i in range(start, start + count)
+    ]
+
+
+async def open_store(directory: Path, writers: int = 2, **overrides: object) -> FileStore:
+    store = FileStore(settings(directory, **overrides), writer_count=writers)
+    await store.open()
+    return store
+
+
+async def test_writes_json_lines_and_reads_back(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    result = await store.write_batch(batch(0, 10))
+    await store.close()
+    assert (result.written, result.duplicates) == (10, 0)
+    events = stored_events(tmp_path)
+    assert [e["event_id"] for e in events] == [f"e{i}" for i in range(10)]
+    assert all(path.name.endswith(".jsonl") for path in tmp_path.iterdir())
+
+
+async def test_duplicates_within_and_across_batches_are_not_written(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    first = await store.write_batch([*batch(0, 5), *batch(0, 2)])
+    second = await store.write_batch(batch(3, 5))
+    await store.close()
+    assert (first.written, first.duplicates) == (5, 2)
+    assert (second.written, second.duplicates) == (3, 2)
+    ids = [e["event_id"] for e in stored_events(tmp_path)]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(8))
+
+
+async def test_dedupe_survives_a_restart_within_the_window(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    await store.write_batch(batch(0, 100))
+    await store.close()
+    restarted = await open_store(tmp_path)
+    result = await restarted.write_batch(batch(50, 100))
+    await restarted.close()
+    assert (result.written, result.duplicates) == (50, 50)
+    ids = [e["event_id"] for e in stored_events(tmp_path)]
+    assert len(ids) == len(set(ids)) == 150
+
+
+async def test_ids_older_than_the_window_are_forgotten(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, dedupe_window=0.05)
+    await store.write_batch(batch(0, 3))
+    time.sleep(0.1)
+    await store.write_batch(batch(100, 1))  # moves time on; evicts the old batch
+    again = await store.write_batch(batch(0, 3))
+    await store.close()
+    assert again.written == 3
+
+
+async def test_dedupe_is_bounded_by_count(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, dedupe_max_ids=10)
+    for start in range(0, 100, 5):
+        await store.write_batch(batch(start, 5))
+    again = await store.write_batch(batch(0, 5))
+    await store.close()
+    assert again.written == 5  # the oldest ids were forgotten
+
+
+async def test_a_crash_leftover_partial_line_is_tolerated(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    await store.write_batch(batch(0, 3))
+    await store.close()
+    victim = next(tmp_path.glob("events-*.jsonl"))
+    with victim.open("ab") as handle:
+        handle.write(b'{"event_id":"e3","user_')  # what a crash mid-write leaves
+    restarted = await open_store(tmp_path)
+    result = await restarted.write_batch(batch(0, 4))
+    await restarted.close()
+    assert (result.written, result.duplicates) == (1, 3)
+
+
+async def test_rotates_by_size(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, writers=1, rotate_bytes=1024)
+    for start in range(0, 200, 10):
+        await store.write_batch(batch(start, 10))
+    await store.close()
+    files = sorted(tmp_path.glob("events-*.jsonl"))
+    assert len(files) > 3
+    # A file is rotated at the first write after it reached the bound.
+    assert all(path.stat().st_size < 1024 + 1000 for path in files)
+    assert len(stored_events(tmp_path)) == 200
+
+
+async def test_rotates_by_time(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, writers=1, rotate_interval=0.05)
+    await store.write_batch(batch(0, 1))
+    time.sleep(0.1)
+    await store.write_batch(batch(1, 1))
+    await store.close()
+    assert len(list(tmp_path.glob("events-*.jsonl"))) == 2
+
+
+async def test_each_writer_has_its_own_file(tmp_path: Path) -> None:
+    import asyncio
+
+    store = await open_store(tmp_path, writers=3)
+    await asyncio.gather(*(store.write_batch(batch(start * 10, 10)) for start in range(9)))
+    await store.close()
+    assert 1 <= len(list(tmp_path.glob("events-*.jsonl"))) <= 3
+    assert len(stored_events(tmp_path)) == 90
+
+
+@pytest.mark.parametrize("policy", list(FsyncPolicy))
+async def test_every_fsync_policy_stores_the_events(tmp_path: Path, policy: FsyncPolicy) -> None:
+    store = await open_store(tmp_path, fsync=policy)
+    await store.write_batch(batch(0, 5))
+    await store.close()
+    assert len(stored_events(tmp_path)) == 5
+
+
+async def test_unwritable_directory_fails_to_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = FileStore(settings(blocker / "events"), writer_count=1)
+    with pytest.raises(StoreError, match="file store"):
+        await store.open()
+
+
+async def test_lines_are_the_stored_form(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    record: EventRecord = {"event_id": "x", "attributes": {"k": "v"}, "price_micros": 5}
+    await store.write_batch([record])
+    await store.close()
+    line = next(tmp_path.glob("*.jsonl")).read_bytes()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert orjson.loads(line) == record
+    assert oct(os.stat(next(tmp_path.glob("*.jsonl"))).st_mode & 0o777) == "0o644"

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from support import free_port
+
+from aep.settings import (
+    AckMode,
+    ConfigError,
+    FsyncPolicy,
+    StoreType,
+    format_duration,
+    iter_env_names,
+    load_settings,
+    parse_duration,
+    parse_size,
+)
+
+
+def test_defaults_run_the_file_store_on_the_contract_ports() -> None:
+    settings = load_settings(environ={})
+    assert settings.database.type is StoreType.FILE
+    assert settings.server.port == 8080
+    assert settings.metrics.port == 9464
+    assert settings.ack.mode is AckMode.ACCEPTED
+    assert settings.database.mongodb.database == "ad_events"
+    assert settings.database.redis.stream == "ad_events"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("200ms", 0.2), ("5s", 5.0), ("1m", 60.0), ("1h", 3600.0), ("250us", 0.00025), ("3", 3.0)],
+)
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+    assert parse_duration(format_duration(parse_duration(text))) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5 parsecs", "-1s", "ms", ""])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_sizes_parse() -> None:
+    assert parse_size("4MiB") == 4 * 1024 * 1024
+    assert parse_size("64KiB") == 65536
+    assert parse_size(1000) == 1000
+    with pytest.raises(ValueError, match="size"):
+        parse_size("4 lightyears")
+
+
+def test_env_overrides_yaml_overrides_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "batch": {"size": 50, "flush_interval": "2s"},
+                "database": {"type": "file", "file": {"dir": "/from/yaml"}},
+                "logging": {"level": "debug"},
+            }
+        )
+    )
+    settings = load_settings(
+        config,
+        environ={"AEP_BATCH_FLUSH_INTERVAL": "200ms", "AEP_DATABASE_FILE_DIR": "/from/env"},
+    )
+    assert settings.batch.size == 50  # YAML beats the default
+    assert settings.batch.flush_interval == pytest.approx(0.2)  # env beats YAML
+    assert settings.database.file.dir == Path("/from/env")
+    assert settings.logging.level.value == "debug"
+    assert settings.batch.worker_pool_size == 4  # default kept
+
+
+def test_config_path_from_aep_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 9999\n")
+    assert load_settings(environ={"AEP_CONFIG": str(config)}).server.port == 9999
+
+
+def test_reference_env_names_map_to_keys() -> None:
+    names = dict(iter_env_names())
+    expected = {
+        "AEP_SERVER_HOST": ("server", "host"),
+        "AEP_SERVER_PORT": ("server", "port"),
+        "AEP_DATABASE_TYPE": ("database", "type"),
+        "AEP_DATABASE_FILE_DIR": ("database", "file", "dir"),
+        "AEP_DATABASE_REDIS_URL": ("database", "redis", "url"),
+        "AEP_DATABASE_MONGODB_URI": ("database", "mongodb", "uri"),
+        "AEP_DATABASE_MONGODB_DATABASE": ("database", "mongodb", "database"),
+        "AEP_BATCH_SIZE": ("batch", "size"),
+        "AEP_BATCH_FLUSH_INTERVAL": ("batch", "flush_interval"),
+        "AEP_BATCH_WORKER_POOL_SIZE": ("batch", "worker_pool_size"),
+        "AEP_LOGGING_LEVEL": ("logging", "level"),
+        "AEP_METRICS_PORT": ("metrics", "port"),
+        "AEP_ACK_MODE": ("ack", "mode"),
+        "AEP_WAL_DIR": ("wal", "dir"),
+    }
+    for env_name, path in expected.items():
+        assert names[env_name] == path
+
+
+def test_every_env_name_is_unambiguous() -> None:
+    names = [name for name, _ in iter_env_names()]
+    assert len(names) == len(set(names))
+
+
+def test_unknown_aep_env_vars_are_ignored() -> None:
+    # Kubernetes injects <SERVICE>_PORT=tcp://... for a Service called "aep".
+    settings = load_settings(environ={"AEP_PORT": "tcp://10.0.0.1:8080", "AEP_SERVICE_HOST": "x"})
+    assert settings.server.port == 8080
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"AEP_BATCH_SIZE": "abc"}, "batch.size"),
+        ({"AEP_BATCH_SIZE": "0"}, "batch.size"),
+        ({"AEP_BATCH_FLUSH_INTERVAL": "soon"}, "batch.flush_interval"),
+        ({"AEP_DATABASE_TYPE": "postgres"}, "database.type"),
+        ({"AEP_SERVER_PORT": "70000"}, "server.port"),
+        ({"AEP_DATABASE_FILE_FSYNC": "sometimes"}, "database.file.fsync"),
+        ({"AEP_ACK_MODE": "durable"}, "ack.mode"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_env_var(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+    message = str(raised.value)
+    assert fragment in message
+    env_name = next(iter(environ))
+    if env_name != "AEP_ACK_MODE":
+        assert env_name in message
+
+
+def test_unknown_yaml_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("batch:\n  sise: 10\n")
+    with pytest.raises(ConfigError, match=r"batch\.sise"):
+        load_settings(config, environ={})
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_fsync_policy_values() -> None:
+    settings = load_settings(environ={"AEP_DATABASE_FILE_FSYNC": "interval"})
+    assert settings.database.file.fsync is FsyncPolicy.INTERVAL
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_print_config_shows_the_effective_configuration(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "AEP_BATCH_FLUSH_INTERVAL": "200ms", "AEP_BATCH_SIZE": "77"}
+    result = _run_cli("--print-config", env=env)
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["batch"]["size"] == 77
+    assert printed["batch"]["flush_interval"] == "200ms"
+    # What --print-config prints is itself a config file giving the same settings.
+    assert load_settings(environ={}).batch.size != 77
+    printed_file = tmp_path / "printed.yaml"
+    printed_file.write_text(result.stdout)
+    reloaded = load_settings(printed_file, environ={})
+    assert reloaded == load_settings(
+        environ={"AEP_BATCH_FLUSH_INTERVAL": "200ms", "AEP_BATCH_SIZE": "77"}
+    )
+
+
+def test_help_lists_every_env_var() -> None:
+    result = _run_cli("--help")
+    assert result.returncode == 0
+    for env_name, _ in iter_env_names():
+        assert env_name in result.stdout
+
+
+def test_bad_value_exits_non_zero_before_listening() -> None:
+    import os
+
+    port = free_port()
+    env = {**os.environ, "AEP_SERVER_PORT": str(port), "AEP_BATCH_SIZE": "lots"}
+    started = time.monotonic()
+    result = _run_cli(env=env)
+    assert result.returncode == 2
+    assert "batch.size" in result.stderr and "AEP_BATCH_SIZE" in result.stderr
+    assert time.monotonic() - started < 20
+    import socket
+
+    with socket.socket() as probe:  # nothing was left listening
+        probe.bind(("127.0.0.1", port))

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from support import now_timestamp, valid_event
+
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.settings import ValidationSettings
+from aep.validation import EventValidator
+
+VALIDATOR = EventValidator(
+    ValidationSettings(
+        max_id_length=16,
+        max_attributes=2,
+        max_attribute_key_length=8,
+        max_attribute_value_length=10,
+        max_event_age=3600,
+        max_clock_skew=60,
+    )
+)
+
+
+def problem(event: pb.AdEvent) -> str | None:
+    return VALIDATOR.problem(event, time.time())
+
+
+def test_a_valid_event_passes() -> None:
+    assert problem(valid_event()) is None
+    full = valid_event(
+        event_id="e-1",
+        campaign_id="c",
+        creative_id="cr",
+        placement_id="p",
+        publisher_id="pub",
+        price_micros=1_500_000,
+        currency="EUR",
+        attributes={"os": "ios", "geo": "FR"},
+    )
+    assert problem(full) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": "u" * 17}, "user_id"),
+        ({"ad_id": ""}, "ad_id"),
+        ({"ad_id": "a" * 17}, "ad_id"),
+        ({"event_id": "e" * 17}, "event_id"),
+        ({"event_type": pb.EVENT_TYPE_UNSPECIFIED}, "event_type"),
+        ({"event_type": 42}, "event_type"),
+        ({"timestamp": now_timestamp(-7200)}, "timestamp"),
+        ({"timestamp": now_timestamp(+120)}, "timestamp"),
+        ({"campaign_id": "c" * 17}, "campaign_id"),
+        ({"publisher_id": "p" * 17}, "publisher_id"),
+        ({"price_micros": -1, "currency": "USD"}, "price_micros"),
+        ({"price_micros": 5}, "currency"),
+        ({"currency": "usd"}, "currency"),
+        ({"currency": "US"}, "currency"),
+        ({"attributes": {"a": "1", "b": "2", "c": "3"}}, "attributes"),
+        ({"attributes": {"k" * 9: "v"}}, "attributes"),
+        ({"attributes": {"": "v"}}, "attributes"),
+        ({"attributes": {"k": "v" * 11}}, "attributes[k]"),
+    ],
+)
+def test_each_rule_names_its_field(overrides: dict[str, object], field: str) -> None:
+    reason = problem(valid_event(**overrides))
+    assert reason is not None
+    assert reason.startswith(f"{field}:"), reason
+
+
+def test_missing_timestamp_is_refused() -> None:
+    event = valid_event()
+    event.ClearField("timestamp")
+    assert problem(event) == "timestamp: required"
+
+
+def test_clock_skew_window_edges() -> None:
+    assert problem(valid_event(timestamp=now_timestamp(-3500))) is None
+    assert problem(valid_event(timestamp=now_timestamp(+50))) is None
