@@ -1,0 +1,94 @@
+"""ad-event-client against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ServerProcess, free_port, running_server, stored_events
+
+pytestmark = pytest.mark.integration
+
+
+def client(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aep.client", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "events"),
+    [
+        ("single", [], 20),
+        ("batch", ["--batch", "25"], 100),
+        ("load", ["--batch", "1", "--concurrent", "8"], 200),
+        ("load", ["--batch", "50", "--concurrent", "4"], 1000),
+    ],
+)
+def test_modes_send_and_report(
+    server: ServerProcess, tmp_path: Path, mode: str, extra: list[str], events: int
+) -> None:
+    ids_file = tmp_path / "ids.txt"
+    result = client(
+        "--server",
+        server.address,
+        "--mode",
+        mode,
+        "--events",
+        str(events),
+        "--json",
+        "--ids-out",
+        str(ids_file),
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["accepted"] == events
+    assert summary["rejected"] == 0
+    assert summary["events_per_s"] > 0
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    acknowledged = ids_file.read_text().split()
+    assert len(set(acknowledged)) == events
+    assert server.stop() == 0
+    assert {e["event_id"] for e in stored_events(server.events_dir)} == set(acknowledged)
+
+
+def test_human_output_has_rate_and_percentiles(server: ServerProcess) -> None:
+    result = client(
+        "--server", server.address, "--mode", "load", "--events", "300", "--batch", "10"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "events/s" in result.stdout
+    assert "p99" in result.stdout
+
+
+def test_health_mode(server: ServerProcess) -> None:
+    result = client("--server", server.address, "--mode", "health")
+    assert result.returncode == 0, result.stderr
+    assert "status=SERVING_STATUS_SERVING" in result.stdout
+    assert "grpc_health=SERVING" in result.stdout
+
+
+def test_unreachable_server_exits_2() -> None:
+    result = client(
+        "--server", f"127.0.0.1:{free_port()}", "--mode", "single", "--connect-timeout", "1"
+    )
+    assert result.returncode == 2
+    assert "cannot reach" in result.stderr
+
+
+def test_rejections_exit_1(tmp_path: Path) -> None:
+    with running_server(tmp_path, AEP_SERVER_MAX_BATCH_EVENTS="5") as server:
+        result = client(
+            "--server", server.address, "--mode", "batch", "--events", "20", "--batch", "10"
+        )
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stdout
+    assert "server.max_batch_events=5" in result.stdout
