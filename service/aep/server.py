@@ -47,16 +47,20 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
     # malformed input with INVALID_ARGUMENT.
     handlers = {
         "SendAdEvent": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.SendAdEventRequest, servicer.SendAdEvent),
+            servicer.unary(pb.SendAdEventRequest, servicer.SendAdEvent),
             response_serializer=pb.SendAdEventResponse.SerializeToString,
         ),
         "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
+            servicer.unary(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
             response_serializer=pb.SendAdEventBatchResponse.SerializeToString,
         ),
         "HealthCheck": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.HealthCheckRequest, servicer.HealthCheck),
+            servicer.unary(pb.HealthCheckRequest, servicer.HealthCheck),
             response_serializer=pb.HealthCheckResponse.SerializeToString,
+        ),
+        "StreamAdEvents": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAdEvents,
+            response_serializer=pb.StreamAdEventsResponse.SerializeToString,
         ),
     }
     missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()

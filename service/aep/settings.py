@@ -107,6 +107,11 @@ class ServerSettings(_Section):
     # Kubernetes Service (an L4 load balancer) get their share of traffic.
     max_connection_age: Duration = 300.0
     max_connection_age_grace: Duration = 30.0
+    # StreamAdEvents flow control: chunks read but not yet acknowledged, per
+    # stream; past it the server stops reading and HTTP/2 holds the client.
+    stream_max_unacked_chunks: int = Field(64, ge=1)
+    # How long a stream waits for queue room before ending with RESOURCE_EXHAUSTED.
+    stream_backpressure_wait: Duration = 5.0
 
 
 class FsyncPolicy(StrEnum):

@@ -342,6 +342,71 @@ class SendAdEventBatchResponse(_message.Message):
 Global___SendAdEventBatchResponse: _TypeAlias = SendAdEventBatchResponse  # noqa: Y015
 
 @_typing.final
+class StreamAdEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ACK_MODE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Chosen by the client (e.g. 1, 2, 3...); echoed in the ack."""
+    ack_mode: Global___AckMode.ValueType
+    """Optional override of the server's ack.mode for this chunk."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdEvent]:
+        """At most server.max_batch_events events."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        events: _abc.Iterable[Global___AdEvent] | None = ...,
+        ack_mode: Global___AckMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_mode", b"ack_mode", "events", b"events", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAdEventsRequest: _TypeAlias = StreamAdEventsRequest  # noqa: Y015
+
+@_typing.final
+class StreamAdEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    ACK_MODE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The sequence of the chunk this ack answers. Acks come in chunk order."""
+    accepted_count: _builtins.int
+    rejected_count: _builtins.int
+    ack_mode: Global___AckMode.ValueType
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventResult]:
+        """One result per event of the chunk, in chunk order."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        accepted_count: _builtins.int = ...,
+        rejected_count: _builtins.int = ...,
+        results: _abc.Iterable[Global___EventResult] | None = ...,
+        ack_mode: Global___AckMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "ack_mode", b"ack_mode", "rejected_count", b"rejected_count", "results", b"results", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAdEventsResponse: _TypeAlias = StreamAdEventsResponse  # noqa: Y015
+
+@_typing.final
 class HealthCheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
