@@ -74,7 +74,7 @@ def build_server(
     """The server, bound but not started, and the port it bound (for port 0)."""
     server = grpc.aio.server(
         options=_channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     server.add_generic_rpc_handlers((_ad_event_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, server)

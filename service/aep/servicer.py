@@ -24,7 +24,7 @@ from aep.health import ServingState
 from aep.ids import EventIdGenerator
 from aep.pipeline import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord, format_epoch, to_record
+from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
 from aep.stats import IngestStats
 from aep.validation import EventValidator
@@ -119,14 +119,12 @@ class AdEventServicer:
         if not request.HasField("event"):
             stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        event = request.event
         now = time.time()
-        problem = self._validator.problem(event, now)
-        if problem is not None:
+        record = self._validator.accept(request.event, now, format_epoch(now), self._ids.new_id)
+        if isinstance(record, str):
             stats.rejected_invalid += 1
-            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        event_id = event.event_id or self._ids.new_id()
-        record = to_record(event, event_id, format_epoch(now))
+            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, record)
+        event_id = record["event_id"]
         done = self._admit([record], request.ByteSize(), ack_mode)
         if done is not None:
             await self._commit(done)
@@ -234,18 +232,18 @@ class AdEventServicer:
     def _accept(self, events: Any, add_result: Callable[..., pb.EventResult]) -> list[EventRecord]:
         """Validate every event, add its result, return the records to admit."""
         records: list[EventRecord] = []
+        append = records.append
         now = time.time()
         received_at = format_epoch(now)
-        problem_of = self._validator.problem
+        accept = self._validator.accept
         new_id = self._ids.new_id
         for index, event in enumerate(events):
-            problem = problem_of(event, now)
-            if problem is None:
-                event_id = event.event_id or new_id()
-                records.append(to_record(event, event_id, received_at))
-                add_result(index=index, event_id=event_id, status=_ACCEPTED)
+            outcome = accept(event, now, received_at, new_id)
+            if type(outcome) is dict:
+                append(outcome)
+                add_result(index=index, event_id=outcome["event_id"], status=_ACCEPTED)
             else:
-                add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=problem)
+                add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=outcome)
         stats = self._stats
         stats.received += len(events)
         stats.rejected_invalid += len(events) - len(records)

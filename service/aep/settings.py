@@ -100,7 +100,8 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     max_message_bytes: ByteSize = Field(4 * 1024**2, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
-    max_concurrent_rpcs: int = Field(1000, ge=1)
+    # RPCs in progress at once (0: no limit); past it gRPC answers RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(1000, ge=0)
     keepalive_time: Duration = 30.0
     keepalive_timeout: Duration = 10.0
     # Bounded connection age makes clients reconnect, so new replicas behind a

@@ -48,9 +48,10 @@ def test_a_malformed_chunk_ends_the_stream_with_invalid_argument(server: ServerP
     with grpc.insecure_channel(server.address) as channel:
         call = channel.stream_stream(
             "/adevents.v1.AdEventService/StreamAdEvents",
-            response_deserializer=pb.StreamAdEventsResponse.FromString,
+            None,
+            pb.StreamAdEventsResponse.FromString,
         )
-        responses = call(requests(), timeout=10)
+        responses = iter(call(requests(), timeout=10))
         first = next(responses)
         with pytest.raises(grpc.RpcError) as raised:
             next(responses)

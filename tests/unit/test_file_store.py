@@ -15,7 +15,7 @@ from aep.storage.file import FileStore
 
 
 def settings(directory: Path, **overrides: object) -> FileStoreSettings:
-    return FileStoreSettings(dir=directory, **overrides)  # type: ignore[arg-type]
+    return FileStoreSettings.model_validate({"dir": directory, **overrides})
 
 
 def batch(start: int, count: int) -> list[EventRecord]:
@@ -48,7 +48,7 @@ async def test_duplicates_within_and_across_batches_are_not_written(tmp_path: Pa
     await store.close()
     assert (first.written, first.duplicates) == (5, 2)
     assert (second.written, second.duplicates) == (3, 2)
-    ids = [e["event_id"] for e in stored_events(tmp_path)]
+    ids = [str(e["event_id"]) for e in stored_events(tmp_path)]
     assert sorted(ids) == sorted(f"e{i}" for i in range(8))
 
 

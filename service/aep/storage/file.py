@@ -84,8 +84,8 @@ class _SegmentWriter:
         self._last_fsync = 0.0
         self.path: Path | None = None
 
-    def append(self, records: Sequence[EventRecord]) -> None:
-        data = b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
+    def append(self, data: bytes) -> None:
+        """Write whole lines; runs in a worker thread, which only waits on syscalls."""
         now = time.time()
         if (
             self._fd is None
@@ -208,9 +208,12 @@ class FileStore:
             return WriteResult(written=0, duplicates=len(records))
         # Claim the ids before the write so a concurrent writer cannot write them too.
         recent.add_batch(fresh_ids, time.time())
+        # Encoded here, not in the worker thread: orjson holds the GIL, and a
+        # CPU-bound thread would make the event loop wait for it.
+        data = b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in fresh])
         writer = await self._free.get()
         try:
-            await asyncio.to_thread(writer.append, fresh)
+            await asyncio.to_thread(writer.append, data)
         except OSError as error:
             recent.forget(fresh_ids)
             raise StoreError(f"file store: writing {writer.path}: {error}") from error
