@@ -345,3 +345,26 @@ def test_store_that_cannot_open_fails_start_up(tmp_path: Path) -> None:
     server.start(wait=False)
     assert server.wait_exit(30) == 3
     assert "cannot open the store" in server.log()
+
+
+def test_logs_are_json_lines_with_level_and_message(server: ServerProcess) -> None:
+    import json
+
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    messages = [line["message"] for line in lines]
+    assert "serving" in messages
+    assert "stopped" in messages
+    stopped = next(line for line in lines if line["message"] == "stopped")
+    assert stopped["level"] == "info"
+    assert stopped["lost"] == 0
+    assert stopped["drained"] is True
+
+
+def test_text_logs_at_the_configured_level(tmp_path: Path) -> None:
+    with running_server(tmp_path, AEP_LOGGING_FORMAT="text", AEP_LOGGING_LEVEL="warning") as server:
+        assert server.stop() == 0
+        assert "serving" not in server.log()  # an info line, below the level
+    with running_server(tmp_path / "2", AEP_LOGGING_FORMAT="text") as server:
+        assert server.stop() == 0
+        assert " INFO    aep.app: serving grpc_port=" in server.log()
