@@ -121,8 +121,14 @@ class FsyncPolicy(StrEnum):
     NEVER = "never"  # left to the OS (and close)
 
 
+class FileFormat(StrEnum):
+    JSONL = "jsonl"  # events-*.jsonl, one JSON object per line
+    PROTOBUF = "protobuf"  # events-*.binpb, varint-length-prefixed StoredAdEvent records
+
+
 class FileStoreSettings(_Section):
     dir: Path = Path("data/events")
+    format: FileFormat = FileFormat.JSONL
     rotate_bytes: ByteSize = Field(128 * 1024**2, ge=1024)
     rotate_interval: Duration = 3600.0
     fsync: FsyncPolicy = FsyncPolicy.BATCH

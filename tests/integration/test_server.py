@@ -368,3 +368,19 @@ def test_text_logs_at_the_configured_level(tmp_path: Path) -> None:
     with running_server(tmp_path / "2", AEP_LOGGING_FORMAT="text") as server:
         assert server.stop() == 0
         assert " INFO    aep.app: serving grpc_port=" in server.log()
+
+
+def test_the_binary_file_format_end_to_end(tmp_path: Path) -> None:
+    with running_server(tmp_path, AEP_DATABASE_FILE_FORMAT="protobuf") as server:
+        channel, api = stub(server)
+        with channel:
+            response = api.SendAdEventBatch(
+                pb.SendAdEventBatchRequest(events=[valid_event(attributes={"k": "v"})] * 5),
+                timeout=5,
+            )
+        stored = stop_cleanly(server)
+        assert {path.suffix for path in server.events_dir.iterdir()} == {".binpb"}
+    assert sorted(str(e["event_id"]) for e in stored) == sorted(
+        r.event_id for r in response.results
+    )
+    assert all(e["attributes"] == {"k": "v"} for e in stored)
