@@ -29,6 +29,10 @@ from aep.storage.base import EventStore
 
 logger = logging.getLogger(__name__)
 
+_DRAIN_RATE_WINDOW_S = 3.0
+_MIN_RETRY_DELAY_S = 0.05
+_MAX_RETRY_DELAY_S = 5.0
+
 
 class AdmissionError(Exception):
     """The pipeline cannot take these events now; nothing of them was accepted."""
@@ -109,6 +113,8 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.store_state = StoreState()
+        # (monotonic time, events) of recent successful writes: the drain rate.
+        self._recent_writes: deque[tuple[float, int]] = deque()
 
     # -- state -----------------------------------------------------------
     @property
@@ -124,6 +130,25 @@ class Pipeline:
     def queued_events(self) -> int:
         """Accepted events not yet taken into a batch."""
         return self._queued_events
+
+    def drain_rate(self) -> float:
+        """Events written per second over the last few seconds (0 when idle)."""
+        horizon = time.monotonic() - _DRAIN_RATE_WINDOW_S
+        recent = self._recent_writes
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        return sum(count for _, count in recent) / _DRAIN_RATE_WINDOW_S
+
+    def retry_delay(self, count: int, nbytes: int) -> float:
+        """Seconds until `count` events of `nbytes` would likely fit, at the drain rate."""
+        rate = self.drain_rate()
+        if rate <= 0:
+            return _MAX_RETRY_DELAY_S  # nothing drains: the store may be down
+        over_events = self._pending_events + count - self._max_events
+        over_bytes = self._pending_bytes + nbytes - self._max_bytes
+        mean_size = self._pending_bytes / max(self._pending_events, 1)
+        excess = max(over_events, over_bytes / max(mean_size, 1.0), 1)
+        return min(_MAX_RETRY_DELAY_S, max(_MIN_RETRY_DELAY_S, excess / rate))
 
     @property
     def max_events(self) -> int:
@@ -302,6 +327,7 @@ class Pipeline:
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
                 continue
             self._note_store_success()
+            self._recent_writes.append((time.monotonic(), len(batch.records)))
             stats = self._stats
             stats.written += result.written
             stats.duplicates += result.duplicates

@@ -13,11 +13,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
 from aep.health import ServingState
@@ -34,6 +36,8 @@ _ACK_FROM_SETTING = {
     AckMode.DURABLE: pb.ACK_MODE_DURABLE,
     AckMode.COMMITTED: pb.ACK_MODE_COMMITTED,
 }
+# Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 _REJECTED = pb.EVENT_STATUS_REJECTED
 
@@ -45,10 +49,27 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class RequestRefusedError(Exception):
     """The RPC (or stream) ends with this status; nothing of the request was admitted."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+    async def abort(self, context: Context) -> NoReturn:
+        """End the RPC; with retry_after_s, the status carries google.rpc.RetryInfo."""
+        if self.retry_after_s is None:
+            await context.abort(self.code, self.message)
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after_s * 1e9))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        await context.abort(
+            self.code,
+            self.message,
+            trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+        )
 
 
 @dataclass(slots=True)
@@ -107,7 +128,7 @@ class AdEventServicer:
             try:
                 return await method(self._decode(request_type, raw))
             except RequestRefusedError as refusal:
-                await context.abort(refusal.code, refusal.message)
+                await refusal.abort(context)
 
         return handle
 
@@ -160,14 +181,14 @@ class AdEventServicer:
                 item = await acks.get()
                 if isinstance(item, _StreamEnd):
                     if item.refusal is not None:
-                        await context.abort(item.refusal.code, item.refusal.message)
+                        await item.refusal.abort(context)
                     return
                 response, done = item
                 if done is not None:
                     try:
                         await self._commit(done)
                     except RequestRefusedError as refusal:
-                        await context.abort(refusal.code, refusal.message)
+                        await refusal.abort(context)
                 yield response
         finally:
             if not reader.done():
@@ -291,7 +312,10 @@ class AdEventServicer:
             ) from error
         except QueueFullError as error:
             self._stats.rejected_overload += len(records)
-            raise RequestRefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from error
+            delay = self._pipeline.retry_delay(len(records), nbytes)
+            raise RequestRefusedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), retry_after_s=delay
+            ) from error
 
     async def _commit(self, done: asyncio.Future[None]) -> None:
         try:
