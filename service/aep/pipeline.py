@@ -26,6 +26,7 @@ from aep.records import EventRecord
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
 from aep.stats import IngestStats
 from aep.storage.base import EventStore
+from aep.wal import Segment, WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class CommitFailedError(Exception):
 
 
 class _Submission:
-    __slots__ = ("arrived", "done", "nbytes", "records", "remaining")
+    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "wal_segment")
 
     def __init__(
         self,
@@ -59,12 +60,14 @@ class _Submission:
         nbytes: int,
         arrived: float,
         done: asyncio.Future[None] | None,
+        wal_segment: Segment | None,
     ) -> None:
         self.records = records
         self.nbytes = nbytes
         self.remaining = len(records)
         self.arrived = arrived
         self.done = done
+        self.wal_segment = wal_segment
 
 
 @dataclass(slots=True, eq=False)  # identity hash: batches sit in a set while written
@@ -90,8 +93,10 @@ class Pipeline:
         batch: BatchSettings,
         queue: QueueSettings,
         retry: RetrySettings,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self._store = store
+        self._wal = wal
         self._stats = stats
         self._dead_letters = dead_letters
         self._batch_size = batch.size
@@ -177,29 +182,50 @@ class Pipeline:
                 await asyncio.wait_for(self._room.wait(), remaining)
         return True
 
-    def submit(
-        self, records: list[EventRecord], nbytes: int, *, wait_for_commit: bool = False
-    ) -> asyncio.Future[None] | None:
-        """Take the events or raise AdmissionError; never blocks.
+    def reserve(self, count: int, nbytes: int) -> None:
+        """Hold room for events that will be submitted later (after a WAL append).
 
-        With wait_for_commit, returns a future that resolves once every event is
-        written (or raises CommitFailedError).
+        Raises AdmissionError like submit(); release() gives the room back if
+        the submission does not happen.
         """
         if self._closing:
             raise PipelineClosedError("the server is shutting down")
-        count = len(records)
         if not self.has_room(count, nbytes):
             raise QueueFullError(
                 f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
                 f"bounds queue.max_events={self._max_events}, "
                 f"queue.max_bytes={self._max_bytes}); retry later"
             )
-        done = asyncio.get_running_loop().create_future() if wait_for_commit else None
-        was_empty = not self._queue
-        self._queue.append(_Submission(records, nbytes, time.monotonic(), done))
-        self._queued_events += count
         self._pending_events += count
         self._pending_bytes += nbytes
+
+    def release(self, count: int, nbytes: int) -> None:
+        self._pending_events -= count
+        self._pending_bytes -= nbytes
+        self._room.set()
+
+    def submit(
+        self,
+        records: list[EventRecord],
+        nbytes: int,
+        *,
+        wait_for_commit: bool = False,
+        reserved: bool = False,
+        wal_segment: Segment | None = None,
+    ) -> asyncio.Future[None] | None:
+        """Take the events or raise AdmissionError; never blocks.
+
+        With wait_for_commit, returns a future that resolves once every event is
+        written (or raises CommitFailedError). `reserved`: room was taken by
+        reserve(). `wal_segment`: the write-ahead log segment holding these
+        events, told when they are all written.
+        """
+        if not reserved:
+            self.reserve(len(records), nbytes)
+        done = asyncio.get_running_loop().create_future() if wait_for_commit else None
+        was_empty = not self._queue
+        self._queue.append(_Submission(records, nbytes, time.monotonic(), done, wal_segment))
+        self._queued_events += len(records)
         if was_empty or self._queued_events >= self._batch_size:
             self._wakeup.set()
         return done
@@ -368,6 +394,9 @@ class Pipeline:
                 self._pending_bytes -= submission.nbytes
                 if submission.done is not None and not submission.done.done():
                     submission.done.set_result(None)
+                if submission.wal_segment is not None and self._wal is not None:
+                    # Stored or dead-lettered: the log no longer needs it.
+                    self._wal.committed(submission.wal_segment)
 
     def _note_store_failure(self, error: Exception) -> None:
         state = self.store_state

@@ -30,6 +30,7 @@ from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
 from aep.stats import IngestStats
 from aep.validation import EventValidator
+from aep.wal import WalError, WriteAheadLog
 
 _ACK_FROM_SETTING = {
     AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
@@ -88,7 +89,9 @@ class AdEventServicer:
         server: ServerSettings,
         default_ack: AckMode,
         store_type: str,
+        wal: WriteAheadLog | None = None,
     ) -> None:
+        self._wal = wal
         self._pipeline = pipeline
         self._validator = validator
         self._stats = stats
@@ -284,15 +287,17 @@ class AdEventServicer:
     def _ack_mode(self, requested: int, count: int) -> pb.AckMode.ValueType:
         if requested == pb.ACK_MODE_UNSPECIFIED:
             return self._default_ack
-        if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED):
+        if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED) or (
+            requested == pb.ACK_MODE_DURABLE and self._wal is not None
+        ):
             return pb.AckMode.ValueType(requested)
         self._stats.received += count
         self._stats.rejected_invalid += count
         if requested == pb.ACK_MODE_DURABLE:
             raise RequestRefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this version "
-                "does not have; use ACK_MODE_ACCEPTED or ACK_MODE_COMMITTED",
+                "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this server "
+                "has not enabled (wal.dir); use ACK_MODE_ACCEPTED or ACK_MODE_COMMITTED",
             )
         raise RequestRefusedError(
             grpc.StatusCode.INVALID_ARGUMENT, f"ack_mode: unknown value {requested}"
@@ -301,7 +306,11 @@ class AdEventServicer:
     def _admit(
         self, records: list[EventRecord], nbytes: int, ack_mode: pb.AckMode.ValueType
     ) -> asyncio.Future[None] | None:
+        """Admit now or refuse; returns what the ack has to wait for, if anything."""
         try:
+            if ack_mode == pb.ACK_MODE_DURABLE:
+                self._pipeline.reserve(len(records), nbytes)
+                return asyncio.ensure_future(self._log_then_submit(records, nbytes))
             return self._pipeline.submit(
                 records, nbytes, wait_for_commit=ack_mode == pb.ACK_MODE_COMMITTED
             )
@@ -317,9 +326,24 @@ class AdEventServicer:
                 grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), retry_after_s=delay
             ) from error
 
+    async def _log_then_submit(self, records: list[EventRecord], nbytes: int) -> None:
+        """Durable mode: the events reach the pipeline once their log append is fsynced."""
+        assert self._wal is not None
+        try:
+            segment = await self._wal.append(records)
+        except BaseException:
+            self._pipeline.release(len(records), nbytes)
+            self._stats.rejected_unavailable += len(records)
+            raise
+        self._pipeline.submit(records, nbytes, reserved=True, wal_segment=segment)
+
     async def _commit(self, done: asyncio.Future[None]) -> None:
         try:
             await asyncio.shield(done)
+        except WalError as error:
+            raise RequestRefusedError(
+                grpc.StatusCode.UNAVAILABLE, f"{error}; retry (the events were not accepted)"
+            ) from error
         except CommitFailedError as error:
             raise RequestRefusedError(
                 grpc.StatusCode.UNAVAILABLE,
