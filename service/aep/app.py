@@ -21,6 +21,7 @@ from aep.health import ServingState
 from aep.http_server import HttpEndpoints
 from aep.pipeline import AdmissionError, Pipeline
 from aep.records import EventRecord
+from aep.security import SecurityConfigError, interceptors, server_credentials
 from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.servicer import AdEventServicer
 from aep.settings import Settings
@@ -96,9 +97,15 @@ class Application:
         if leftovers:
             self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
         try:
-            grpc_server, grpc_port = build_server(settings.server, self.servicer, self.serving)
+            grpc_server, grpc_port = build_server(
+                settings.server,
+                self.servicer,
+                self.serving,
+                credentials=server_credentials(settings.tls),
+                interceptors=interceptors(settings.auth),
+            )
             http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
-        except (BindError, OSError) as error:
+        except (BindError, OSError, SecurityConfigError) as error:
             logger.error("cannot listen", extra={"error": str(error)})
             await self.pipeline.drain(settings.shutdown.grace_period)
             await self.store.close()
@@ -154,7 +161,6 @@ class Application:
         )
         self.telemetry.shutdown()
         return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
-
 
     async def _replay(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
         """Re-submit what the write-ahead log holds from earlier runs, throttled.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -69,19 +70,28 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
 
 
 def build_server(
-    settings: ServerSettings, servicer: AdEventServicer, serving: ServingState
+    settings: ServerSettings,
+    servicer: AdEventServicer,
+    serving: ServingState,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """The server, bound but not started, and the port it bound (for port 0)."""
     server = grpc.aio.server(
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        interceptors=interceptors,
     )
     server.add_generic_rpc_handlers((_ad_event_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, server)
     enable_reflection(server, (AD_EVENT_SERVICE_NAME, HEALTH_SERVICE_NAME))
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise BindError(f"server.port: cannot listen on {address}: {error}") from error
     if port == 0:

@@ -233,6 +233,22 @@ class AckSettings(_Section):
     mode: AckMode = AckMode.ACCEPTED
 
 
+class TlsSettings(_Section):
+    # Both set: the gRPC port speaks TLS. client_ca_file set too: mTLS, clients
+    # must present a certificate signed by that CA.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+
+class AuthSettings(_Section):
+    # A YAML list of {name, key, roles, rate_limit_rps} (see aep/security.py);
+    # unset: AdEventService needs no key.
+    api_keys_file: Path | None = None
+    # RPCs per second per key where the key sets none (0: unlimited).
+    default_rate_limit_rps: float = Field(0.0, ge=0)
+
+
 class WalSettings(_Section):
     # Unset: no write-ahead log, and ack mode `durable` is refused.
     dir: Path | None = None
@@ -258,6 +274,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     ack: AckSettings = AckSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
     wal: WalSettings = WalSettings()
 
     @model_validator(mode="after")
