@@ -7,7 +7,7 @@ PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test bench lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration load-test bench soak lint format clean
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ load-test: deps
 ## bench: our server against a bare grpc.aio baseline (server on CPU 0, load on CPU 1)
 bench: deps
 	$(PY) tests/benchmarks/bench_ingest.py $(BENCH_ARGS)
+
+## soak: 10 minutes of mixed load with faults, watching RSS and open fds
+soak: deps
+	$(PY) tests/benchmarks/soak.py $(SOAK_ARGS)
 
 ## lint: ruff (lint + format check) and mypy --strict
 lint: deps
