@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
+# Test code checked by mypy --strict (the older unit/integration tests are not yet).
+TYPED_TESTS := tests/chart tests/packaging tests/reflection_client.py tests/prometheus_process.py
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration load-test lint format clean \
+	helm e2e image-test sync-dashboards
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +49,13 @@ load-test: deps
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 200000 --batch 100 --concurrent 8
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 20000 --batch 1 --concurrent 50
 
-## lint: ruff (lint + format check) and mypy --strict
+## lint: ruff (lint + format check) and mypy --strict (service, chart tests, e2e)
 lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	MYPYPATH=service:tests:tests/chart $(BIN)/mypy --explicit-package-bases $(TYPED_TESTS)
+	MYPYPATH=service:tests:e2e $(BIN)/mypy --explicit-package-bases e2e
 
 format: deps
 	$(BIN)/ruff format .
@@ -58,3 +63,8 @@ format: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
+
+## sync-dashboards: copy dashboards/*.json into the chart (a test checks the copies)
+sync-dashboards:
+	rm -f charts/ad-event-processor/dashboards/*.json
+	cp dashboards/*.json charts/ad-event-processor/dashboards/
