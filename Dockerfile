@@ -47,8 +47,12 @@ ARG APP_UID=10001
 COPY --from=build /opt/venv /opt/venv
 # /app/data holds the file store's events/ and dead-letter/ (the relative
 # defaults data/events and data/dead-letter resolve there); mount a volume on it.
+# The official Python images ship pip, setuptools and wheel in the system
+# Python, which the runtime does not need (a distribution's own pip, which
+# refuses to uninstall itself under PEP 668, stays).
 RUN mkdir -p /app/data \
- && chown -R ${APP_UID}:${APP_UID} /app/data
+ && chown -R ${APP_UID}:${APP_UID} /app/data \
+ && (python3 -m pip uninstall --yes --quiet pip setuptools wheel 2>/dev/null || true)
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
