@@ -1,49 +1,14 @@
-"""The deployment under test, reached only through its public ports.
-
-With AEP_E2E_GRPC, AEP_E2E_METRICS and AEP_E2E_PROMETHEUS set (e2e/run-kind.sh
-sets them to port-forwards into a kind cluster) the suite drives that
-deployment. Without them it starts a local stack here: the server (`python -m
-aep` on free loopback ports), a real Prometheus scraping it with the chart's
-alert rules, and redis-server when AEP_E2E_STORE=redis.
-"""
+"""Fixtures: the deployment under test (see deployment.py) and its Prometheus."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from prometheus_process import PrometheusApi, running_prometheus
-from support import ServerProcess, free_port
-
-REPO = Path(__file__).resolve().parents[1]
-ALERTS = REPO / "charts" / "ad-event-processor" / "files" / "alerts.yaml"
-JOB = "ad-event-processor"
-# The labels Kubernetes service discovery gives the series in the chart's
-# Prometheus; the local stack attaches the same ones to its static target.
-LOCAL_NAMESPACE = "e2e"
-LOCAL_POD = "local-0"
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    grpc: str  # host:port
-    metrics_url: str  # http://host:port
-    prometheus_url: str
-    store: str
-    local: bool
-
-
-def _url(address: str) -> str:
-    return address if "://" in address else f"http://{address}"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from deployment import Endpoints, local_stack, url_of
+from prometheus_process import PROMETHEUS_HINT, PrometheusApi
+from support import require_tool
 
 
 @pytest.fixture(scope="session")
@@ -55,63 +20,14 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
             pytest.fail(f"AEP_E2E_GRPC is set, so set {' and '.join(missing)} too")
         yield Endpoints(
             grpc=os.environ["AEP_E2E_GRPC"],
-            metrics_url=_url(os.environ["AEP_E2E_METRICS"]),
-            prometheus_url=_url(os.environ["AEP_E2E_PROMETHEUS"]),
+            metrics_url=url_of(os.environ["AEP_E2E_METRICS"]),
+            prometheus_url=url_of(os.environ["AEP_E2E_PROMETHEUS"]),
             store=store,
             local=False,
         )
         return
-    if shutil.which("prometheus") is None:
-        if _in_ci():
-            pytest.fail("CI=true but prometheus is missing: .ci/system-deps installs it")
-        pytest.skip("the local e2e stack needs prometheus (apt-get install prometheus)")
-    yield from _local_stack(tmp_path_factory.mktemp("e2e"), store)
-
-
-def _local_stack(workdir: Path, store: str) -> Iterator[Endpoints]:
-    env = {"AEP_DATABASE_TYPE": store}
-    redis: subprocess.Popen[bytes] | None = None
-    if store == "redis":
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        env["AEP_DATABASE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    server = ServerProcess(workdir / "server", env)
-    try:
-        server.start()
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [
-                {
-                    "job_name": JOB,
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{server.metrics_port}"],
-                            "labels": {"namespace": LOCAL_NAMESPACE, "pod": LOCAL_POD},
-                        }
-                    ],
-                }
-            ],
-        }
-        with running_prometheus(config, workdir / "prometheus") as prometheus:
-            yield Endpoints(
-                grpc=server.address,
-                metrics_url=f"http://127.0.0.1:{server.metrics_port}",
-                prometheus_url=prometheus.url,
-                store=store,
-                local=True,
-            )
-        assert server.stop() == 0, f"the server did not stop cleanly:\n{server.log()}"
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
-        if redis is not None:
-            redis.terminate()
-            redis.wait(timeout=10)
+    require_tool("prometheus", PROMETHEUS_HINT)
+    yield from local_stack(tmp_path_factory.mktemp("e2e"), store)
 
 
 @pytest.fixture(scope="session")

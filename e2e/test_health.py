@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Endpoints
+from deployment import Endpoints
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from public_api import http_get
 

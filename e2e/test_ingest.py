@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import grpc
-from conftest import Endpoints
-from google.protobuf.timestamp_pb2 import Timestamp
-from public_api import scrape
+from deployment import Endpoints
+from public_api import make_events, scrape, send_batch
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
-
-
-def _events(count: int, prefix: str) -> list[pb.AdEvent]:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return [
-        pb.AdEvent(
-            event_id=f"{prefix}-{index}",
-            user_id=f"user-{index % 7}",
-            ad_id=f"ad-{index % 3}",
-            event_type=pb.EVENT_TYPE_CLICK,
-            timestamp=stamp,
-        )
-        for index in range(count)
-    ]
 
 
 def _wait_for(timeout_s: float, check: Callable[[], bool]) -> None:
@@ -39,11 +22,8 @@ def _wait_for(timeout_s: float, check: Callable[[], bool]) -> None:
 
 def test_batch_is_accepted_counted_and_written(endpoints: Endpoints) -> None:
     before = scrape(endpoints.metrics_url)
-    events = _events(250, f"e2e-batch-{uuid.uuid4()}")
-    with grpc.insecure_channel(endpoints.grpc) as channel:
-        response = pb_grpc.AdEventServiceStub(channel).SendAdEventBatch(
-            pb.SendAdEventBatchRequest(events=events, ack_mode=pb.ACK_MODE_COMMITTED), timeout=30
-        )
+    events = make_events(250, "batch")
+    response = send_batch(endpoints.grpc, events, pb.ACK_MODE_COMMITTED)
     assert (response.accepted_count, response.rejected_count) == (250, 0)
     assert [result.index for result in response.results] == list(range(250))
     assert [result.event_id for result in response.results] == [e.event_id for e in events]
@@ -56,7 +36,7 @@ def test_batch_is_accepted_counted_and_written(endpoints: Endpoints) -> None:
 
 
 def test_a_replayed_event_id_is_stored_once(endpoints: Endpoints) -> None:
-    (event,) = _events(1, f"e2e-replay-{uuid.uuid4()}")
+    (event,) = make_events(1, "replay")
     before = scrape(endpoints.metrics_url)
     with grpc.insecure_channel(endpoints.grpc) as channel:
         stub = pb_grpc.AdEventServiceStub(channel)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Endpoints
+from deployment import Endpoints
 from prometheus_client.parser import text_string_to_metric_families
 from public_api import http_get
 

@@ -4,41 +4,19 @@ metric) give per-pod values."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from conftest import ALERTS, JOB, Endpoints
-from google.protobuf.timestamp_pb2 import Timestamp
+from deployment import ALERTS, JOB, Endpoints
 from prometheus_process import PrometheusApi
-
-from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from public_api import make_events, send_batch
 
 ADAPTER_VALUES = Path(__file__).resolve().parents[1] / "k8s" / "prometheus-adapter-values.yaml"
 
 
 def _send(endpoints: Endpoints, count: int) -> None:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    prefix = f"e2e-prom-{uuid.uuid4()}"
-    events = [
-        pb.AdEvent(
-            event_id=f"{prefix}-{i}",
-            user_id="u",
-            ad_id="a",
-            event_type=pb.EVENT_TYPE_IMPRESSION,
-            timestamp=stamp,
-        )
-        for i in range(count)
-    ]
-    with grpc.insecure_channel(endpoints.grpc) as channel:
-        response = pb_grpc.AdEventServiceStub(channel).SendAdEventBatch(
-            pb.SendAdEventBatchRequest(events=events), timeout=30
-        )
-    assert response.accepted_count == count
+    assert send_batch(endpoints.grpc, make_events(count, "prometheus")).accepted_count == count
 
 
 def _total(result: list[dict[str, Any]]) -> float:

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 import pytest
-from conftest import Endpoints
+from deployment import Endpoints
 from reflection_client import REFLECTION_SERVICES, ReflectionClient
 
 

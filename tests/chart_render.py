@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ad-event-processor"
@@ -92,19 +93,11 @@ def helm_binaries() -> tuple[Helm, ...]:
     return tuple(sorted(found.values(), key=lambda helm: helm.version))
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def require_helm() -> tuple[Helm, ...]:
     """The Helm binaries; skips the test without one, fails it in CI."""
-    import pytest
-
     helms = helm_binaries()
     if not helms:
-        if in_ci():
-            pytest.fail("CI=true but no Helm binary was found: .ci/install-helm installs them")
-        pytest.skip("no Helm binary (bash .ci/install-helm installs Helm 3.18 and 4.1)")
+        skip_or_fail("no Helm binary was found (make helm installs Helm 3.18 and 4.1)")
     return helms
 
 

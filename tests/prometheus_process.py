@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -22,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import free_port
+from support import free_port, require_tool
 
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus")
+PROMETHEUS_HINT = "apt-get install prometheus; .ci/system-deps does"
 
 
 def kubernetes_sd_as_static(
@@ -66,9 +63,7 @@ class PrometheusProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> PrometheusProcess:
-        binary = prometheus_binary()
-        if binary is None:
-            raise FileNotFoundError("prometheus is not installed (apt-get install prometheus)")
+        binary = require_tool("prometheus", PROMETHEUS_HINT)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,16 +17,16 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from chart_render import CHART, KIND_VALUES, REPO, SCENARIOS, Helm, in_ci, render
+from chart_render import CHART, KIND_VALUES, REPO, SCENARIOS, Helm, render
 from prometheus_process import (
+    PROMETHEUS_HINT,
     PrometheusApi,
     kubernetes_sd_as_static,
     pod_meta_labels,
-    prometheus_binary,
     running_prometheus,
 )
 from reflection_client import ReflectionClient
-from support import ServerProcess
+from support import ServerProcess, require_tool
 
 FULLNAME = "aep-ad-event-processor"
 ALERTS = CHART / "files" / "alerts.yaml"
@@ -37,12 +36,7 @@ CHART_DASHBOARDS = CHART / "dashboards"
 
 @pytest.fixture
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if in_ci():
-            pytest.fail("CI=true but promtool is missing: .ci/system-deps installs prometheus")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
+    return require_tool("promtool", PROMETHEUS_HINT)
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -106,10 +100,7 @@ def test_bundled_prometheus_relabels_and_alerts_on_a_real_server(
     the server's metrics port (kept), its gRPC port (dropped: not "metrics") and
     a finished pod (dropped by phase).
     """
-    if prometheus_binary() is None:
-        if in_ci():
-            pytest.fail("CI=true but prometheus is missing: .ci/system-deps installs it")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
+    require_tool("prometheus", PROMETHEUS_HINT)
     config, alerts = _prometheus_config(newest_helm, (CHART / "ci" / "full-stack-values.yaml",))
     (tmp_path / "alerts.yaml").write_text(alerts)
     job = kubernetes_sd_as_static(

@@ -13,12 +13,12 @@ from chart_render import (
     SCENARIOS,
     Helm,
     helm_binaries,
-    in_ci,
     render,
     render_error,
     render_text,
 )
 from manifest_validation import UnknownKindError, validate_document
+from support import in_ci
 
 # Every scenario of ci/ plus the defaults and the kind cluster's values.
 VALUES_SETS = [pytest.param((), id="defaults")]
