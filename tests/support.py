@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.storage.file import read_records
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip a test whose tool is missing here; in CI (which installs it) fail it."""
+    if in_ci():
+        pytest.fail(f"CI=true but {message}")
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of a command a test needs (see skip_or_fail)."""
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(f"{name} is not installed ({install_hint})")
+        raise AssertionError("unreachable")
+    return path
 
 
 def free_port() -> int:
