@@ -103,6 +103,11 @@ class Application:
             await self.store.close()
             self.telemetry.shutdown()
             return EXIT_STARTUP_FAILED
+        # grpc's health servicer answers SERVING for "" until told otherwise.
+        await self.serving.set_serving(False)
+        if not store_open:
+            not_yet = StoreError("not connected yet (database.startup=wait)")
+            self.pipeline.note_store_failure(not_yet)
         await grpc_server.start()
         listening = {
             "grpc_port": grpc_port,

@@ -347,7 +347,7 @@ class Pipeline:
         """A write (or the monitor's ping) failed."""
         state = self.store_state
         if state.healthy:
-            logger.warning("store write failed", extra={"error": str(error)})
+            logger.warning("store failing", extra={"error": str(error)})
             state.failing_since = time.monotonic()
         state.healthy = False
         state.detail = f"{type(error).__name__}: {error}"
