@@ -7,7 +7,7 @@ PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration bench-stores load-test lint format clean
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-unit: deps
 ## test-integration: tests that start real server processes
 test-integration: deps system-deps
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+## bench-stores: events/s and batch latency of each store's write_batch (own servers, loopback)
+bench-stores: deps system-deps
+	$(PY) tests/benchmarks/bench_stores.py
 
 ## load-test: drive a running server (make run) with the load client
 load-test: deps
