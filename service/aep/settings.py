@@ -131,7 +131,7 @@ class RedisStoreSettings(_Section):
     # XADD MAXLEN ~ max_len: approximate trimming, cheap; 0 keeps every entry.
     max_len: int = Field(0, ge=0)
     # An event_id seen within this window is not appended again. Each id costs
-    # one key of ~120 bytes for the window: events/s x window x 120 B of memory.
+    # one key of ~140 bytes for the window: events/s x window x 140 B of memory.
     dedupe_window: Duration = Field(600.0, ge=1)
     # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
     counters: bool = False

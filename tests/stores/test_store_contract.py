@@ -110,7 +110,7 @@ async def test_two_replicas_sharing_the_server_store_each_id_once(
 async def test_concurrent_writers_on_one_store(backend: Backend) -> None:
     store = await backend.open_store(writers=4)
     try:
-        # 8 writers, overlapping ranges: ids 0..1199, most of them sent twice.
+        # 10 concurrent batches over 4 writers, overlapping: ids 0..1199, most sent 3 times.
         results = await asyncio.gather(
             *(store.write_batch(events(start * 100, 300)) for start in range(10))
         )
