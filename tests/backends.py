@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from servers import MongoServer, RedisServer
@@ -104,7 +104,7 @@ def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
 
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        entries = client.xrange(stream)
+        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(stream))
     finally:
         client.close()
     records = []

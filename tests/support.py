@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.storage.file import read_records
 
 
 def free_port() -> int:
@@ -44,11 +44,10 @@ def valid_event(**overrides: object) -> pb.AdEvent:
 
 
 def stored_events(directory: Path) -> list[dict[str, object]]:
-    """Every complete line of every events-*.jsonl file under directory."""
-    events = []
-    for path in sorted(directory.glob("events-*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            events.append(orjson.loads(line))
+    """Every complete event of every store file (.jsonl or .binpb) under directory."""
+    events: list[dict[str, object]] = []
+    for path in sorted(directory.glob("events-*")):
+        events.extend(read_records(path))
     return events
 
 
@@ -155,3 +154,17 @@ def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, object]]:
+    """The records the server stores for these valid events (each with its event_id set)."""
+    from aep.settings import ValidationSettings
+    from aep.validation import EventValidator
+
+    validator = EventValidator(ValidationSettings())
+    records = []
+    for event in events:
+        record = validator.accept(event, event.timestamp.seconds, received_at, lambda: "unused")
+        assert isinstance(record, dict), record
+        records.append(record)
+    return records

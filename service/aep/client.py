@@ -5,6 +5,8 @@ Modes (the reference design's):
   batch    send --events events in SendAdEventBatch calls of --batch events
   load     --concurrent callers send --events events in total (batches of
            --batch; --batch 1 uses SendAdEvent) and report events/s and latency
+  stream   --concurrent StreamAdEvents streams send --events events in chunks
+           of --batch; latency is per chunk, from send to ack
   health   call HealthCheck and grpc.health.v1; exit 0 only when SERVING
 
 Exit codes: 0 every event accepted; 1 some event rejected or an RPC failed;
@@ -158,6 +160,54 @@ class LoadClient:
             outcome.failure(error, count)
         outcome.latencies.append(time.perf_counter() - started)
 
+    async def stream(self, chunks: list[int], outcome: Outcome, keep_ids: bool) -> None:
+        """One StreamAdEvents call sending a chunk per entry of `chunks` (its size)."""
+        call = self._stub.StreamAdEvents(None)  # requests are written with call.write
+        sent_at: dict[int, float] = {}
+
+        async def write_chunks() -> None:
+            for sequence, count in enumerate(chunks, start=1):
+                now = self._now()
+                events = [make_event(self._rng, now) for _ in range(count)]
+                sent_at[sequence] = time.perf_counter()
+                await call.write(
+                    pb.StreamAdEventsRequest(
+                        sequence=sequence, events=events, ack_mode=self._ack_mode
+                    )
+                )
+            await call.done_writing()
+
+        writer = asyncio.create_task(write_chunks())
+        acknowledged = 0
+        try:
+            async for ack in call:
+                outcome.latencies.append(time.perf_counter() - sent_at.pop(ack.sequence))
+                acknowledged += ack.accepted_count + ack.rejected_count
+                outcome.accepted += ack.accepted_count
+                outcome.rejected += ack.rejected_count
+                for result in ack.results:
+                    if result.status != pb.EVENT_STATUS_ACCEPTED:
+                        key = f"rejected: {result.reason}"
+                        outcome.errors[key] = outcome.errors.get(key, 0) + 1
+                    elif keep_ids:
+                        outcome.event_ids.append(result.event_id)
+            await writer
+        except grpc.aio.AioRpcError as error:
+            writer.cancel()
+            # Chunks without an ack were not accepted.
+            outcome.failure(error, sum(chunks) - acknowledged)
+
+
+async def _run_streams(
+    client: LoadClient, total: int, chunk: int, streams: int, keep_ids: bool
+) -> tuple[Outcome, float]:
+    outcome = Outcome()
+    sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])
+    shares = [sizes[index::streams] for index in range(streams)]
+    started = time.perf_counter()
+    await asyncio.gather(*(client.stream(share, outcome, keep_ids) for share in shares if share))
+    return outcome, time.perf_counter() - started
+
 
 async def _run_sends(
     client: LoadClient, total: int, batch: int, concurrent: int, progress: Progress, keep_ids: bool
@@ -257,13 +307,18 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if args.mode == "health":
             return await _health(channel, args.timeout, out)
         client = LoadClient(channel, _ACK_MODES[args.ack_mode], args.timeout, args.seed)
-        batch = 1 if args.mode == "single" else args.batch
-        concurrent = args.concurrent if args.mode == "load" else 1
-        progress = Progress(args.events, sys.stderr, enabled=not args.quiet)
         keep_ids = args.ids_out is not None
-        outcome, elapsed = await _run_sends(
-            client, args.events, batch, concurrent, progress, keep_ids
-        )
+        if args.mode == "stream":
+            outcome, elapsed = await _run_streams(
+                client, args.events, args.batch, args.concurrent, keep_ids
+            )
+        else:
+            batch = 1 if args.mode == "single" else args.batch
+            concurrent = args.concurrent if args.mode == "load" else 1
+            progress = Progress(args.events, sys.stderr, enabled=not args.quiet)
+            outcome, elapsed = await _run_sends(
+                client, args.events, batch, concurrent, progress, keep_ids
+            )
     _report(args, outcome, elapsed, out)
     if args.ids_out is not None:
         args.ids_out.write_text("".join(f"{event_id}\n" for event_id in outcome.event_ids))
@@ -292,11 +347,16 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument(
         "--server", default="localhost:8080", help="HOST:PORT (default %(default)s)"
     )
-    result.add_argument("--mode", choices=("single", "batch", "load", "health"), default="single")
+    result.add_argument(
+        "--mode", choices=("single", "batch", "load", "stream", "health"), default="single"
+    )
     result.add_argument("--events", type=_positive, default=100, help="events to send in all")
     result.add_argument("--batch", type=_positive, default=100, help="events per batch RPC")
     result.add_argument(
-        "--concurrent", type=_positive, default=10, help="RPCs in flight in load mode"
+        "--concurrent",
+        type=_positive,
+        default=10,
+        help="RPCs in flight (load mode) or parallel streams (stream mode)",
     )
     result.add_argument(
         "--ack-mode",

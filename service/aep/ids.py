@@ -12,31 +12,39 @@ import time
 
 _RANDOM_BITS = 74
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
+_RAND_B_MASK = (1 << 62) - 1
+_VARIANT = 0b10 << 62
 
 
 class EventIdGenerator:
     """Makes UUIDv7 strings; not thread-safe (used from the event loop only)."""
 
-    __slots__ = ("_last_ms", "_last_random")
+    __slots__ = ("_last_ms", "_last_random", "_prefix")
 
     def __init__(self) -> None:
         self._last_ms = -1
         self._last_random = 0
+        self._prefix = ""
+
+    def _start_millisecond(self, ms: int) -> None:
+        self._last_ms = ms
+        hex_ms = f"{ms:012x}"
+        # "tttttttt-tttt-7": the timestamp and the version nibble, fixed within a ms.
+        self._prefix = f"{hex_ms[:8]}-{hex_ms[8:]}-7"
 
     def new_id(self) -> str:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > self._last_ms:
-            self._last_ms = now_ms
+            self._start_millisecond(now_ms)
             # Leave headroom so increments inside one millisecond never overflow.
             self._last_random = int.from_bytes(os.urandom(10)) & (_RANDOM_MASK >> 1)
         else:
             # Same millisecond (or the clock stepped back): keep order by counting up.
             self._last_random += 1
             if self._last_random > _RANDOM_MASK:
-                self._last_ms += 1
+                self._start_millisecond(self._last_ms + 1)
                 self._last_random = 0
-        rand_a = self._last_random >> 62
-        rand_b = self._last_random & ((1 << 62) - 1)
-        value = (self._last_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-        text = f"{value:032x}"
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        random_bits = self._last_random
+        # rand_a (12 bits), the variant bits "10", rand_b (62 bits): 19 hex digits.
+        tail = f"{(random_bits >> 62) << 64 | _VARIANT | (random_bits & _RAND_B_MASK):019x}"
+        return f"{self._prefix}{tail[:3]}-{tail[3:7]}-{tail[7:]}"

@@ -105,6 +105,7 @@ class Pipeline:
         self._pending_events = 0
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever writes free queue room
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=batch.worker_pool_size)
         self._writing: set[_Batch] = set()
         self._handing_over: _Batch | None = None
@@ -144,6 +145,24 @@ class Pipeline:
         )
 
     # -- admission ---------------------------------------------------------
+    def has_room(self, count: int, nbytes: int) -> bool:
+        return (
+            self._pending_events + count <= self._max_events
+            and self._pending_bytes + nbytes <= self._max_bytes
+        )
+
+    async def wait_for_room(self, count: int, nbytes: int, wait_s: float) -> bool:
+        """Wait until `count` events of `nbytes` would be admitted; False on timeout."""
+        deadline = time.monotonic() + wait_s
+        while not self.has_room(count, nbytes) and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), remaining)
+        return True
+
     def submit(
         self, records: list[EventRecord], nbytes: int, *, wait_for_commit: bool = False
     ) -> asyncio.Future[None] | None:
@@ -155,10 +174,7 @@ class Pipeline:
         if self._closing:
             raise PipelineClosedError("the server is shutting down")
         count = len(records)
-        if (
-            self._pending_events + count > self._max_events
-            or self._pending_bytes + nbytes > self._max_bytes
-        ):
+        if not self.has_room(count, nbytes):
             raise QueueFullError(
                 f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
                 f"bounds queue.max_events={self._max_events}, "
@@ -333,6 +349,7 @@ class Pipeline:
         self._complete(batch, CommitFailedError(reason))
 
     def _complete(self, batch: _Batch, error: Exception | None) -> None:
+        self._room.set()
         self._pending_events -= len(batch.records)
         for submission, count in batch.parts:
             submission.remaining -= count

@@ -47,16 +47,20 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
     # malformed input with INVALID_ARGUMENT.
     handlers = {
         "SendAdEvent": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.SendAdEventRequest, servicer.SendAdEvent),
+            servicer.unary(pb.SendAdEventRequest, servicer.SendAdEvent),
             response_serializer=pb.SendAdEventResponse.SerializeToString,
         ),
         "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
+            servicer.unary(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
             response_serializer=pb.SendAdEventBatchResponse.SerializeToString,
         ),
         "HealthCheck": grpc.unary_unary_rpc_method_handler(
-            servicer.decoding(pb.HealthCheckRequest, servicer.HealthCheck),
+            servicer.unary(pb.HealthCheckRequest, servicer.HealthCheck),
             response_serializer=pb.HealthCheckResponse.SerializeToString,
+        ),
+        "StreamAdEvents": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAdEvents,
+            response_serializer=pb.StreamAdEventsResponse.SerializeToString,
         ),
     }
     missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()
@@ -70,7 +74,7 @@ def build_server(
     """The server, bound but not started, and the port it bound (for port 0)."""
     server = grpc.aio.server(
         options=_channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     server.add_generic_rpc_handlers((_ad_event_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, server)

@@ -2,15 +2,18 @@
 
 No storage code here. Requests arrive as raw bytes (see server.py) so that a
 malformed message is answered with INVALID_ARGUMENT instead of gRPC's generic
-INTERNAL "Exception deserializing request".
+INTERNAL "Exception deserializing request". Helpers raise RequestRefusedError; the
+decoding wrapper (unary) or the stream turns it into the RPC status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -19,14 +22,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aep import __version__
 from aep.health import ServingState
 from aep.ids import EventIdGenerator
-from aep.pipeline import (
-    AdmissionError,
-    CommitFailedError,
-    Pipeline,
-    PipelineClosedError,
-)
+from aep.pipeline import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord, format_epoch, to_record
+from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
 from aep.stats import IngestStats
 from aep.validation import EventValidator
@@ -41,6 +39,21 @@ _REJECTED = pb.EVENT_STATUS_REJECTED
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RequestRefusedError(Exception):
+    """The RPC (or stream) ends with this status; nothing of the request was admitted."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class _StreamEnd:
+    refusal: RequestRefusedError | None = None
 
 
 class AdEventServicer:
@@ -61,110 +74,141 @@ class AdEventServicer:
         self._serving = serving
         self._max_batch_events = server.max_batch_events
         self._max_message_bytes = server.max_message_bytes
+        self._max_unacked_chunks = server.stream_max_unacked_chunks
+        self._backpressure_wait = server.stream_backpressure_wait
         self._default_ack = _ACK_FROM_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
 
     # -- request decoding -----------------------------------------------------
-    def decoding(
+    def _decode(self, request_type: type[RequestT], raw: bytes) -> RequestT:
+        if len(raw) > self._max_message_bytes:
+            raise RequestRefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request of {len(raw)} bytes exceeds "
+                f"server.max_message_bytes={self._max_message_bytes}",
+            )
+        try:
+            return request_type.FromString(raw)
+        except DecodeError as error:
+            raise RequestRefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            ) from error
+
+    def unary(
         self,
         request_type: type[RequestT],
-        method: Callable[
-            [RequestT, grpc.aio.ServicerContext[RequestT, ResponseT]], Awaitable[ResponseT]
-        ],
-    ) -> Callable[[bytes, grpc.aio.ServicerContext[RequestT, ResponseT]], Awaitable[ResponseT]]:
-        """Wrap a method to take the raw request bytes; bad bytes -> INVALID_ARGUMENT."""
-        limit = self._max_message_bytes
-        name = request_type.DESCRIPTOR.full_name
+        method: Callable[[RequestT], Awaitable[ResponseT]],
+    ) -> Callable[[bytes, Context], Awaitable[ResponseT]]:
+        """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status."""
 
-        async def handle(
-            raw: bytes, context: grpc.aio.ServicerContext[RequestT, ResponseT]
-        ) -> ResponseT:
-            if len(raw) > limit:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request of {len(raw)} bytes exceeds server.max_message_bytes={limit}",
-                )
+        async def handle(raw: bytes, context: Context) -> ResponseT:
             try:
-                request = request_type.FromString(raw)
-            except DecodeError as error:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name}: {error}"
-                )
-            return await method(request, context)
+                return await method(self._decode(request_type, raw))
+            except RequestRefusedError as refusal:
+                await context.abort(refusal.code, refusal.message)
 
         return handle
 
     # -- RPCs ------------------------------------------------------------------------
-    async def SendAdEvent(
-        self,
-        request: pb.SendAdEventRequest,
-        context: grpc.aio.ServicerContext[pb.SendAdEventRequest, pb.SendAdEventResponse],
-    ) -> pb.SendAdEventResponse:
+    async def SendAdEvent(self, request: pb.SendAdEventRequest) -> pb.SendAdEventResponse:
+        ack_mode = self._ack_mode(request.ack_mode, 1)
         stats = self._stats
         stats.received += 1
-        ack_mode = await self._ack_mode(request.ack_mode, 1, context)
         if not request.HasField("event"):
             stats.rejected_invalid += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        event = request.event
+            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
         now = time.time()
-        problem = self._validator.problem(event, now)
-        if problem is not None:
+        record = self._validator.accept(request.event, now, format_epoch(now), self._ids.new_id)
+        if isinstance(record, str):
             stats.rejected_invalid += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        event_id = event.event_id or self._ids.new_id()
-        record = to_record(event, event_id, format_epoch(now))
-        await self._admit([record], request.ByteSize(), ack_mode, context)
+            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, record)
+        event_id = record["event_id"]
+        done = self._admit([record], request.ByteSize(), ack_mode)
+        if done is not None:
+            await self._commit(done)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
     async def SendAdEventBatch(
-        self,
-        request: pb.SendAdEventBatchRequest,
-        context: grpc.aio.ServicerContext[pb.SendAdEventBatchRequest, pb.SendAdEventBatchResponse],
+        self, request: pb.SendAdEventBatchRequest
     ) -> pb.SendAdEventBatchResponse:
         events = request.events
-        count = len(events)
-        if count == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "events: the batch is empty")
-        if count > self._max_batch_events:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"events: {count} events exceed server.max_batch_events={self._max_batch_events}",
-            )
-        stats = self._stats
-        stats.received += count
-        ack_mode = await self._ack_mode(request.ack_mode, count, context)
+        self._check_batch_length(len(events))
+        ack_mode = self._ack_mode(request.ack_mode, len(events))
         response = pb.SendAdEventBatchResponse(ack_mode=ack_mode)
-        add_result = response.results.add
-        records: list[EventRecord] = []
-        now = time.time()
-        received_at = format_epoch(now)
-        problem_of = self._validator.problem
-        new_id = self._ids.new_id
-        for index, event in enumerate(events):
-            problem = problem_of(event, now)
-            if problem is None:
-                event_id = event.event_id or new_id()
-                records.append(to_record(event, event_id, received_at))
-                add_result(index=index, event_id=event_id, status=_ACCEPTED)
-            else:
-                add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=problem)
-        rejected = count - len(records)
-        stats.rejected_invalid += rejected
-        if records:
-            # Byte cost in proportion to the accepted share of the request.
-            nbytes = request.ByteSize() * len(records) // count
-            await self._admit(records, nbytes, ack_mode, context)
+        records = self._accept(events, response.results.add)
         response.accepted_count = len(records)
-        response.rejected_count = rejected
+        response.rejected_count = len(events) - len(records)
+        if records:
+            nbytes = request.ByteSize() * len(records) // len(events)
+            done = self._admit(records, nbytes, ack_mode)
+            if done is not None:
+                await self._commit(done)
         return response
 
-    async def HealthCheck(
+    async def StreamAdEvents(
+        self, request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[pb.StreamAdEventsResponse]:
+        """Acks in chunk order; a reader task feeds a bounded queue of pending acks."""
+        acks: asyncio.Queue[
+            tuple[pb.StreamAdEventsResponse, asyncio.Future[None] | None] | _StreamEnd
+        ] = asyncio.Queue(maxsize=self._max_unacked_chunks)
+        reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
+        try:
+            while True:
+                item = await acks.get()
+                if isinstance(item, _StreamEnd):
+                    if item.refusal is not None:
+                        await context.abort(item.refusal.code, item.refusal.message)
+                    return
+                response, done = item
+                if done is not None:
+                    try:
+                        await self._commit(done)
+                    except RequestRefusedError as refusal:
+                        await context.abort(refusal.code, refusal.message)
+                yield response
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _read_chunks(
         self,
-        request: pb.HealthCheckRequest,
-        context: grpc.aio.ServicerContext[pb.HealthCheckRequest, pb.HealthCheckResponse],
-    ) -> pb.HealthCheckResponse:
+        request_iterator: AsyncIterator[bytes],
+        acks: asyncio.Queue[
+            tuple[pb.StreamAdEventsResponse, asyncio.Future[None] | None] | _StreamEnd
+        ],
+    ) -> None:
+        try:
+            async for raw in request_iterator:
+                chunk = self._decode(pb.StreamAdEventsRequest, raw)
+                events = chunk.events
+                self._check_batch_length(len(events))
+                ack_mode = self._ack_mode(chunk.ack_mode, len(events))
+                response = pb.StreamAdEventsResponse(sequence=chunk.sequence, ack_mode=ack_mode)
+                records = self._accept(events, response.results.add)
+                response.accepted_count = len(records)
+                response.rejected_count = len(events) - len(records)
+                done = None
+                if records:
+                    nbytes = chunk.ByteSize() * len(records) // len(events)
+                    if not self._pipeline.has_room(len(records), nbytes):
+                        # Withhold this ack (and stop reading) until there is room.
+                        await self._pipeline.wait_for_room(
+                            len(records), nbytes, self._backpressure_wait
+                        )
+                    done = self._admit(records, nbytes, ack_mode)
+                # Blocks once max unacked chunks are pending: flow control.
+                await acks.put((response, done))
+        except RequestRefusedError as refusal:
+            await acks.put(_StreamEnd(refusal))
+        else:
+            await acks.put(_StreamEnd())
+
+    async def HealthCheck(self, request: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
         pipeline = self._pipeline
         store = pipeline.store_state
         server_time = Timestamp()
@@ -184,49 +228,77 @@ class AdEventServicer:
             server_time=server_time,
         )
 
-    # -- helpers -----------------------------------------------------------------
-    async def _ack_mode(  # noqa: RET503 (context.abort never returns)
-        self, requested: int, count: int, context: grpc.aio.ServicerContext[RequestT, ResponseT]
-    ) -> pb.AckMode.ValueType:
+    # -- the per-event path -----------------------------------------------------------
+    def _accept(self, events: Any, add_result: Callable[..., pb.EventResult]) -> list[EventRecord]:
+        """Validate every event, add its result, return the records to admit."""
+        records: list[EventRecord] = []
+        append = records.append
+        now = time.time()
+        received_at = format_epoch(now)
+        accept = self._validator.accept
+        new_id = self._ids.new_id
+        for index, event in enumerate(events):
+            outcome = accept(event, now, received_at, new_id)
+            if type(outcome) is dict:
+                append(outcome)
+                add_result(index=index, event_id=outcome["event_id"], status=_ACCEPTED)
+            else:
+                add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=outcome)
+        stats = self._stats
+        stats.received += len(events)
+        stats.rejected_invalid += len(events) - len(records)
+        return records
+
+    def _check_batch_length(self, count: int) -> None:
+        if count == 0:
+            raise RequestRefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT, "events: the batch is empty"
+            )
+        if count > self._max_batch_events:
+            raise RequestRefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"events: {count} events exceed server.max_batch_events={self._max_batch_events}",
+            )
+
+    def _ack_mode(self, requested: int, count: int) -> pb.AckMode.ValueType:
         if requested == pb.ACK_MODE_UNSPECIFIED:
             return self._default_ack
         if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED):
             return pb.AckMode.ValueType(requested)
+        self._stats.received += count
         self._stats.rejected_invalid += count
         if requested == pb.ACK_MODE_DURABLE:
-            await context.abort(
+            raise RequestRefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this version "
                 "does not have; use ACK_MODE_ACCEPTED or ACK_MODE_COMMITTED",
             )
-        await context.abort(
+        raise RequestRefusedError(
             grpc.StatusCode.INVALID_ARGUMENT, f"ack_mode: unknown value {requested}"
         )
 
-    async def _admit(
-        self,
-        records: list[EventRecord],
-        nbytes: int,
-        ack_mode: pb.AckMode.ValueType,
-        context: grpc.aio.ServicerContext[RequestT, ResponseT],
-    ) -> None:
+    def _admit(
+        self, records: list[EventRecord], nbytes: int, ack_mode: pb.AckMode.ValueType
+    ) -> asyncio.Future[None] | None:
         try:
-            done = self._pipeline.submit(
+            return self._pipeline.submit(
                 records, nbytes, wait_for_commit=ack_mode == pb.ACK_MODE_COMMITTED
             )
         except PipelineClosedError as error:
             self._stats.rejected_unavailable += len(records)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error}; retry on another replica")
-        except AdmissionError as error:
+            raise RequestRefusedError(
+                grpc.StatusCode.UNAVAILABLE, f"{error}; retry on another replica"
+            ) from error
+        except QueueFullError as error:
             self._stats.rejected_overload += len(records)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        if done is None:
-            return
+            raise RequestRefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from error
+
+    async def _commit(self, done: asyncio.Future[None]) -> None:
         try:
             await asyncio.shield(done)
         except CommitFailedError as error:
-            await context.abort(
+            raise RequestRefusedError(
                 grpc.StatusCode.UNAVAILABLE,
                 "the store refused the events past the retry bound; they were dead-lettered "
                 f"(retrying with the same event_ids is safe): {error}",
-            )
+            ) from error

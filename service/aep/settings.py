@@ -100,13 +100,19 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     max_message_bytes: ByteSize = Field(4 * 1024**2, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
-    max_concurrent_rpcs: int = Field(1000, ge=1)
+    # RPCs in progress at once (0: no limit); past it gRPC answers RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(1000, ge=0)
     keepalive_time: Duration = 30.0
     keepalive_timeout: Duration = 10.0
     # Bounded connection age makes clients reconnect, so new replicas behind a
     # Kubernetes Service (an L4 load balancer) get their share of traffic.
     max_connection_age: Duration = 300.0
     max_connection_age_grace: Duration = 30.0
+    # StreamAdEvents flow control: chunks read but not yet acknowledged, per
+    # stream; past it the server stops reading and HTTP/2 holds the client.
+    stream_max_unacked_chunks: int = Field(64, ge=1)
+    # How long a stream waits for queue room before ending with RESOURCE_EXHAUSTED.
+    stream_backpressure_wait: Duration = 5.0
 
 
 class FsyncPolicy(StrEnum):
@@ -115,8 +121,14 @@ class FsyncPolicy(StrEnum):
     NEVER = "never"  # left to the OS (and close)
 
 
+class FileFormat(StrEnum):
+    JSONL = "jsonl"  # events-*.jsonl, one JSON object per line
+    PROTOBUF = "protobuf"  # events-*.binpb, varint-length-prefixed StoredAdEvent records
+
+
 class FileStoreSettings(_Section):
     dir: Path = Path("data/events")
+    format: FileFormat = FileFormat.JSONL
     rotate_bytes: ByteSize = Field(128 * 1024**2, ge=1024)
     rotate_interval: Duration = 3600.0
     fsync: FsyncPolicy = FsyncPolicy.BATCH

@@ -29,15 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: servers,
 
 from backends import Backend
 from servers import MongoServer, RedisServer
-from support import valid_event
+from support import stored_forms, valid_event
 
-from aep.records import EventRecord, format_epoch, to_record
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.records import EventRecord, format_epoch
 
 
 def make_events(count: int, run: str) -> list[EventRecord]:
-    received_at = format_epoch(time.time())
     template = valid_event(attributes={"os": "ios", "geo": "FR"}, campaign_id="camp-1")
-    return [to_record(template, f"{run}-{i:08d}", received_at) for i in range(count)]
+    events = []
+    for i in range(count):
+        event = pb.AdEvent()
+        event.CopyFrom(template)
+        event.event_id = f"{run}-{i:08d}"
+        events.append(event)
+    return stored_forms(events, format_epoch(time.time()))
 
 
 def percentile(samples: list[float], fraction: float) -> float:

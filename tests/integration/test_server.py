@@ -23,6 +23,10 @@ pytestmark = pytest.mark.integration
 SERVICE = "adevents.v1.AdEventService"
 
 
+def details(raised: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    return raised.value.details() or ""
+
+
 def stub(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.AdEventServiceStub]:
     channel = grpc.insecure_channel(server.address)
     return channel, pb_grpc.AdEventServiceStub(channel)
@@ -54,7 +58,7 @@ def test_invalid_single_event_is_invalid_argument_naming_the_field(server: Serve
     with channel, pytest.raises(grpc.RpcError) as raised:
         api.SendAdEvent(pb.SendAdEventRequest(event=valid_event(ad_id="")), timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details().startswith("ad_id:")
+    assert details(raised).startswith("ad_id:")
     assert stop_cleanly(server) == []
 
 
@@ -63,7 +67,7 @@ def test_request_without_event_is_refused(server: ServerProcess) -> None:
     with channel, pytest.raises(grpc.RpcError) as raised:
         api.SendAdEvent(pb.SendAdEventRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() == "event: required"
+    assert details(raised) == "event: required"
 
 
 def test_mixed_batch_accepts_the_good_and_reports_each_bad_one(server: ServerProcess) -> None:
@@ -97,11 +101,11 @@ def test_mixed_batch_accepts_the_good_and_reports_each_bad_one(server: ServerPro
 
 def test_malformed_bytes_are_invalid_argument(server: ServerProcess) -> None:
     with grpc.insecure_channel(server.address) as channel:
-        raw = channel.unary_unary(f"/{SERVICE}/SendAdEventBatch")
+        raw = channel.unary_unary(f"/{SERVICE}/SendAdEventBatch", None, None)
         with pytest.raises(grpc.RpcError) as raised:
             raw(b"\x0a\xff\xff\xff\xff\x0f garbage", timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "adevents.v1.SendAdEventBatchRequest" in raised.value.details()
+    assert "adevents.v1.SendAdEventBatchRequest" in details(raised)
 
 
 def test_invalid_utf8_is_invalid_argument(server: ServerProcess) -> None:
@@ -109,7 +113,7 @@ def test_invalid_utf8_is_invalid_argument(server: ServerProcess) -> None:
     bad_event = b"\x12\x02\xc3\x28"
     request = b"\x0a" + bytes([len(bad_event)]) + bad_event
     with grpc.insecure_channel(server.address) as channel:
-        raw = channel.unary_unary(f"/{SERVICE}/SendAdEvent")
+        raw = channel.unary_unary(f"/{SERVICE}/SendAdEvent", None, None)
         with pytest.raises(grpc.RpcError) as raised:
             raw(request, timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -131,9 +135,9 @@ def test_limits_are_invalid_argument_naming_the_limit(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as empty:
                 api.SendAdEventBatch(pb.SendAdEventBatchRequest(), timeout=5)
     assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "server.max_batch_events=5" in too_many.value.details()
+    assert "server.max_batch_events=5" in details(too_many)
     assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "server.max_message_bytes=65536" in too_big.value.details()
+    assert "server.max_message_bytes=65536" in details(too_big)
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -152,7 +156,7 @@ def test_queue_full_is_resource_exhausted_and_loses_nothing(tmp_path: Path) -> N
             with pytest.raises(grpc.RpcError) as raised:
                 api.SendAdEvent(pb.SendAdEventRequest(event=valid_event()), timeout=5)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "queue.max_events=10" in raised.value.details()
+        assert "queue.max_events=10" in details(raised)
         stored = stop_cleanly(server)
     assert sorted(str(e["event_id"]) for e in stored) == sorted(f"q{i}" for i in range(10))
 
@@ -179,7 +183,7 @@ def test_committed_ack_mode_returns_after_the_write(server: ServerProcess) -> No
                 pb.SendAdEventRequest(event=valid_event(), ack_mode=pb.ACK_MODE_DURABLE), timeout=5
             )
     assert durable.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "write-ahead log" in durable.value.details()
+    assert "write-ahead log" in details(durable)
 
 
 def test_a_repeated_event_id_is_stored_once(server: ServerProcess) -> None:
@@ -341,3 +345,42 @@ def test_store_that_cannot_open_fails_start_up(tmp_path: Path) -> None:
     server.start(wait=False)
     assert server.wait_exit(30) == 3
     assert "cannot open the store" in server.log()
+
+
+def test_logs_are_json_lines_with_level_and_message(server: ServerProcess) -> None:
+    import json
+
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    messages = [line["message"] for line in lines]
+    assert "serving" in messages
+    assert "stopped" in messages
+    stopped = next(line for line in lines if line["message"] == "stopped")
+    assert stopped["level"] == "info"
+    assert stopped["lost"] == 0
+    assert stopped["drained"] is True
+
+
+def test_text_logs_at_the_configured_level(tmp_path: Path) -> None:
+    with running_server(tmp_path, AEP_LOGGING_FORMAT="text", AEP_LOGGING_LEVEL="warning") as server:
+        assert server.stop() == 0
+        assert "serving" not in server.log()  # an info line, below the level
+    with running_server(tmp_path / "2", AEP_LOGGING_FORMAT="text") as server:
+        assert server.stop() == 0
+        assert " INFO    aep.app: serving grpc_port=" in server.log()
+
+
+def test_the_binary_file_format_end_to_end(tmp_path: Path) -> None:
+    with running_server(tmp_path, AEP_DATABASE_FILE_FORMAT="protobuf") as server:
+        channel, api = stub(server)
+        with channel:
+            response = api.SendAdEventBatch(
+                pb.SendAdEventBatchRequest(events=[valid_event(attributes={"k": "v"})] * 5),
+                timeout=5,
+            )
+        stored = stop_cleanly(server)
+        assert {path.suffix for path in server.events_dir.iterdir()} == {".binpb"}
+    assert sorted(str(e["event_id"]) for e in stored) == sorted(
+        r.event_id for r in response.results
+    )
+    assert all(e["attributes"] == {"k": "v"} for e in stored)

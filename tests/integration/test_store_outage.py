@@ -98,7 +98,9 @@ def health_everywhere(server: ServerProcess) -> tuple[int | None, int | None, in
 
 
 def send_batch(
-    api: pb_grpc.AdEventServiceStub, ids: list[str], ack: int = pb.ACK_MODE_UNSPECIFIED
+    api: pb_grpc.AdEventServiceStub,
+    ids: list[str],
+    ack: pb.AckMode.ValueType = pb.ACK_MODE_UNSPECIFIED,
 ) -> list[str]:
     events = [valid_event(event_id=event_id) for event_id in ids]
     response = api.SendAdEventBatch(
@@ -249,7 +251,9 @@ def test_health_follows_the_store_down_and_up(
         store_server.start()
         wait_for(lambda: health_everywhere(server) == (SERVING, SERVING, 200), 20, "SERVING")
         with grpc.insecure_channel(server.address) as channel:
-            accepted = send_batch(pb_grpc.AdEventServiceStub(channel), ["after"], 3)
+            accepted = send_batch(
+                pb_grpc.AdEventServiceStub(channel), ["after"], pb.ACK_MODE_COMMITTED
+            )
         assert accepted == ["after"]
         assert server.stop() == 0, server.log()
     finally:
@@ -288,7 +292,7 @@ def test_store_down_fills_the_queue_then_resource_exhausted_then_all_stored(
     finally:
         server.stop()
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue.max_events=500" in refused.value.details()
+    assert "queue.max_events=500" in str(refused.value.details())
     stored = backend.read_ids()
     assert len(accepted) == 501
     assert sorted(stored) == sorted(accepted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
@@ -40,7 +41,8 @@ async def test_entries_are_flat_stored_form_fields(
         await store.write_batch([record])
     finally:
         await store.close()
-    [(_entry_id, fields)] = admin.xrange(redis_backend.name)
+    entries = cast(list[tuple[str, dict[str, str]]], admin.xrange(redis_backend.name))
+    [(_entry_id, fields)] = entries
     expected = {key: str(value) for key, value in record.items() if key != "attributes"}
     expected["attributes"] = '{"n":"0"}'  # a JSON string field
     assert fields == expected

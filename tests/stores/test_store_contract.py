@@ -11,22 +11,20 @@ from dataclasses import replace
 
 import pytest
 from backends import Backend
-from support import free_port, valid_event
+from support import free_port, stored_forms, valid_event
 
-from aep.records import EventRecord, format_epoch, to_record
+from aep.records import EventRecord, format_epoch
 from aep.storage import EventStore, StoreError
 
 
 def events(start: int, count: int, prefix: str = "e") -> list[EventRecord]:
-    received_at = format_epoch(1_790_000_000.5)
-    return [
-        to_record(
-            valid_event(ad_id=f"ad-{i % 7}", attributes={"n": str(i)}),
-            f"{prefix}{i}",
-            received_at,
-        )
-        for i in range(start, start + count)
-    ]
+    return stored_forms(
+        [
+            valid_event(event_id=f"{prefix}{i}", ad_id=f"ad-{i % 7}", attributes={"n": str(i)})
+            for i in range(start, start + count)
+        ],
+        format_epoch(1_790_000_000.5),
+    )
 
 
 def assert_stored_exactly_once(backend: Backend, expected: set[str]) -> None:

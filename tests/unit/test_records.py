@@ -5,7 +5,18 @@ import datetime
 from support import valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import format_timestamp, to_record
+from aep.records import EventRecord, format_timestamp
+from aep.settings import ValidationSettings
+from aep.validation import EventValidator
+
+
+def to_record(event: pb.AdEvent, event_id: str, received_at: str) -> EventRecord:
+    event.event_id = event_id
+    record = EventValidator(ValidationSettings()).accept(
+        event, event.timestamp.seconds, received_at, lambda: "unused"
+    )
+    assert isinstance(record, dict)
+    return record
 
 
 def test_stored_form_has_the_contract_keys() -> None:

@@ -45,6 +45,10 @@ async def start_monitor(
     return serving, asyncio.create_task(monitor.run())
 
 
+def store_healthy(pipeline: Pipeline) -> bool:
+    return pipeline.store_state.healthy
+
+
 async def stop(task: asyncio.Task[None], pipeline: Pipeline) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -60,12 +64,12 @@ async def test_not_serving_after_failing_longer_than_the_threshold_then_serving_
     store.down = True
     await asyncio.sleep(0.1)
     assert serving.serving  # failing, but not yet for store_down_after
-    assert not pipeline.store_state.healthy
+    assert not store_healthy(pipeline)
     await wait_until(lambda: not serving.serving, timeout_s=2)
     assert "connection refused" in pipeline.store_state.detail
     store.down = False
     await wait_until(lambda: serving.serving, timeout_s=2)
-    assert pipeline.store_state.healthy
+    assert store_healthy(pipeline)
     await stop(task, pipeline)
 
 

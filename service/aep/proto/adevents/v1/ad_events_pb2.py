@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x64\x65vents/v1/ad_events.proto\x12\x0b\x61\x64\x65vents.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n\x07\x41\x64\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64_id\x18\x03 \x01(\t\x12*\n\nevent_type\x18\x04 \x01(\x0e\x32\x16.adevents.v1.EventType\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63reative_id\x18\x07 \x01(\t\x12\x14\n\x0cplacement_id\x18\x08 \x01(\t\x12\x14\n\x0cpublisher_id\x18\t \x01(\t\x12\x14\n\x0cprice_micros\x18\n \x01(\x03\x12\x10\n\x08\x63urrency\x18\x0b \x01(\t\x12\x38\n\nattributes\x18\x0c \x03(\x0b\x32$.adevents.v1.AdEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x12SendAdEventRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.adevents.v1.AdEvent\x12&\n\x08\x61\x63k_mode\x18\x02 \x01(\x0e\x32\x14.adevents.v1.AckMode\"y\n\x13SendAdEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.adevents.v1.EventStatus\x12&\n\x08\x61\x63k_mode\x18\x03 \x01(\x0e\x32\x14.adevents.v1.AckMode\"g\n\x17SendAdEventBatchRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.adevents.v1.AdEvent\x12&\n\x08\x61\x63k_mode\x18\x02 \x01(\x0e\x32\x14.adevents.v1.AckMode\"h\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.adevents.v1.EventStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x9d\x01\n\x18SendAdEventBatchResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\r\x12\x16\n\x0erejected_count\x18\x02 \x01(\r\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.adevents.v1.EventResult\x12&\n\x08\x61\x63k_mode\x18\x04 \x01(\x0e\x32\x14.adevents.v1.AckMode\"\x14\n\x12HealthCheckRequest\"\xf4\x02\n\x13HealthCheckResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..adevents.v1.HealthCheckResponse.ServingStatus\x12\x16\n\x0epending_events\x18\x02 \x01(\x04\x12\x15\n\rpending_bytes\x18\x03 \x01(\x04\x12\x12\n\nstore_type\x18\x04 \x01(\t\x12\x15\n\rstore_healthy\x18\x05 \x01(\x08\x12\x14\n\x0cstore_detail\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12/\n\x0bserver_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02*s\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x19\n\x15\x45VENT_TYPE_CONVERSION\x10\x03*h\n\x07\x41\x63kMode\x12\x18\n\x14\x41\x43K_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_MODE_ACCEPTED\x10\x01\x12\x14\n\x10\x41\x43K_MODE_DURABLE\x10\x02\x12\x16\n\x12\x41\x43K_MODE_COMMITTED\x10\x03*a\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_ACCEPTED\x10\x01\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x02\x32\x95\x02\n\x0e\x41\x64\x45ventService\x12P\n\x0bSendAdEvent\x12\x1f.adevents.v1.SendAdEventRequest\x1a .adevents.v1.SendAdEventResponse\x12_\n\x10SendAdEventBatch\x12$.adevents.v1.SendAdEventBatchRequest\x1a%.adevents.v1.SendAdEventBatchResponse\x12P\n\x0bHealthCheck\x12\x1f.adevents.v1.HealthCheckRequest\x1a .adevents.v1.HealthCheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x64\x65vents/v1/ad_events.proto\x12\x0b\x61\x64\x65vents.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n\x07\x41\x64\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64_id\x18\x03 \x01(\t\x12*\n\nevent_type\x18\x04 \x01(\x0e\x32\x16.adevents.v1.EventType\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63reative_id\x18\x07 \x01(\t\x12\x14\n\x0cplacement_id\x18\x08 \x01(\t\x12\x14\n\x0cpublisher_id\x18\t \x01(\t\x12\x14\n\x0cprice_micros\x18\n \x01(\x03\x12\x10\n\x08\x63urrency\x18\x0b \x01(\t\x12\x38\n\nattributes\x18\x0c \x03(\x0b\x32$.adevents.v1.AdEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x12SendAdEventRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.adevents.v1.AdEvent\x12&\n\x08\x61\x63k_mode\x18\x02 \x01(\x0e\x32\x14.adevents.v1.AckMode\"y\n\x13SendAdEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.adevents.v1.EventStatus\x12&\n\x08\x61\x63k_mode\x18\x03 \x01(\x0e\x32\x14.adevents.v1.AckMode\"g\n\x17SendAdEventBatchRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.adevents.v1.AdEvent\x12&\n\x08\x61\x63k_mode\x18\x02 \x01(\x0e\x32\x14.adevents.v1.AckMode\"h\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.adevents.v1.EventStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x9d\x01\n\x18SendAdEventBatchResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\r\x12\x16\n\x0erejected_count\x18\x02 \x01(\r\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.adevents.v1.EventResult\x12&\n\x08\x61\x63k_mode\x18\x04 \x01(\x0e\x32\x14.adevents.v1.AckMode\"w\n\x15StreamAdEventsRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.adevents.v1.AdEvent\x12&\n\x08\x61\x63k_mode\x18\x03 \x01(\x0e\x32\x14.adevents.v1.AckMode\"\xad\x01\n\x16StreamAdEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x16\n\x0erejected_count\x18\x03 \x01(\r\x12)\n\x07results\x18\x04 \x03(\x0b\x32\x18.adevents.v1.EventResult\x12&\n\x08\x61\x63k_mode\x18\x05 \x01(\x0e\x32\x14.adevents.v1.AckMode\"\x86\x03\n\rStoredAdEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64_id\x18\x03 \x01(\t\x12*\n\nevent_type\x18\x04 \x01(\x0e\x32\x16.adevents.v1.EventType\x12\x11\n\ttimestamp\x18\x05 \x01(\t\x12\x13\n\x0breceived_at\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x13\n\x0b\x63reative_id\x18\x08 \x01(\t\x12\x14\n\x0cplacement_id\x18\t \x01(\t\x12\x14\n\x0cpublisher_id\x18\n \x01(\t\x12\x14\n\x0cprice_micros\x18\x0b \x01(\x03\x12\x10\n\x08\x63urrency\x18\x0c \x01(\t\x12>\n\nattributes\x18\r \x03(\x0b\x32*.adevents.v1.StoredAdEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12HealthCheckRequest\"\xf4\x02\n\x13HealthCheckResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..adevents.v1.HealthCheckResponse.ServingStatus\x12\x16\n\x0epending_events\x18\x02 \x01(\x04\x12\x15\n\rpending_bytes\x18\x03 \x01(\x04\x12\x12\n\nstore_type\x18\x04 \x01(\t\x12\x15\n\rstore_healthy\x18\x05 \x01(\x08\x12\x14\n\x0cstore_detail\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12/\n\x0bserver_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02*s\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x19\n\x15\x45VENT_TYPE_CONVERSION\x10\x03*h\n\x07\x41\x63kMode\x12\x18\n\x14\x41\x43K_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_MODE_ACCEPTED\x10\x01\x12\x14\n\x10\x41\x43K_MODE_DURABLE\x10\x02\x12\x16\n\x12\x41\x43K_MODE_COMMITTED\x10\x03*a\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_ACCEPTED\x10\x01\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x02\x32\xf4\x02\n\x0e\x41\x64\x45ventService\x12P\n\x0bSendAdEvent\x12\x1f.adevents.v1.SendAdEventRequest\x1a .adevents.v1.SendAdEventResponse\x12_\n\x10SendAdEventBatch\x12$.adevents.v1.SendAdEventBatchRequest\x1a%.adevents.v1.SendAdEventBatchResponse\x12P\n\x0bHealthCheck\x12\x1f.adevents.v1.HealthCheckRequest\x1a .adevents.v1.HealthCheckResponse\x12]\n\x0eStreamAdEvents\x12\".adevents.v1.StreamAdEventsRequest\x1a#.adevents.v1.StreamAdEventsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADEVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_ADEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1455
-  _globals['_EVENTTYPE']._serialized_end=1570
-  _globals['_ACKMODE']._serialized_start=1572
-  _globals['_ACKMODE']._serialized_end=1676
-  _globals['_EVENTSTATUS']._serialized_start=1678
-  _globals['_EVENTSTATUS']._serialized_end=1775
+  _globals['_STOREDADEVENT_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_STOREDADEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=2145
+  _globals['_EVENTTYPE']._serialized_end=2260
+  _globals['_ACKMODE']._serialized_start=2262
+  _globals['_ACKMODE']._serialized_end=2366
+  _globals['_EVENTSTATUS']._serialized_start=2368
+  _globals['_EVENTSTATUS']._serialized_end=2465
   _globals['_ADEVENT']._serialized_start=78
   _globals['_ADEVENT']._serialized_end=463
   _globals['_ADEVENT_ATTRIBUTESENTRY']._serialized_start=414
@@ -55,12 +57,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTRESULT']._serialized_end=896
   _globals['_SENDADEVENTBATCHRESPONSE']._serialized_start=899
   _globals['_SENDADEVENTBATCHRESPONSE']._serialized_end=1056
-  _globals['_HEALTHCHECKREQUEST']._serialized_start=1058
-  _globals['_HEALTHCHECKREQUEST']._serialized_end=1078
-  _globals['_HEALTHCHECKRESPONSE']._serialized_start=1081
-  _globals['_HEALTHCHECKRESPONSE']._serialized_end=1453
-  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_start=1346
-  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_end=1453
-  _globals['_ADEVENTSERVICE']._serialized_start=1778
-  _globals['_ADEVENTSERVICE']._serialized_end=2055
+  _globals['_STREAMADEVENTSREQUEST']._serialized_start=1058
+  _globals['_STREAMADEVENTSREQUEST']._serialized_end=1177
+  _globals['_STREAMADEVENTSRESPONSE']._serialized_start=1180
+  _globals['_STREAMADEVENTSRESPONSE']._serialized_end=1353
+  _globals['_STOREDADEVENT']._serialized_start=1356
+  _globals['_STOREDADEVENT']._serialized_end=1746
+  _globals['_STOREDADEVENT_ATTRIBUTESENTRY']._serialized_start=414
+  _globals['_STOREDADEVENT_ATTRIBUTESENTRY']._serialized_end=463
+  _globals['_HEALTHCHECKREQUEST']._serialized_start=1748
+  _globals['_HEALTHCHECKREQUEST']._serialized_end=1768
+  _globals['_HEALTHCHECKRESPONSE']._serialized_start=1771
+  _globals['_HEALTHCHECKRESPONSE']._serialized_end=2143
+  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_start=2036
+  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_end=2143
+  _globals['_ADEVENTSERVICE']._serialized_start=2468
+  _globals['_ADEVENTSERVICE']._serialized_end=2840
 # @@protoc_insertion_point(module_scope)

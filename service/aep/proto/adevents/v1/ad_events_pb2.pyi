@@ -342,6 +342,154 @@ class SendAdEventBatchResponse(_message.Message):
 Global___SendAdEventBatchResponse: _TypeAlias = SendAdEventBatchResponse  # noqa: Y015
 
 @_typing.final
+class StreamAdEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ACK_MODE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Chosen by the client (e.g. 1, 2, 3...); echoed in the ack."""
+    ack_mode: Global___AckMode.ValueType
+    """Optional override of the server's ack.mode for this chunk."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdEvent]:
+        """At most server.max_batch_events events."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        events: _abc.Iterable[Global___AdEvent] | None = ...,
+        ack_mode: Global___AckMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_mode", b"ack_mode", "events", b"events", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAdEventsRequest: _TypeAlias = StreamAdEventsRequest  # noqa: Y015
+
+@_typing.final
+class StreamAdEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    ACK_MODE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The sequence of the chunk this ack answers. Acks come in chunk order."""
+    accepted_count: _builtins.int
+    rejected_count: _builtins.int
+    ack_mode: Global___AckMode.ValueType
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventResult]:
+        """One result per event of the chunk, in chunk order."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        accepted_count: _builtins.int = ...,
+        rejected_count: _builtins.int = ...,
+        results: _abc.Iterable[Global___EventResult] | None = ...,
+        ack_mode: Global___AckMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "ack_mode", b"ack_mode", "rejected_count", b"rejected_count", "results", b"results", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAdEventsResponse: _TypeAlias = StreamAdEventsResponse  # noqa: Y015
+
+@_typing.final
+class StoredAdEvent(_message.Message):
+    """One record of the file store's compact binary format
+    (database.file.format: protobuf): the stored form, field for field, as a
+    message. Files `events-*.binpb` hold these records one after another, each
+    prefixed by its length as a varint (protobuf's length-delimited framing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AD_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CREATIVE_ID_FIELD_NUMBER: _builtins.int
+    PLACEMENT_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHER_ID_FIELD_NUMBER: _builtins.int
+    PRICE_MICROS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    user_id: _builtins.str
+    ad_id: _builtins.str
+    event_type: Global___EventType.ValueType
+    timestamp: _builtins.str
+    """RFC 3339, UTC, microseconds, as in the JSON Lines form."""
+    received_at: _builtins.str
+    campaign_id: _builtins.str
+    creative_id: _builtins.str
+    placement_id: _builtins.str
+    publisher_id: _builtins.str
+    price_micros: _builtins.int
+    currency: _builtins.str
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        ad_id: _builtins.str = ...,
+        event_type: Global___EventType.ValueType = ...,
+        timestamp: _builtins.str = ...,
+        received_at: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        creative_id: _builtins.str = ...,
+        placement_id: _builtins.str = ...,
+        publisher_id: _builtins.str = ...,
+        price_micros: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ad_id", b"ad_id", "attributes", b"attributes", "campaign_id", b"campaign_id", "creative_id", b"creative_id", "currency", b"currency", "event_id", b"event_id", "event_type", b"event_type", "placement_id", b"placement_id", "price_micros", b"price_micros", "publisher_id", b"publisher_id", "received_at", b"received_at", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredAdEvent: _TypeAlias = StoredAdEvent  # noqa: Y015
+
+@_typing.final
 class HealthCheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -52,6 +52,11 @@ class AdEventServiceStub:
                 request_serializer=adevents_dot_v1_dot_ad__events__pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=adevents_dot_v1_dot_ad__events__pb2.HealthCheckResponse.FromString,
                 _registered_method=True)
+        self.StreamAdEvents = channel.stream_stream(
+                '/adevents.v1.AdEventService/StreamAdEvents',
+                request_serializer=adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsRequest.SerializeToString,
+                response_deserializer=adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdEventServiceServicer:
@@ -81,6 +86,19 @@ class AdEventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamAdEvents(self, request_iterator, context):
+        """High-rate ingest: the client sends chunks of events, each with a sequence
+        number; the server answers every chunk with one ack carrying the per-event
+        results. Flow control: at most server.stream_max_unacked_chunks chunks per
+        stream are in flight; past that the server stops reading (HTTP/2 flow
+        control holds the client back). When the queue stays full longer than
+        server.stream_backpressure_wait the stream ends with RESOURCE_EXHAUSTED;
+        chunks without an ack were not accepted and should be sent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdEventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +116,11 @@ def add_AdEventServiceServicer_to_server(servicer, server):
                     servicer.HealthCheck,
                     request_deserializer=adevents_dot_v1_dot_ad__events__pb2.HealthCheckRequest.FromString,
                     response_serializer=adevents_dot_v1_dot_ad__events__pb2.HealthCheckResponse.SerializeToString,
+            ),
+            'StreamAdEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamAdEvents,
+                    request_deserializer=adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsRequest.FromString,
+                    response_serializer=adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +206,33 @@ class AdEventService:
             '/adevents.v1.AdEventService/HealthCheck',
             adevents_dot_v1_dot_ad__events__pb2.HealthCheckRequest.SerializeToString,
             adevents_dot_v1_dot_ad__events__pb2.HealthCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamAdEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/adevents.v1.AdEventService/StreamAdEvents',
+            adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsRequest.SerializeToString,
+            adevents_dot_v1_dot_ad__events__pb2.StreamAdEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

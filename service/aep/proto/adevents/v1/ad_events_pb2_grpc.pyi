@@ -48,6 +48,15 @@ class AdEventServiceStub:
     """
     HealthCheck: _grpc.UnaryUnaryMultiCallable[_ad_events_pb2.HealthCheckRequest, _ad_events_pb2.HealthCheckResponse]
     """Service state: serving status, queue depth, store state."""
+    StreamAdEvents: _grpc.StreamStreamMultiCallable[_ad_events_pb2.StreamAdEventsRequest, _ad_events_pb2.StreamAdEventsResponse]
+    """High-rate ingest: the client sends chunks of events, each with a sequence
+    number; the server answers every chunk with one ack carrying the per-event
+    results. Flow control: at most server.stream_max_unacked_chunks chunks per
+    stream are in flight; past that the server stops reading (HTTP/2 flow
+    control holds the client back). When the queue stays full longer than
+    server.stream_backpressure_wait the stream ends with RESOURCE_EXHAUSTED;
+    chunks without an ack were not accepted and should be sent again.
+    """
 
 @_typing.type_check_only
 class AdEventServiceAsyncStub(AdEventServiceStub):
@@ -64,6 +73,15 @@ class AdEventServiceAsyncStub(AdEventServiceStub):
     """
     HealthCheck: _aio.UnaryUnaryMultiCallable[_ad_events_pb2.HealthCheckRequest, _ad_events_pb2.HealthCheckResponse]  # type: ignore[assignment]
     """Service state: serving status, queue depth, store state."""
+    StreamAdEvents: _aio.StreamStreamMultiCallable[_ad_events_pb2.StreamAdEventsRequest, _ad_events_pb2.StreamAdEventsResponse]  # type: ignore[assignment]
+    """High-rate ingest: the client sends chunks of events, each with a sequence
+    number; the server answers every chunk with one ack carrying the per-event
+    results. Flow control: at most server.stream_max_unacked_chunks chunks per
+    stream are in flight; past that the server stops reading (HTTP/2 flow
+    control holds the client back). When the queue stays full longer than
+    server.stream_backpressure_wait the stream ends with RESOURCE_EXHAUSTED;
+    chunks without an ack were not accepted and should be sent again.
+    """
 
 class AdEventServiceServicer(metaclass=_abc_1.ABCMeta):
     """Ingests ad events. Every RPC answers with a per-event result so a caller
@@ -95,5 +113,20 @@ class AdEventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ad_events_pb2.HealthCheckResponse, _abc.Awaitable[_ad_events_pb2.HealthCheckResponse]]:
         """Service state: serving status, queue depth, store state."""
+
+    @_abc_1.abstractmethod
+    def StreamAdEvents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ad_events_pb2.StreamAdEventsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ad_events_pb2.StreamAdEventsResponse], _abc.AsyncIterator[_ad_events_pb2.StreamAdEventsResponse]]:
+        """High-rate ingest: the client sends chunks of events, each with a sequence
+        number; the server answers every chunk with one ack carrying the per-event
+        results. Flow control: at most server.stream_max_unacked_chunks chunks per
+        stream are in flight; past that the server stops reading (HTTP/2 flow
+        control holds the client back). When the queue stays full longer than
+        server.stream_backpressure_wait the stream ends with RESOURCE_EXHAUSTED;
+        chunks without an ack were not accepted and should be sent again.
+        """
 
 def add_AdEventServiceServicer_to_server(servicer: AdEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
