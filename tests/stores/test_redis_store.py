@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -18,10 +21,7 @@ from aep.storage.redis import counter_key, dedupe_key
 
 
 @pytest.fixture
-def redis_backend(request: pytest.FixtureRequest, tmp_path: object) -> Backend:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("redis", tmp_path, redis=request.getfixturevalue("redis_server"))
 
 
@@ -148,3 +148,26 @@ async def test_a_redis_refusing_writes_fails_ping_and_writes_and_recovers(
         await store.close()
     assert result.written == 5
     assert redis_backend.read_ids() == [f"e{i}" for i in range(5)]
+
+
+async def test_a_redis_that_stops_answering_fails_ping_within_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "frozen")
+    server.start()
+    try:
+        backend = Backend("redis", tmp_path, redis=server)
+        store = await backend.open_store()  # connect_timeout=2s in these settings
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=r"no answer within 2\.0s"):
+                await store.ping()
+            assert time.monotonic() - started < 5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await store.ping()
+        await store.close()
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ machine crash; `always` loses nothing).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -174,9 +175,17 @@ class RedisStore:
         if client is None:
             raise StoreError("redis store: not open")
         try:
-            # A write, not PING: a Redis that answers but refuses writes (out of
-            # memory, read-only replica, failed snapshot) must count as down.
-            await client.set(f"{{{self._stream}}}:alive", str(time.time()), ex=60)
+            # A ping answers within connect_timeout or the store counts as down
+            # (socket_timeout is the longer operation_timeout, meant for writes).
+            async with asyncio.timeout(self._connect_timeout):
+                # A write, not PING: a Redis that answers but refuses writes (out
+                # of memory, read-only replica, failed snapshot) must count as down.
+                await client.set(f"{{{self._stream}}}:alive", str(time.time()), ex=60)
+        except TimeoutError as error:
+            raise StoreError(
+                f"redis store at {redact_credentials(self._settings.url)}: "
+                f"no answer within {self._connect_timeout}s"
+            ) from error
         except (RedisError, OSError) as error:
             raise StoreError(
                 f"redis store at {redact_credentials(self._settings.url)}: {error}"
