@@ -27,7 +27,8 @@ import grpc
 from aep.deadletter import DeadLetterQueue
 from aep.health import ServingState
 from aep.http_server import HttpEndpoints
-from aep.pipeline import Pipeline
+from aep.pipeline import AdmissionError, Pipeline
+from aep.records import EventRecord
 from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.servicer import AdEventServicer
 from aep.settings import Settings, StartupPolicy
@@ -36,6 +37,7 @@ from aep.storage import StoreError, create_store
 from aep.store_monitor import StoreMonitor
 from aep.telemetry import Telemetry
 from aep.validation import EventValidator
+from aep.wal import Segment, WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
+# Replayed events have no request size; a typical event's wire size stands in.
+_REPLAY_BYTES_PER_EVENT = 200
 
 _MAX_OPEN_RETRY_DELAY_S = 5.0
 
@@ -52,6 +56,12 @@ class Application:
         self.settings = settings
         self.stats = IngestStats()
         self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
+        self.wal = (
+            WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
+            if settings.wal.dir is not None
+            else None
+        )
+        self._replay_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline(
             self.store,
             self.stats,
@@ -59,6 +69,7 @@ class Application:
             batch=settings.batch,
             queue=settings.queue,
             retry=settings.retry,
+            wal=self.wal,
         )
         self.serving = ServingState([AD_EVENT_SERVICE_NAME])
         self.servicer = AdEventServicer(
@@ -69,6 +80,7 @@ class Application:
             server=settings.server,
             default_ack=settings.ack.mode,
             store_type=self.store.name,
+            wal=self.wal,
         )
         self.telemetry = Telemetry(self.stats, self.pipeline, self.store.name)
         self.http = HttpEndpoints(self.serving, self.telemetry.render)
@@ -94,7 +106,18 @@ class Application:
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
             store_open = True
-            self.pipeline.start()
+        leftovers: list[tuple[Segment, list[list[EventRecord]]]] = []
+        if self.wal is not None:
+            try:
+                leftovers = await asyncio.to_thread(self.wal.open)
+            except OSError as error:
+                logger.error("cannot open the write-ahead log", extra={"error": str(error)})
+                await self.store.close()
+                self.telemetry.shutdown()
+                return EXIT_STARTUP_FAILED
+            self.wal.start()
+        if store_open:
+            self._start_pipeline(leftovers)
         try:
             grpc_server, grpc_port = build_server(settings.server, self.servicer, self.serving)
             http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
@@ -123,13 +146,19 @@ class Application:
             logger.info("listening, NOT_SERVING until the store answers", extra=listening)
             store_open = await self._open_store_when_reachable(stop)
             if store_open:
-                self.pipeline.start()
+                self._start_pipeline(leftovers)
         if store_open:
             await self.serving.set_serving(True)
             logger.info("serving", extra=listening)
             monitor_task = asyncio.create_task(self.monitor.run(), name="store-monitor")
         await stop.wait()
         return await self._shutdown(grpc_server, monitor_task)
+
+    def _start_pipeline(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+        """Start writing; what the write-ahead log held from earlier runs goes first."""
+        self.pipeline.start()
+        if leftovers:
+            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
 
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
         """database.startup=wait: retry opening until it works (True) or stop is set."""
@@ -167,7 +196,12 @@ class Application:
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
         await grpc_server.stop(grace / 2)
+        if self._replay_task is not None and not self._replay_task.done():
+            # What was not replayed stays in its segment for the next start.
+            self._replay_task.cancel()
         drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.wal is not None:
+            await self.wal.close()
         try:
             await self.store.close()
         except Exception:
@@ -188,6 +222,37 @@ class Application:
         )
         self.telemetry.shutdown()
         return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
+
+    async def _replay(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+        """Re-submit what the write-ahead log holds from earlier runs, throttled.
+
+        Stores are idempotent by event_id, so events written before the crash
+        come back as duplicates. A segment is held while its records are being
+        submitted, so that it is deleted only once all of them are stored.
+        """
+        assert self.wal is not None
+        pipeline = self.pipeline
+        fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
+        events = sum(len(records) for _, submissions in leftovers for records in submissions)
+        logger.info(
+            "replaying the write-ahead log", extra={"segments": len(leftovers), "events": events}
+        )
+        for segment, submissions in leftovers:
+            self.wal.pin(segment)  # the hold
+            for records in submissions:
+                nbytes = _REPLAY_BYTES_PER_EVENT * len(records)
+                while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
+                    await pipeline.wait_for_room(len(records), nbytes, 0.1)
+                    await asyncio.sleep(0.01)
+                self.wal.pin(segment)
+                try:
+                    pipeline.submit(records, nbytes, wal_segment=segment)
+                except AdmissionError:
+                    self.wal.committed(segment)  # undo the pin; the hold keeps the segment
+                    return
+                self.stats.replayed += len(records)
+            self.wal.committed(segment)  # release the hold
+        logger.info("write-ahead log replayed", extra={"events": events})
 
 
 def tune_garbage_collector() -> None:

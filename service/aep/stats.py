@@ -3,10 +3,12 @@
 Conservation, checked by tests and an alert: every event received ends in
 exactly one of these, so at any moment
 
-    received = rejected_invalid + rejected_overload + written + duplicates
-               + dead_lettered + lost + pending
+    received + replayed = rejected_invalid + rejected_overload
+                          + rejected_unavailable + written + duplicates
+                          + dead_lettered + lost + pending
 
-(`pending` is the pipeline's count of accepted events not yet written).
+(`pending` is the pipeline's count of accepted events not yet written;
+`replayed` the events re-submitted from the write-ahead log at start-up).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class IngestStats:
     received: int = 0
+    replayed: int = 0
     rejected_invalid: int = 0
     rejected_overload: int = 0
     rejected_unavailable: int = 0
