@@ -191,8 +191,9 @@ class Application:
         await self.serving.begin_shutdown()
         if monitor_task is not None:
             monitor_task.cancel()
-            # return_exceptions: a monitor that died of a bug must not stop the drain.
-            await asyncio.gather(monitor_task, return_exceptions=True)
+            # Bounded: whatever the monitor does, it must not hold up the drain
+            # (a crash in it is in the task's exception, logged by asyncio).
+            await asyncio.wait({monitor_task}, timeout=1.0)
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
         await grpc_server.stop(grace / 2)

@@ -72,7 +72,11 @@ class StoreMonitor:
 
     async def _ping(self) -> None:
         try:
-            await asyncio.wait_for(self._store.ping(), self._ping_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancel that arrives as the ping completes, and then the task
+            # would outlive its cancellation at shutdown.
+            async with asyncio.timeout(self._ping_timeout):
+                await self._store.ping()
         except TimeoutError:
             self._pipeline.note_store_failure(
                 TimeoutError(f"ping: no answer within {self._ping_timeout}s")
