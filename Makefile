@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
 	tests/prometheus_process.py
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test bench soak lint format \
-	clean helm e2e image-test sync-dashboards
+.PHONY: deps system-deps proto run test test-unit test-integration load-test bench bench-stores \
+	soak lint format clean helm e2e image-test sync-dashboards
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ e2e: deps system-deps
 ## image-test: build the image offline on a private dockerd and check it (root; CI)
 image-test: deps
 	bash .ci/image-test
+
+## bench-stores: events/s and batch latency of each store's write_batch (own servers, loopback)
+bench-stores: deps system-deps
+	$(PY) tests/benchmarks/bench_stores.py
 
 ## load-test: drive a running server (make run) with the load client
 load-test: deps

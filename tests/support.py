@@ -176,3 +176,17 @@ def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, object]]:
+    """The records the server stores for these valid events (each with its event_id set)."""
+    from aep.settings import ValidationSettings
+    from aep.validation import EventValidator
+
+    validator = EventValidator(ValidationSettings())
+    records = []
+    for event in events:
+        record = validator.accept(event, event.timestamp.seconds, received_at, lambda: "unused")
+        assert isinstance(record, dict), record
+        records.append(record)
+    return records

@@ -139,13 +139,23 @@ class FileStoreSettings(_Section):
 
 class RedisStoreSettings(_Section):
     url: str = "redis://localhost:6379/0"
-    stream: str = "ad_events"
+    stream: str = Field("ad_events", min_length=1)
+    # XADD MAXLEN ~ max_len: approximate trimming, cheap; 0 keeps every entry.
+    max_len: int = Field(0, ge=0)
+    # An event_id seen within this window is not appended again. Each id costs
+    # one key of ~140 bytes for the window: events/s x window x 140 B of memory.
+    dedupe_window: Duration = Field(600.0, ge=1)
+    # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
+    counters: bool = False
+    counters_ttl: Duration = Field(86400.0, ge=1)
 
 
 class MongoStoreSettings(_Section):
     uri: str = "mongodb://localhost:27017"
-    database: str = "ad_events"
-    collection: str = "events"
+    database: str = Field("ad_events", min_length=1)
+    collection: str = Field("events", min_length=1)
+    # TTL index on received_at; 0 keeps documents forever (and dedupes forever).
+    ttl: Duration = 0.0
 
 
 class StoreType(StrEnum):
@@ -154,8 +164,19 @@ class StoreType(StrEnum):
     MONGODB = "mongodb"
 
 
+class StartupPolicy(StrEnum):
+    FAIL_FAST = "fail_fast"  # exit with code 3 when the store cannot be reached at start
+    WAIT = "wait"  # listen NOT_SERVING and keep trying until the store answers
+
+
 class DatabaseSettings(_Section):
     type: StoreType = StoreType.FILE
+    startup: StartupPolicy = StartupPolicy.FAIL_FAST
+    # Bounds connecting and the start-up ping of a network store (Redis, MongoDB).
+    connect_timeout: Duration = Field(5.0, gt=0)
+    # Bounds one call to a network store (a batch write, a ping); a call that
+    # takes longer fails and the pipeline retries it (writes are idempotent).
+    operation_timeout: Duration = Field(10.0, gt=0)
     file: FileStoreSettings = FileStoreSettings()
     redis: RedisStoreSettings = RedisStoreSettings()
     mongodb: MongoStoreSettings = MongoStoreSettings()
@@ -210,6 +231,14 @@ class LogLevel(StrEnum):
 class LoggingSettings(_Section):
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.JSON
+
+
+class HealthSettings(_Section):
+    # gRPC health and /health turn NOT_SERVING once store writes or pings have
+    # failed for this long, and SERVING again at the first success.
+    store_down_after: Duration = Field(10.0, gt=0)
+    # How often the store is pinged while it is failing or no writes succeed.
+    store_check_interval: Duration = Field(1.0, gt=0)
 
 
 class MetricsSettings(_Section):
@@ -271,6 +300,7 @@ class Settings(BaseSettings):
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     validation: ValidationSettings = ValidationSettings()
     logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
     metrics: MetricsSettings = MetricsSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     ack: AckSettings = AckSettings()
