@@ -15,6 +15,7 @@ import signal
 import time
 
 import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from aep.deadletter import DeadLetterQueue
 from aep.health import ServingState
@@ -37,10 +38,14 @@ EXIT_FORCED = 130
 
 
 class Application:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
         self.stats = IngestStats()
         self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
+        # span_exporter: for tests; by default tracing follows OTEL_EXPORTER_OTLP_*.
+        self.telemetry = Telemetry(
+            settings.metrics, self.stats, self.store.name, span_exporter=span_exporter
+        )
         self.pipeline = Pipeline(
             self.store,
             self.stats,
@@ -48,6 +53,7 @@ class Application:
             batch=settings.batch,
             queue=settings.queue,
             retry=settings.retry,
+            observer=self.telemetry.observer,
         )
         self.serving = ServingState([AD_EVENT_SERVICE_NAME])
         self.servicer = AdEventServicer(
@@ -58,8 +64,9 @@ class Application:
             server=settings.server,
             default_ack=settings.ack.mode,
             store_type=self.store.name,
+            observe_rpc=self.telemetry.observe_rpc,
         )
-        self.telemetry = Telemetry(self.stats, self.pipeline, self.store.name)
+        self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(self.serving, self.telemetry.render)
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -72,7 +79,12 @@ class Application:
             return EXIT_STARTUP_FAILED
         self.pipeline.start()
         try:
-            grpc_server, grpc_port = build_server(settings.server, self.servicer, self.serving)
+            grpc_server, grpc_port = build_server(
+                settings.server,
+                self.servicer,
+                self.serving,
+                self.telemetry.server_interceptors(AD_EVENT_SERVICE_NAME),
+            )
             http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
         except (BindError, OSError) as error:
             logger.error("cannot listen", extra={"error": str(error)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -69,10 +70,15 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
 
 
 def build_server(
-    settings: ServerSettings, servicer: AdEventServicer, serving: ServingState
+    settings: ServerSettings,
+    servicer: AdEventServicer,
+    serving: ServingState,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """The server, bound but not started, and the port it bound (for port 0)."""
     server = grpc.aio.server(
+        # No interceptor unless tracing is on: gRPC's fast path stays intact.
+        interceptors=list(interceptors) or None,
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
