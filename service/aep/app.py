@@ -128,10 +128,14 @@ class Application:
             "stopped",
             extra={
                 "received": stats.received,
+                "rejected": stats.rejected_invalid
+                + stats.rejected_overload
+                + stats.rejected_unavailable,
                 "written": stats.written,
                 "duplicates": stats.duplicates,
                 "dead_lettered": stats.dead_lettered,
                 "lost": stats.lost,
+                "in_flight": self.pipeline.pending_events,
                 "drained": drained,
             },
         )
