@@ -7,7 +7,7 @@ PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts bench-telemetry load-test lint format clean
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ test-unit: deps
 ## test-integration: tests that start real server processes
 test-integration: deps system-deps
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+## test-observability: promtool on the alert rules, every dashboard query against a real Prometheus
+test-observability: deps system-deps
+	$(BIN)/pytest tests/observability $(PYTEST_ARGS)
+
+## alerts: promtool check + unit tests of dashboards/alerts (needs Debian's prometheus)
+alerts: system-deps
+	promtool check rules dashboards/alerts/ad-event-processor.rules.yaml
+	cd dashboards/alerts && promtool test rules *.test.yaml
+
+## bench-telemetry: throughput and CPU per event with telemetry off / on / on with traces
+bench-telemetry: deps
+	$(PY) tests/benchmarks/bench_telemetry.py
 
 ## load-test: drive a running server (make run) with the load client
 load-test: deps
