@@ -7,7 +7,7 @@ PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts bench-telemetry load-test lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts bench bench-telemetry load-test lint format clean
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-telemetry: deps
 load-test: deps
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 200000 --batch 100 --concurrent 8
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 20000 --batch 1 --concurrent 50
+
+## bench: our server against a bare grpc.aio baseline (server on CPU 0, load on CPU 1)
+bench: deps
+	$(PY) tests/benchmarks/bench_ingest.py $(BENCH_ARGS)
 
 ## lint: ruff (lint + format check) and mypy --strict
 lint: deps

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.storage.file import read_records
 
 
 def free_port() -> int:
@@ -44,11 +44,10 @@ def valid_event(**overrides: object) -> pb.AdEvent:
 
 
 def stored_events(directory: Path) -> list[dict[str, object]]:
-    """Every complete line of every events-*.jsonl file under directory."""
-    events = []
-    for path in sorted(directory.glob("events-*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            events.append(orjson.loads(line))
+    """Every complete event of every store file (.jsonl or .binpb) under directory."""
+    events: list[dict[str, object]] = []
+    for path in sorted(directory.glob("events-*")):
+        events.extend(read_records(path))
     return events
 
 
@@ -178,6 +177,7 @@ class Scrape:
         """The terms of aep.stats' equation, read from exported metrics."""
         return {
             "received": self.total("events_received_total"),
+            "replayed": self.total("events_replayed_total"),
             "processed": self.total("events_processed_total"),
             "rejected": self.total("events_rejected_total"),
             "duplicates": self.total("events_duplicate_total"),
@@ -188,7 +188,7 @@ class Scrape:
 
     def drift(self) -> float:
         terms = self.conservation()
-        return terms.pop("received") - sum(terms.values())
+        return terms.pop("received") + terms.pop("replayed") - sum(terms.values())
 
 
 def scrape(metrics_port: int, timeout_s: float = 5.0) -> Scrape:

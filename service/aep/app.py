@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from aep.deadletter import DeadLetterQueue
 from aep.health import ServingState
 from aep.http_server import HttpEndpoints
-from aep.pipeline import Pipeline
+from aep.pipeline import AdmissionError, Pipeline
+from aep.records import EventRecord
 from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.servicer import AdEventServicer
 from aep.settings import Settings
@@ -28,6 +29,7 @@ from aep.stats import IngestStats
 from aep.storage import StoreError, create_store
 from aep.telemetry import Telemetry
 from aep.validation import EventValidator
+from aep.wal import Segment, WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
+# Replayed events have no request size; a typical event's wire size stands in.
+_REPLAY_BYTES_PER_EVENT = 200
 
 
 class Application:
@@ -46,6 +50,12 @@ class Application:
         self.telemetry = Telemetry(
             settings.metrics, self.stats, self.store.name, span_exporter=span_exporter
         )
+        self.wal = (
+            WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
+            if settings.wal.dir is not None
+            else None
+        )
+        self._replay_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline(
             self.store,
             self.stats,
@@ -54,6 +64,7 @@ class Application:
             queue=settings.queue,
             retry=settings.retry,
             observer=self.telemetry.observer,
+            wal=self.wal,
         )
         self.serving = ServingState([AD_EVENT_SERVICE_NAME])
         self.servicer = AdEventServicer(
@@ -65,6 +76,7 @@ class Application:
             default_ack=settings.ack.mode,
             store_type=self.store.name,
             observe_rpc=self.telemetry.observe_rpc,
+            wal=self.wal,
         )
         self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(self.serving, self.telemetry.render)
@@ -77,7 +89,19 @@ class Application:
             logger.error("cannot open the store", extra={"error": str(error)})
             self.telemetry.shutdown()
             return EXIT_STARTUP_FAILED
+        leftovers: list[tuple[Segment, list[list[EventRecord]]]] = []
+        if self.wal is not None:
+            try:
+                leftovers = await asyncio.to_thread(self.wal.open)
+            except OSError as error:
+                logger.error("cannot open the write-ahead log", extra={"error": str(error)})
+                await self.store.close()
+                self.telemetry.shutdown()
+                return EXIT_STARTUP_FAILED
+            self.wal.start()
         self.pipeline.start()
+        if leftovers:
+            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
         try:
             grpc_server, grpc_port = build_server(
                 settings.server,
@@ -116,7 +140,12 @@ class Application:
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
         await grpc_server.stop(grace / 2)
+        if self._replay_task is not None and not self._replay_task.done():
+            # What was not replayed stays in its segment for the next start.
+            self._replay_task.cancel()
         drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.wal is not None:
+            await self.wal.close()
         try:
             await self.store.close()
         except Exception:
@@ -141,6 +170,37 @@ class Application:
         )
         self.telemetry.shutdown()
         return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
+
+    async def _replay(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+        """Re-submit what the write-ahead log holds from earlier runs, throttled.
+
+        Stores are idempotent by event_id, so events written before the crash
+        come back as duplicates. A segment is held while its records are being
+        submitted, so that it is deleted only once all of them are stored.
+        """
+        assert self.wal is not None
+        pipeline = self.pipeline
+        fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
+        events = sum(len(records) for _, submissions in leftovers for records in submissions)
+        logger.info(
+            "replaying the write-ahead log", extra={"segments": len(leftovers), "events": events}
+        )
+        for segment, submissions in leftovers:
+            self.wal.pin(segment)  # the hold
+            for records in submissions:
+                nbytes = _REPLAY_BYTES_PER_EVENT * len(records)
+                while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
+                    await pipeline.wait_for_room(len(records), nbytes, 0.1)
+                    await asyncio.sleep(0.01)
+                self.wal.pin(segment)
+                try:
+                    pipeline.submit(records, nbytes, wal_segment=segment)
+                except AdmissionError:
+                    self.wal.committed(segment)  # undo the pin; the hold keeps the segment
+                    return
+                self.stats.replayed += len(records)
+            self.wal.committed(segment)  # release the hold
+        logger.info("write-ahead log replayed", extra={"events": events})
 
 
 def tune_garbage_collector() -> None:

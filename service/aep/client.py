@@ -20,18 +20,23 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar, cast
 
 import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+
+ResponseT = TypeVar("ResponseT")
+# Where gRPC carries a google.rpc.Status with details (RetryInfo here).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -66,6 +71,7 @@ class Outcome:
     accepted: int = 0
     rejected: int = 0
     failed_rpcs: int = 0
+    retries: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     event_ids: list[str] = field(default_factory=list)
@@ -75,6 +81,22 @@ class Outcome:
         self.rejected += events
         key = f"{error.code().name}: {error.details()}"
         self.errors[key] = self.errors.get(key, 0) + 1
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The google.rpc.RetryInfo delay of a RESOURCE_EXHAUSTED error, if the server sent one."""
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    # grpc-stubs types metadata entries oddly; at run time they are (key, value) pairs.
+    metadata = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in metadata:
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return None
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -116,7 +138,10 @@ class Progress:
 
 
 class LoadClient:
-    def __init__(self, channel: grpc.aio.Channel, ack_mode: int, timeout: float, seed: int) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, ack_mode: int, timeout: float, seed: int, max_retries: int
+    ) -> None:
+        self._max_retries = max_retries
         self._stub = pb_grpc.AdEventServiceStub(channel)
         self._ack_mode = pb.AckMode.ValueType(ack_mode)
         self._timeout = timeout
@@ -127,26 +152,42 @@ class LoadClient:
         stamp.GetCurrentTime()
         return stamp
 
+    async def _call_with_retries(
+        self, call: Callable[[], Awaitable[ResponseT]], outcome: Outcome
+    ) -> ResponseT:
+        """Retry RESOURCE_EXHAUSTED after the server's RetryInfo delay (nothing was accepted)."""
+        for attempt in range(self._max_retries + 1):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                delay = retry_delay(error)
+                if delay is None or attempt == self._max_retries:
+                    raise
+                outcome.retries += 1
+                await asyncio.sleep(delay * self._rng.uniform(1.0, 1.5))
+        raise AssertionError("unreachable")
+
     async def send(self, count: int, outcome: Outcome, keep_ids: bool) -> None:
         """One RPC carrying `count` events (SendAdEvent when count == 1)."""
         now = self._now()
         started = time.perf_counter()
         try:
             if count == 1:
-                single = await self._stub.SendAdEvent(
-                    pb.SendAdEventRequest(
-                        event=make_event(self._rng, now), ack_mode=self._ack_mode
-                    ),
-                    timeout=self._timeout,
+                request = pb.SendAdEventRequest(
+                    event=make_event(self._rng, now), ack_mode=self._ack_mode
+                )
+                single = await self._call_with_retries(
+                    lambda: self._stub.SendAdEvent(request, timeout=self._timeout), outcome
                 )
                 outcome.accepted += 1
                 if keep_ids:
                     outcome.event_ids.append(single.event_id)
             else:
                 events = [make_event(self._rng, now) for _ in range(count)]
-                batch = await self._stub.SendAdEventBatch(
-                    pb.SendAdEventBatchRequest(events=events, ack_mode=self._ack_mode),
-                    timeout=self._timeout,
+                batch_request = pb.SendAdEventBatchRequest(events=events, ack_mode=self._ack_mode)
+                batch = await self._call_with_retries(
+                    lambda: self._stub.SendAdEventBatch(batch_request, timeout=self._timeout),
+                    outcome,
                 )
                 outcome.accepted += batch.accepted_count
                 outcome.rejected += batch.rejected_count
@@ -265,6 +306,7 @@ def _report(
         "accepted": outcome.accepted,
         "rejected": outcome.rejected,
         "failed_rpcs": outcome.failed_rpcs,
+        "retries": outcome.retries,
         "rpcs": len(latencies),
         "elapsed_s": round(elapsed, 3),
         "events_per_s": round(outcome.accepted / elapsed, 1) if elapsed > 0 else 0.0,
@@ -283,7 +325,7 @@ def _report(
         assert isinstance(latency, dict)
         out.write(
             f"{args.mode}: {outcome.accepted} accepted, {outcome.rejected} rejected, "
-            f"{outcome.failed_rpcs} failed RPCs in {elapsed:.2f}s "
+            f"{outcome.failed_rpcs} failed RPCs ({outcome.retries} retries) in {elapsed:.2f}s "
             f"= {summary['events_per_s']:,} events/s\n"
             f"latency per RPC (ms): p50 {latency['p50']} p95 {latency['p95']} "
             f"p99 {latency['p99']} max {latency['max']}\n"
@@ -306,7 +348,9 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             return EXIT_UNREACHABLE
         if args.mode == "health":
             return await _health(channel, args.timeout, out)
-        client = LoadClient(channel, _ACK_MODES[args.ack_mode], args.timeout, args.seed)
+        client = LoadClient(
+            channel, _ACK_MODES[args.ack_mode], args.timeout, args.seed, args.max_retries
+        )
         keep_ids = args.ids_out is not None
         if args.mode == "stream":
             outcome, elapsed = await _run_streams(
@@ -367,6 +411,12 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--timeout", type=float, default=10.0, help="per-RPC deadline, seconds")
     result.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to wait for the server"
+    )
+    result.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries of an RPC refused with RESOURCE_EXHAUSTED + RetryInfo (default 5)",
     )
     result.add_argument("--seed", type=int, default=1, help="random seed for generated events")
     result.add_argument("--json", action="store_true", help="print the summary as one JSON line")

@@ -29,8 +29,13 @@ from aep.records import EventRecord
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
 from aep.stats import IngestStats
 from aep.storage.base import EventStore
+from aep.wal import Segment, WriteAheadLog
 
 logger = logging.getLogger(__name__)
+
+_DRAIN_RATE_WINDOW_S = 3.0
+_MIN_RETRY_DELAY_S = 0.05
+_MAX_RETRY_DELAY_S = 5.0
 
 
 class AdmissionError(Exception):
@@ -76,7 +81,7 @@ class PipelineObserver:
 
 
 class _Submission:
-    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "trace")
+    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "trace", "wal_segment")
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class _Submission:
         nbytes: int,
         arrived: float,
         done: asyncio.Future[None] | None,
+        wal_segment: Segment | None,
         trace: Any,
     ) -> None:
         self.records = records
@@ -91,6 +97,7 @@ class _Submission:
         self.remaining = len(records)
         self.arrived = arrived
         self.done = done
+        self.wal_segment = wal_segment
         self.trace = trace
 
 
@@ -117,9 +124,11 @@ class Pipeline:
         batch: BatchSettings,
         queue: QueueSettings,
         retry: RetrySettings,
+        wal: WriteAheadLog | None = None,
         observer: PipelineObserver | None = None,
     ) -> None:
         self._store = store
+        self._wal = wal
         self._stats = stats
         self._dead_letters = dead_letters
         self._batch_size = batch.size
@@ -143,6 +152,8 @@ class Pipeline:
         self._observer = observer or PipelineObserver()
         self._tracing = self._observer.tracing
         self.store_state = StoreState()
+        # (monotonic time, events) of recent successful writes: the drain rate.
+        self._recent_writes: deque[tuple[float, int]] = deque()
 
     # -- state -----------------------------------------------------------
     @property
@@ -158,6 +169,25 @@ class Pipeline:
     def queued_events(self) -> int:
         """Accepted events not yet taken into a batch."""
         return self._queued_events
+
+    def drain_rate(self) -> float:
+        """Events written per second over the last few seconds (0 when idle)."""
+        horizon = time.monotonic() - _DRAIN_RATE_WINDOW_S
+        recent = self._recent_writes
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        return sum(count for _, count in recent) / _DRAIN_RATE_WINDOW_S
+
+    def retry_delay(self, count: int, nbytes: int) -> float:
+        """Seconds until `count` events of `nbytes` would likely fit, at the drain rate."""
+        rate = self.drain_rate()
+        if rate <= 0:
+            return _MAX_RETRY_DELAY_S  # nothing drains: the store may be down
+        over_events = self._pending_events + count - self._max_events
+        over_bytes = self._pending_bytes + nbytes - self._max_bytes
+        mean_size = self._pending_bytes / max(self._pending_events, 1)
+        excess = max(over_events, over_bytes / max(mean_size, 1.0), 1)
+        return min(_MAX_RETRY_DELAY_S, max(_MIN_RETRY_DELAY_S, excess / rate))
 
     @property
     def max_events(self) -> int:
@@ -186,30 +216,51 @@ class Pipeline:
                 await asyncio.wait_for(self._room.wait(), remaining)
         return True
 
-    def submit(
-        self, records: list[EventRecord], nbytes: int, *, wait_for_commit: bool = False
-    ) -> asyncio.Future[None] | None:
-        """Take the events or raise AdmissionError; never blocks.
+    def reserve(self, count: int, nbytes: int) -> None:
+        """Hold room for events that will be submitted later (after a WAL append).
 
-        With wait_for_commit, returns a future that resolves once every event is
-        written (or raises CommitFailedError).
+        Raises AdmissionError like submit(); release() gives the room back if
+        the submission does not happen.
         """
         if self._closing:
             raise PipelineClosedError("the server is shutting down")
-        count = len(records)
         if not self.has_room(count, nbytes):
             raise QueueFullError(
                 f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
                 f"bounds queue.max_events={self._max_events}, "
                 f"queue.max_bytes={self._max_bytes}); retry later"
             )
+        self._pending_events += count
+        self._pending_bytes += nbytes
+
+    def release(self, count: int, nbytes: int) -> None:
+        self._pending_events -= count
+        self._pending_bytes -= nbytes
+        self._room.set()
+
+    def submit(
+        self,
+        records: list[EventRecord],
+        nbytes: int,
+        *,
+        wait_for_commit: bool = False,
+        reserved: bool = False,
+        wal_segment: Segment | None = None,
+    ) -> asyncio.Future[None] | None:
+        """Take the events or raise AdmissionError; never blocks.
+
+        With wait_for_commit, returns a future that resolves once every event is
+        written (or raises CommitFailedError). `reserved`: room was taken by
+        reserve(). `wal_segment`: the write-ahead log segment holding these
+        events, told when they are all written.
+        """
+        if not reserved:
+            self.reserve(len(records), nbytes)
         done = asyncio.get_running_loop().create_future() if wait_for_commit else None
         was_empty = not self._queue
         trace = self._observer.trace_context() if self._tracing else None
-        self._queue.append(_Submission(records, nbytes, time.monotonic(), done, trace))
-        self._queued_events += count
-        self._pending_events += count
-        self._pending_bytes += nbytes
+        self._queue.append(_Submission(records, nbytes, time.monotonic(), done, wal_segment, trace))
+        self._queued_events += len(records)
         if was_empty or self._queued_events >= self._batch_size:
             self._wakeup.set()
         return done
@@ -347,6 +398,7 @@ class Pipeline:
             observer.write_attempt(time.perf_counter() - started, None)
             observer.batch_written(len(batch.records))
             self._note_store_success()
+            self._recent_writes.append((time.monotonic(), len(batch.records)))
             stats = self._stats
             stats.written += result.written
             stats.duplicates += result.duplicates
@@ -392,6 +444,9 @@ class Pipeline:
                     )
                 if submission.done is not None and not submission.done.done():
                     submission.done.set_result(None)
+                if submission.wal_segment is not None and self._wal is not None:
+                    # Stored or dead-lettered: the log no longer needs it.
+                    self._wal.committed(submission.wal_segment)
 
     def _note_store_failure(self, error: Exception) -> None:
         state = self.store_state

@@ -13,11 +13,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
 from aep.health import ServingState
@@ -28,12 +30,15 @@ from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
 from aep.stats import EVENT_TYPE_COUNT, IngestStats
 from aep.validation import EventValidator
+from aep.wal import WalError, WriteAheadLog
 
 _ACK_FROM_SETTING = {
     AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
     AckMode.DURABLE: pb.ACK_MODE_DURABLE,
     AckMode.COMMITTED: pb.ACK_MODE_COMMITTED,
 }
+# Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 _REJECTED = pb.EVENT_STATUS_REJECTED
 
@@ -48,10 +53,27 @@ _Ack = tuple[pb.StreamAdEventsResponse, "asyncio.Future[None] | None", float]
 class RequestRefusedError(Exception):
     """The RPC (or stream) ends with this status; nothing of the request was admitted."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+    async def abort(self, context: Context) -> NoReturn:
+        """End the RPC; with retry_after_s, the status carries google.rpc.RetryInfo."""
+        if self.retry_after_s is None:
+            await context.abort(self.code, self.message)
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after_s * 1e9))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        await context.abort(
+            self.code,
+            self.message,
+            trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+        )
 
 
 @dataclass(slots=True)
@@ -70,8 +92,10 @@ class AdEventServicer:
         server: ServerSettings,
         default_ack: AckMode,
         store_type: str,
+        wal: WriteAheadLog | None = None,
         observe_rpc: RpcObserver | None = None,
     ) -> None:
+        self._wal = wal
         self._pipeline = pipeline
         self._validator = validator
         self._stats = stats
@@ -114,7 +138,7 @@ class AdEventServicer:
                 try:
                     return await method(self._decode(request_type, raw))
                 except RequestRefusedError as refusal:
-                    await context.abort(refusal.code, refusal.message)
+                    await refusal.abort(context)
 
             return handle
 
@@ -126,7 +150,7 @@ class AdEventServicer:
                 response = await method(self._decode(request_type, raw))
             except RequestRefusedError as refusal:
                 observe(name, refusal.code, time.perf_counter() - started)
-                await context.abort(refusal.code, refusal.message)
+                await refusal.abort(context)
             except asyncio.CancelledError:
                 observe(name, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
                 raise
@@ -189,14 +213,14 @@ class AdEventServicer:
                 item = await acks.get()
                 if isinstance(item, _StreamEnd):
                     if item.refusal is not None:
-                        await context.abort(item.refusal.code, item.refusal.message)
+                        await item.refusal.abort(context)
                     return
                 response, done, started = item
                 if done is not None:
                     try:
                         await self._commit(done)
                     except RequestRefusedError as refusal:
-                        await context.abort(refusal.code, refusal.message)
+                        await refusal.abort(context)
                 if self._observe_rpc is not None:
                     seconds = time.perf_counter() - started
                     self._observe_rpc("StreamAdEvents", grpc.StatusCode.OK, seconds)
@@ -299,15 +323,17 @@ class AdEventServicer:
     def _ack_mode(self, requested: int, count: int) -> pb.AckMode.ValueType:
         if requested == pb.ACK_MODE_UNSPECIFIED:
             return self._default_ack
-        if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED):
+        if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED) or (
+            requested == pb.ACK_MODE_DURABLE and self._wal is not None
+        ):
             return pb.AckMode.ValueType(requested)
         self._stats.received += count
         self._stats.rejected_invalid += count
         if requested == pb.ACK_MODE_DURABLE:
             raise RequestRefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this version "
-                "does not have; use ACK_MODE_ACCEPTED or ACK_MODE_COMMITTED",
+                "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this server "
+                "has not enabled (wal.dir); use ACK_MODE_ACCEPTED or ACK_MODE_COMMITTED",
             )
         raise RequestRefusedError(
             grpc.StatusCode.INVALID_ARGUMENT, f"ack_mode: unknown value {requested}"
@@ -316,7 +342,11 @@ class AdEventServicer:
     def _admit(
         self, records: list[EventRecord], nbytes: int, ack_mode: pb.AckMode.ValueType
     ) -> asyncio.Future[None] | None:
+        """Admit now or refuse; returns what the ack has to wait for, if anything."""
         try:
+            if ack_mode == pb.ACK_MODE_DURABLE:
+                self._pipeline.reserve(len(records), nbytes)
+                return asyncio.ensure_future(self._log_then_submit(records, nbytes))
             return self._pipeline.submit(
                 records, nbytes, wait_for_commit=ack_mode == pb.ACK_MODE_COMMITTED
             )
@@ -327,11 +357,29 @@ class AdEventServicer:
             ) from error
         except QueueFullError as error:
             self._stats.rejected_overload += len(records)
-            raise RequestRefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from error
+            delay = self._pipeline.retry_delay(len(records), nbytes)
+            raise RequestRefusedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), retry_after_s=delay
+            ) from error
+
+    async def _log_then_submit(self, records: list[EventRecord], nbytes: int) -> None:
+        """Durable mode: the events reach the pipeline once their log append is fsynced."""
+        assert self._wal is not None
+        try:
+            segment = await self._wal.append(records)
+        except BaseException:
+            self._pipeline.release(len(records), nbytes)
+            self._stats.rejected_unavailable += len(records)
+            raise
+        self._pipeline.submit(records, nbytes, reserved=True, wal_segment=segment)
 
     async def _commit(self, done: asyncio.Future[None]) -> None:
         try:
             await asyncio.shield(done)
+        except WalError as error:
+            raise RequestRefusedError(
+                grpc.StatusCode.UNAVAILABLE, f"{error}; retry (the events were not accepted)"
+            ) from error
         except CommitFailedError as error:
             raise RequestRefusedError(
                 grpc.StatusCode.UNAVAILABLE,

@@ -121,8 +121,14 @@ class FsyncPolicy(StrEnum):
     NEVER = "never"  # left to the OS (and close)
 
 
+class FileFormat(StrEnum):
+    JSONL = "jsonl"  # events-*.jsonl, one JSON object per line
+    PROTOBUF = "protobuf"  # events-*.binpb, varint-length-prefixed StoredAdEvent records
+
+
 class FileStoreSettings(_Section):
     dir: Path = Path("data/events")
+    format: FileFormat = FileFormat.JSONL
     rotate_bytes: ByteSize = Field(128 * 1024**2, ge=1024)
     rotate_interval: Duration = 3600.0
     fsync: FsyncPolicy = FsyncPolicy.BATCH
@@ -231,7 +237,12 @@ class AckSettings(_Section):
 
 
 class WalSettings(_Section):
+    # Unset: no write-ahead log, and ack mode `durable` is refused.
     dir: Path | None = None
+    segment_bytes: ByteSize = Field(64 * 1024**2, ge=4096)
+    # Start-up replay submits only while the queue is below this fill, so it
+    # cannot crowd out live traffic.
+    replay_max_queue_fill: float = Field(0.5, gt=0, le=1)
 
 
 class Settings(BaseSettings):
@@ -254,10 +265,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_cross_field(self) -> Settings:
-        if self.ack.mode is AckMode.DURABLE:
+        if self.ack.mode is AckMode.DURABLE and self.wal.dir is None:
             raise ValueError(
-                "ack.mode: 'durable' needs the write-ahead log, which this version does not "
-                "have yet; use 'accepted' or 'committed'"
+                "ack.mode: 'durable' needs the write-ahead log: set wal.dir (AEP_WAL_DIR)"
             )
         if self.metrics.port == self.server.port and self.metrics.host == self.server.host:
             raise ValueError("metrics.port: must differ from server.port")

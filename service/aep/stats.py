@@ -3,12 +3,14 @@
 Conservation, checked by tests and an alert: every event received ends in
 exactly one of these, so at any moment
 
-    received = rejected_invalid + rejected_overload + rejected_unavailable
-               + written + duplicates + dead_lettered + lost + pending
+    received + replayed = rejected_invalid + rejected_overload
+                          + rejected_unavailable + written + duplicates
+                          + dead_lettered + lost + pending
 
 (`pending` is the pipeline's count of accepted events not yet written: in
-flight). All of it changes on the event loop only, and /metrics is rendered
-there too, so one scrape sees the equation hold exactly.
+flight; `replayed` the events re-submitted from the write-ahead log at
+start-up). All of it changes on the event loop only, and /metrics is
+rendered there too, so one scrape sees the equation hold exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ EVENT_TYPE_COUNT = max(value.number for value in pb.EventType.DESCRIPTOR.values)
 class IngestStats:
     received: int = 0
     received_by_type: list[int] = field(default_factory=lambda: [0] * EVENT_TYPE_COUNT)
+    replayed: int = 0
     rejected_invalid: int = 0
     rejected_overload: int = 0
     rejected_unavailable: int = 0

@@ -56,7 +56,8 @@ SECONDS_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
-    1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+    1000.0, 2500.0, 5000.0, 10000.0,
 )  # fmt: skip
 
 # Label values of events_received_total{event_type}: the enum number's short
@@ -187,6 +188,11 @@ class _Metrics:
             "events_received": (
                 "Events received in requests, valid or not, by event type",
                 lambda: received_by_type(stats),
+            ),
+            "events_replayed": (
+                "Events re-submitted from the write-ahead log at start-up (received by an "
+                "earlier process)",
+                lambda: [(stats.replayed, {})],
             ),
             "events_processed": (
                 "Events written to the store (new, not duplicates)",

@@ -134,6 +134,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def start_ours(data: Path, file_format: str) -> Server:
+    """Our server on the file store in `file_format`, default settings otherwise."""
     port = free_port()
     env = _env(
         AEP_SERVER_HOST="127.0.0.1",
@@ -144,8 +145,7 @@ def start_ours(data: Path, file_format: str) -> Server:
         AEP_DEAD_LETTER_DIR=str(data / "dead-letter"),
         AEP_LOGGING_LEVEL="warning",
     )
-    if file_format != "jsonl":
-        env["AEP_DATABASE_FILE_FORMAT"] = file_format
+    env["AEP_DATABASE_FILE_FORMAT"] = file_format
     return Server(f"ours ({file_format})", [sys.executable, "-m", "aep"], env, port)
 
 
@@ -179,22 +179,48 @@ def overload(server: Server, seconds: float) -> OverloadResult:
     return OverloadResult(start, peak, end, accepted, refused)
 
 
-def print_table(shapes: list[Load], results: dict[str, dict[str, dict[str, float]]]) -> None:
+def print_table(shapes: list[Load], results: dict[str, dict[str, dict[str, Any]]]) -> None:
     columns = ("load", "server", "events/s", "p50 ms", "p99 ms", "CPU s/M", "peak RSS MB", "ratio")
-    header = "{:<11} {:<9} {:>10} {:>8} {:>8} {:>8} {:>12} {:>6}".format(*columns)
+    header = "{:<11} {:<16} {:>10} {:>8} {:>8} {:>8} {:>12} {:>6}".format(*columns)
     print(header)
     print("-" * len(header))
     for load in shapes:
         base = results["baseline"][load.name]["events_per_s"]
-        for name in ("baseline", "ours"):
-            r = results[name][load.name]
-            ratio = f"{r['events_per_s'] / base:.2f}" if name == "ours" else ""
+        for name, by_load in results.items():
+            r = by_load[load.name]
+            ratio = f"{r['events_per_s'] / base:.2f}" if name != "baseline" else ""
             print(
-                f"{load.name:<11} {name:<9} {r['events_per_s']:>10,.0f} {r['p50_ms']:>8.2f} "
+                f"{load.name:<11} {name:<16} {r['events_per_s']:>10,.0f} {r['p50_ms']:>8.2f} "
                 f"{r['p99_ms']:>8.2f} {r['cpu_s_per_million']:>8.2f} {r['peak_rss_mb']:>12.1f} "
                 f"{ratio:>6}"
             )
     print("(ratio = ours / baseline events/s; CPU s/M = server CPU seconds per million events)")
+
+
+@dataclass
+class OursRun:
+    results: dict[str, dict[str, Any]]
+    idle_rss_mb: float
+    paced: dict[str, Any]
+    overload: OverloadResult | None
+    exit_code: int
+    acknowledged: int
+    stored: int
+
+
+def run_ours(scratch: Path, file_format: str, shapes: list[Load], overload_s: float) -> OursRun:
+    data = scratch / file_format
+    server = start_ours(data, file_format)
+    acknowledged = int(drive(server.port, shapes[1], rpcs=200)["events"])  # warm-up
+    results = {load.name: measure(server, load) for load in shapes}
+    half = results["batch 100"]["events_per_s"] / 2
+    paced = drive(server.port, shapes[1], rate=half, rpcs=int(half * 10 / 100))
+    loaded = overload(server, overload_s) if overload_s else None
+    exit_code = server.stop()
+    acknowledged += int(sum(r["events"] for r in results.values()) + paced["events"])
+    acknowledged += loaded.accepted_events if loaded else 0
+    stored = len(stored_events(data / "events"))
+    return OursRun(results, server.idle_rss_mb, paced, loaded, exit_code, acknowledged, stored)
 
 
 def main() -> None:
@@ -206,48 +232,51 @@ def main() -> None:
         default=0.0,
         help="then drive ours far past its maximum this long and watch RSS (e.g. 60)",
     )
+    parser.add_argument(
+        "--formats", default="jsonl,protobuf", help="file store formats to measure (jsonl,protobuf)"
+    )
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; server pinned to "
         f"CPU {SERVER_CPU}, load driver to CPU {DRIVER_CPU}; scale {args.scale}"
     )
     shapes = loads(args.scale)
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    runs: dict[str, OursRun] = {}
     with tempfile.TemporaryDirectory(prefix="aep-bench-") as scratch:
         baseline = start_baseline()
         drive(baseline.port, shapes[1], rpcs=200)  # warm-up
         results["baseline"] = {load.name: measure(baseline, load) for load in shapes}
         baseline.stop()
-
-        ours = start_ours(Path(scratch), "jsonl")
-        acknowledged = drive(ours.port, shapes[1], rpcs=200)["events"]  # warm-up
-        results["ours"] = {load.name: measure(ours, load) for load in shapes}
-        half = results["ours"]["batch 100"]["events_per_s"] / 2
-        paced = drive(ours.port, shapes[1], rate=half, rpcs=int(half * 10 / 100))
-        loaded = overload(ours, args.overload_seconds) if args.overload_seconds else None
-        exit_code = ours.stop()
-        acknowledged += sum(r["events"] for r in results["ours"].values()) + paced["events"]
-        acknowledged += loaded.accepted_events if loaded else 0
-        stored = len(stored_events(Path(scratch) / "events"))
+        for file_format in args.formats.split(","):
+            run = run_ours(Path(scratch), file_format, shapes, args.overload_seconds)
+            runs[file_format] = run
+            results[f"ours ({file_format})"] = run.results
     print()
     print_table(shapes, results)
     print()
-    print(
-        f"p99 at half our batch-100 maximum ({paced['events_per_s']:,.0f} events/s, paced): "
-        f"{paced['p99_ms']:.2f} ms (p50 {paced['p50_ms']:.2f} ms)"
-    )
-    print(f"idle RSS: baseline {baseline.idle_rss_mb:.1f} MB, ours {ours.idle_rss_mb:.1f} MB")
-    if loaded:
+    print(f"idle RSS: baseline {baseline.idle_rss_mb:.1f} MB")
+    failed = False
+    for file_format, run in runs.items():
         print(
-            f"overload for {args.overload_seconds:.0f}s: RSS {loaded.rss_start_mb:.1f} MB at the "
-            f"start, {loaded.rss_peak_mb:.1f} MB peak, {loaded.rss_end_mb:.1f} MB at the end; "
-            f"{loaded.refused_rpcs} RPCs refused (RESOURCE_EXHAUSTED)"
+            f"ours ({file_format}): idle RSS {run.idle_rss_mb:.1f} MB; p99 at half its batch-100 "
+            f"maximum ({run.paced['events_per_s']:,.0f} events/s, paced) "
+            f"{run.paced['p99_ms']:.2f} ms (p50 {run.paced['p50_ms']:.2f} ms)"
         )
-    print(
-        f"ours exited with {exit_code}; events acknowledged {int(acknowledged)}, "
-        f"stored {stored} ({'all stored' if stored == acknowledged else 'MISMATCH'})"
-    )
-    if exit_code != 0 or stored != acknowledged:
+        if run.overload:
+            o = run.overload
+            print(
+                f"  overload for {args.overload_seconds:.0f}s: RSS {o.rss_start_mb:.1f} MB at the "
+                f"start, {o.rss_peak_mb:.1f} MB peak, {o.rss_end_mb:.1f} MB at the end; "
+                f"{o.refused_rpcs} RPCs refused (RESOURCE_EXHAUSTED)"
+            )
+        verdict = "all stored" if run.stored == run.acknowledged else "MISMATCH"
+        print(
+            f"  exit code {run.exit_code}; events acknowledged {run.acknowledged}, "
+            f"stored {run.stored} ({verdict})"
+        )
+        failed |= run.exit_code != 0 or run.stored != run.acknowledged
+    if failed:
         sys.exit(1)
 
 

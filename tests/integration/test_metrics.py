@@ -81,6 +81,7 @@ def test_conservation_holds_in_scrapes_under_a_mixed_load(tmp_path: Path) -> Non
         loaded = scrape(server.metrics_port)  # within the 2s flush interval: in flight
         assert loaded.conservation() == {
             "received": 100 + 12 + 1 + 1 + 3 + 100,
+            "replayed": 0,
             "processed": 0,
             "rejected": 5 + 1 + 1 + 3 + 100,
             "duplicates": 0,
@@ -262,3 +263,39 @@ def test_http_and_grpc_health_agree_through_shutdown(tmp_path: Path) -> None:
     # The drain was long enough to see both say "not serving" while HTTP still answered.
     assert (503, False, 503) in samples, samples
     assert samples[-1][1] is False
+
+
+def test_conservation_counts_events_replayed_from_the_write_ahead_log(tmp_path: Path) -> None:
+    """Durable acks, SIGKILL, restart: the replayed events balance the new process' books."""
+    env = {
+        "AEP_WAL_DIR": str(tmp_path / "wal"),
+        "AEP_BATCH_SIZE": "100000",
+        "AEP_BATCH_FLUSH_INTERVAL": "1h",  # nothing reaches the store before the kill
+    }
+    first = ServerProcess(tmp_path, env).start()
+    try:
+        with grpc.insecure_channel(first.address) as channel:
+            api = pb_grpc.AdEventServiceStub(channel)
+            for round_ in range(5):
+                events = [valid_event(event_id=f"w{round_}-{i}") for i in range(20)]
+                batch(api, events, ack_mode=pb.ACK_MODE_DURABLE)
+        durable = scrape(first.metrics_port)
+        assert durable.conservation()["in_flight"] == 100
+        assert durable.drift() == 0
+    finally:
+        assert first.process is not None
+        first.process.kill()
+        first.process.wait()
+    second = ServerProcess(tmp_path, {**env, "AEP_BATCH_FLUSH_INTERVAL": "100ms"}).start()
+    try:
+        replayed = wait_for(
+            second, "replayed and written", lambda s: s.total("events_processed_total") == 100
+        )
+        assert replayed.conservation()["received"] == 0
+        assert replayed.conservation()["replayed"] == 100
+        assert replayed.drift() == 0
+        assert second.stop() == 0, second.log()
+    finally:
+        if second.process is not None and second.process.poll() is None:
+            second.process.kill()
+            second.process.wait()

@@ -9,9 +9,9 @@ import pytest
 from support import stored_events
 
 from aep.records import EventRecord
-from aep.settings import FileStoreSettings, FsyncPolicy
+from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError
-from aep.storage.file import FileStore
+from aep.storage.file import FileStore, read_records
 
 
 def settings(directory: Path, **overrides: object) -> FileStoreSettings:
@@ -152,3 +152,55 @@ async def test_lines_are_the_stored_form(tmp_path: Path) -> None:
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert orjson.loads(line) == record
     assert oct(os.stat(next(tmp_path.glob("*.jsonl"))).st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("file_format", list(FileFormat))
+async def test_both_formats_round_trip_and_dedupe_across_restarts(
+    tmp_path: Path, file_format: FileFormat
+) -> None:
+    full: EventRecord = {
+        "event_id": "full",
+        "user_id": "u",
+        "ad_id": "a",
+        "event_type": "EVENT_TYPE_CONVERSION",
+        "timestamp": "2026-11-26T19:00:00.000001Z",
+        "received_at": "2026-11-26T19:00:00.000002Z",
+        "campaign_id": "c",
+        "creative_id": "cr",
+        "placement_id": "pl",
+        "publisher_id": "pub",
+        "price_micros": 1_250_000,
+        "currency": "EUR",
+        "attributes": {"os": "ios"},
+    }
+    store = await open_store(tmp_path, format=file_format)
+    await store.write_batch([full])
+    await store.close()
+    [path] = tmp_path.glob("events-*")
+    assert path.suffix == (".jsonl" if file_format is FileFormat.JSONL else ".binpb")
+    assert read_records(path) == [full]
+    restarted = await open_store(tmp_path, format=file_format)
+    again = await restarted.write_batch([full])
+    await restarted.close()
+    assert (again.written, again.duplicates) == (0, 1)
+
+
+async def test_a_truncated_binary_record_is_tolerated(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, format=FileFormat.PROTOBUF)
+    await store.write_batch(batch(0, 3))
+    await store.close()
+    [path] = tmp_path.glob("events-*.binpb")
+    data = path.read_bytes()
+    path.write_bytes(data + data[:7])  # the start of a fourth record, cut off by a crash
+    assert [r["event_id"] for r in read_records(path)] == ["e0", "e1", "e2"]
+    restarted = await open_store(tmp_path, format=FileFormat.PROTOBUF)
+    result = await restarted.write_batch(batch(0, 4))
+    await restarted.close()
+    assert (result.written, result.duplicates) == (1, 3)
+
+
+def test_binary_is_smaller_than_json_lines(tmp_path: Path) -> None:
+    from aep.storage.file import JsonLinesCodec, ProtobufCodec
+
+    records = batch(0, 100)
+    assert len(ProtobufCodec.encode(records)) < len(JsonLinesCodec.encode(records)) / 2

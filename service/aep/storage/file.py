@@ -1,6 +1,8 @@
-"""JSON Lines files: the default store.
+"""Files: the default store, JSON Lines or length-delimited protobuf.
 
 Layout: `<database.file.dir>/events-<UTC start>-<instance>-w<writer>-<seq>.jsonl`
+(`.binpb` with `format: protobuf`: StoredAdEvent records, each prefixed by its
+length as a varint)
 (instance: random per store opening, since in a container every restart is pid 1),
 one event per line. Each batch writer owns one open file, so writers never
 contend; a file is rotated when it reaches `rotate_bytes` or is older than
@@ -23,17 +25,104 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
+from google.protobuf.message import DecodeError
 
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EventRecord
-from aep.settings import FileStoreSettings, FsyncPolicy
+from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 
-FILE_PATTERN = "events-*.jsonl"
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
+
+
+class JsonLinesCodec:
+    suffix = ".jsonl"
+
+    @staticmethod
+    def encode(records: Sequence[EventRecord]) -> bytes:
+        return b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
+
+    @staticmethod
+    def decode(data: bytes) -> Iterator[EventRecord]:
+        """Every complete line; a partial or corrupt one (a crash mid-write) is skipped."""
+        for line in data.splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class ProtobufCodec:
+    """Length-delimited adevents.v1.StoredAdEvent records (the JSON form's fields)."""
+
+    suffix = ".binpb"
+
+    @staticmethod
+    def encode(records: Sequence[EventRecord]) -> bytes:
+        parts: list[bytes] = []
+        for record in records:
+            body = pb.StoredAdEvent(**record).SerializeToString()
+            parts.append(_varint(len(body)))
+            parts.append(body)
+        return b"".join(parts)
+
+    @staticmethod
+    def decode(data: bytes) -> Iterator[EventRecord]:
+        """Every complete record; a truncated tail (a crash mid-write) ends the file."""
+        position, end = 0, len(data)
+        while position < end:
+            length = shift = 0
+            while position < end:
+                byte = data[position]
+                position += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                return
+            if position + length > end:
+                return
+            try:
+                message = pb.StoredAdEvent.FromString(data[position : position + length])
+            except DecodeError:
+                return
+            position += length
+            record: EventRecord = {
+                field.name: getattr(message, field.name)
+                for field in pb.StoredAdEvent.DESCRIPTOR.fields
+            }
+            record["event_type"] = pb.EventType.Name(message.event_type)
+            record["attributes"] = dict(message.attributes)
+            yield record
+
+
+Codec = type[JsonLinesCodec] | type[ProtobufCodec]
+CODECS: dict[FileFormat, Codec] = {
+    FileFormat.JSONL: JsonLinesCodec,
+    FileFormat.PROTOBUF: ProtobufCodec,
+}
+
+
+def read_records(path: Path) -> list[EventRecord]:
+    """The events of one store file (either format, by its suffix)."""
+    codec = ProtobufCodec if path.suffix == ProtobufCodec.suffix else JsonLinesCodec
+    return list(codec.decode(path.read_bytes()))
 
 
 class RecentIds:
@@ -75,6 +164,7 @@ class _SegmentWriter:
     ) -> None:
         self._directory = directory
         self._instance = instance
+        self._suffix = CODECS[settings.format].suffix
         self._index = index
         self._settings = settings
         self._fd: int | None = None
@@ -117,7 +207,7 @@ class _SegmentWriter:
         self.close()
         self._sequence += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        name = f"events-{stamp}-{self._instance}-w{self._index}-{self._sequence:06d}.jsonl"
+        name = f"events-{stamp}-{self._instance}-w{self._index}-{self._sequence:06d}{self._suffix}"
         self.path = self._directory / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._opened_at = now
@@ -143,18 +233,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_event_ids(path: Path) -> list[str]:
-    """The event_ids of a file; a partial or corrupt line (a crash mid-write) is skipped."""
-    ids: list[str] = []
-    with path.open("rb") as handle:
-        for line in handle:
-            try:
-                ids.append(orjson.loads(line)["event_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
-    return ids
-
-
 class FileStore:
     """EventStore writing JSON Lines files; see the module docstring."""
 
@@ -167,6 +245,7 @@ class FileStore:
         ]
         self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
         self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)
+        self._codec = CODECS[settings.format]
 
     @property
     def name(self) -> str:
@@ -185,12 +264,13 @@ class FileStore:
     def _load_recent_ids(self) -> None:
         horizon = time.time() - self._settings.dedupe_window
         recent = []
-        for path in self._directory.glob(FILE_PATTERN):
+        for path in self._directory.glob("events-*"):  # both formats: the format may change
             modified = path.stat().st_mtime
-            if modified >= horizon:
+            if modified >= horizon and path.suffix in (".jsonl", ".binpb"):
                 recent.append((modified, path))
         for modified, path in sorted(recent):  # oldest first: the newest survive the count bound
-            self._recent.add_batch(read_event_ids(path), modified)
+            ids = [str(record.get("event_id")) for record in read_records(path)]
+            self._recent.add_batch(ids, modified)
 
     async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
         recent = self._recent
@@ -208,9 +288,9 @@ class FileStore:
             return WriteResult(written=0, duplicates=len(records))
         # Claim the ids before the write so a concurrent writer cannot write them too.
         recent.add_batch(fresh_ids, time.time())
-        # Encoded here, not in the worker thread: orjson holds the GIL, and a
+        # Encoded here, not in the worker thread: encoding holds the GIL, and a
         # CPU-bound thread would make the event loop wait for it.
-        data = b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in fresh])
+        data = self._codec.encode(fresh)
         writer = await self._free.get()
         try:
             await asyncio.to_thread(writer.append, data)

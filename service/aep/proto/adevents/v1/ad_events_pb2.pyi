@@ -407,6 +407,89 @@ class StreamAdEventsResponse(_message.Message):
 Global___StreamAdEventsResponse: _TypeAlias = StreamAdEventsResponse  # noqa: Y015
 
 @_typing.final
+class StoredAdEvent(_message.Message):
+    """One record of the file store's compact binary format
+    (database.file.format: protobuf): the stored form, field for field, as a
+    message. Files `events-*.binpb` hold these records one after another, each
+    prefixed by its length as a varint (protobuf's length-delimited framing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AD_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CREATIVE_ID_FIELD_NUMBER: _builtins.int
+    PLACEMENT_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHER_ID_FIELD_NUMBER: _builtins.int
+    PRICE_MICROS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    user_id: _builtins.str
+    ad_id: _builtins.str
+    event_type: Global___EventType.ValueType
+    timestamp: _builtins.str
+    """RFC 3339, UTC, microseconds, as in the JSON Lines form."""
+    received_at: _builtins.str
+    campaign_id: _builtins.str
+    creative_id: _builtins.str
+    placement_id: _builtins.str
+    publisher_id: _builtins.str
+    price_micros: _builtins.int
+    currency: _builtins.str
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        ad_id: _builtins.str = ...,
+        event_type: Global___EventType.ValueType = ...,
+        timestamp: _builtins.str = ...,
+        received_at: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        creative_id: _builtins.str = ...,
+        placement_id: _builtins.str = ...,
+        publisher_id: _builtins.str = ...,
+        price_micros: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ad_id", b"ad_id", "attributes", b"attributes", "campaign_id", b"campaign_id", "creative_id", b"creative_id", "currency", b"currency", "event_id", b"event_id", "event_type", b"event_type", "placement_id", b"placement_id", "price_micros", b"price_micros", "publisher_id", b"publisher_id", "received_at", b"received_at", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredAdEvent: _TypeAlias = StoredAdEvent  # noqa: Y015
+
+@_typing.final
 class HealthCheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
