@@ -73,8 +73,8 @@ class PipelineObserver:
     def write_attempt(self, seconds: float, error: Exception | None) -> None:
         """One store.write_batch call ended (error is None when it succeeded)."""
 
-    def batch_written(self, events: int) -> None:
-        """A batch of `events` is stored."""
+    def batch_written(self, events: int, oldest_s: float) -> None:
+        """A batch of `events` is stored, `oldest_s` after its oldest event was admitted."""
 
     def submission_written(self, seconds: float, events: int) -> None:
         """The last event of a submission is stored, `seconds` after its admission."""
@@ -396,7 +396,7 @@ class Pipeline:
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
                 continue
             observer.write_attempt(time.perf_counter() - started, None)
-            observer.batch_written(len(batch.records))
+            observer.batch_written(len(batch.records), time.monotonic() - batch.parts[0][0].arrived)
             self._note_store_success()
             self._recent_writes.append((time.monotonic(), len(batch.records)))
             stats = self._stats

@@ -38,7 +38,7 @@ def test_histograms_are_in_seconds_with_buckets_from_0_1ms_to_10s() -> None:
         assert telemetry.observe_rpc is not None
         telemetry.observe_rpc("SendAdEvent", grpc.StatusCode.OK, 0.0003)
         telemetry.observer.write_attempt(0.004, None)
-        telemetry.observer.batch_written(250)
+        telemetry.observer.batch_written(250, 0.2)
         telemetry.observer.submission_written(0.2, 10)
         text = telemetry.render()
         assert text is not None
