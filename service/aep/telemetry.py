@@ -72,6 +72,10 @@ UNKNOWN_EVENT_TYPE = "unknown"
 
 # The window of average_processing_latency (the reference design's gauge).
 AVERAGE_WINDOW_S = 10.0
+# RPC durations are buffered and recorded this many at a time (and before
+# every scrape): one SDK record costs ~20 us when it runs between RPCs with
+# cold caches, ~5 us in a run of records.
+RPC_RECORD_RUN = 64
 
 _Reading = Callable[[], Iterable[tuple[float, Mapping[str, str]]]]
 
@@ -181,6 +185,7 @@ class _Metrics:
         )
         self.average = WindowedMean(AVERAGE_WINDOW_S)
         self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str]] = {}
+        self._rpc_durations: list[tuple[str, grpc.StatusCode, float]] = []
         self._observable_counters(stats)
 
     def _observable_counters(self, stats: IngestStats) -> None:
@@ -276,11 +281,21 @@ class _Metrics:
         return [] if mean is None else [(mean, {})]
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = (method, code)
-        attributes = self._rpc_attributes.get(key)
-        if attributes is None:
-            attributes = self._rpc_attributes[key] = {"method": method, "code": code.name}
-        self.rpc_duration.record(seconds, attributes)
+        durations = self._rpc_durations
+        durations.append((method, code, seconds))
+        if len(durations) >= RPC_RECORD_RUN:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the buffered RPC durations; render() calls it, so scrapes miss none."""
+        durations, self._rpc_durations = self._rpc_durations, []
+        record = self.rpc_duration.record
+        known = self._rpc_attributes
+        for method, code, seconds in durations:
+            attributes = known.get((method, code))
+            if attributes is None:
+                attributes = known[method, code] = {"method": method, "code": code.name}
+            record(seconds, attributes)
 
 
 def span_exporter_from_environment(environ: Mapping[str, str]) -> SpanExporter | None:
@@ -442,6 +457,7 @@ class Telemetry:
         """Prometheus text exposition; None when metrics are off."""
         if self._metrics is None:
             return None
+        self._metrics.flush()
         return prometheus_client.generate_latest(self._metrics.registry)
 
     def shutdown(self) -> None:
