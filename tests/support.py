@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.storage.file import read_records
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip a test whose tool is missing here; in CI (which installs it) fail it."""
+    if in_ci():
+        pytest.fail(f"CI=true but {message}")
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of a command a test needs (see skip_or_fail)."""
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(f"{name} is not installed ({install_hint})")
+        raise AssertionError("unreachable")
+    return path
 
 
 def free_port() -> int:
@@ -154,6 +176,20 @@ def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, object]]:
+    """The records the server stores for these valid events (each with its event_id set)."""
+    from aep.settings import ValidationSettings
+    from aep.validation import EventValidator
+
+    validator = EventValidator(ValidationSettings())
+    records = []
+    for event in events:
+        record = validator.accept(event, event.timestamp.seconds, received_at, lambda: "unused")
+        assert isinstance(record, dict), record
+        records.append(record)
+    return records
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,12 @@
 """Builds the service from Settings and owns start-up and the ordered shutdown.
 
+Start-up: with database.startup=fail_fast the store is opened (connected and
+pinged) before anything listens, and a store that cannot be reached ends the
+process with exit code 3. With `wait` the ports open at once, NOT_SERVING, and
+the store is retried until it answers; events sent meanwhile are queued up to
+the queue bound. Once the store is open, the StoreMonitor keeps health in step
+with it.
+
 Shutdown order: health NOT_SERVING -> stop taking RPCs and let in-flight ones
 finish -> drain the pipeline -> close the store -> close HTTP -> telemetry.
 All of it within shutdown.grace_period; signal handlers only set an event.
@@ -8,6 +15,7 @@ All of it within shutdown.grace_period; signal handlers only set an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -22,11 +30,13 @@ from aep.health import ServingState
 from aep.http_server import HttpEndpoints
 from aep.pipeline import AdmissionError, Pipeline
 from aep.records import EventRecord
+from aep.security import SecurityConfigError, interceptors, server_credentials
 from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.servicer import AdEventServicer
-from aep.settings import Settings
+from aep.settings import Settings, StartupPolicy
 from aep.stats import IngestStats
 from aep.storage import StoreError, create_store
+from aep.store_monitor import StoreMonitor
 from aep.telemetry import Telemetry
 from aep.validation import EventValidator
 from aep.wal import Segment, WriteAheadLog
@@ -39,6 +49,8 @@ EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
 # Replayed events have no request size; a typical event's wire size stands in.
 _REPLAY_BYTES_PER_EVENT = 200
+
+_MAX_OPEN_RETRY_DELAY_S = 5.0
 
 
 class Application:
@@ -80,15 +92,28 @@ class Application:
         )
         self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(self.serving, self.telemetry.render)
+        self.monitor = StoreMonitor(
+            self.store,
+            self.pipeline,
+            self.serving,
+            settings.health,
+            ping_timeout=settings.database.connect_timeout,
+        )
 
     async def run(self, stop: asyncio.Event) -> int:
         settings = self.settings
-        try:
-            await self.store.open()
-        except StoreError as error:
-            logger.error("cannot open the store", extra={"error": str(error)})
-            self.telemetry.shutdown()
-            return EXIT_STARTUP_FAILED
+        store_open = False
+        if settings.database.startup is StartupPolicy.FAIL_FAST:
+            try:
+                await self.store.open()
+            except StoreError as error:
+                logger.error(
+                    "cannot open the store; exiting (database.startup=wait would keep retrying)",
+                    extra={"error": str(error)},
+                )
+                self.telemetry.shutdown()
+                return EXIT_STARTUP_FAILED
+            store_open = True
         leftovers: list[tuple[Segment, list[list[EventRecord]]]] = []
         if self.wal is not None:
             try:
@@ -99,44 +124,94 @@ class Application:
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
             self.wal.start()
-        self.pipeline.start()
-        if leftovers:
-            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
+        if store_open:
+            self._start_pipeline(leftovers)
         try:
             grpc_server, grpc_port = build_server(
                 settings.server,
                 self.servicer,
                 self.serving,
-                self.telemetry.server_interceptors(AD_EVENT_SERVICE_NAME),
+                credentials=server_credentials(settings.tls),
+                # Tracing outermost: refused calls (auth) get their span too.
+                interceptors=[
+                    *self.telemetry.server_interceptors(AD_EVENT_SERVICE_NAME),
+                    *interceptors(settings.auth),
+                ],
             )
             http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
-        except (BindError, OSError) as error:
+        except (BindError, OSError, SecurityConfigError) as error:
             logger.error("cannot listen", extra={"error": str(error)})
             await self.pipeline.drain(settings.shutdown.grace_period)
             await self.store.close()
             self.telemetry.shutdown()
             return EXIT_STARTUP_FAILED
+        # grpc's health servicer answers SERVING for "" until told otherwise.
+        await self.serving.set_serving(False)
+        if not store_open:
+            not_yet = StoreError("not connected yet (database.startup=wait)")
+            self.pipeline.note_store_failure(not_yet)
         tune_garbage_collector()
         await grpc_server.start()
-        await self.serving.set_serving(True)
-        logger.info(
-            "serving",
-            extra={
-                "grpc_port": grpc_port,
-                "metrics_port": http_port,
-                "store": self.store.name,
-                "ack_mode": settings.ack.mode.value,
-                "pid": os.getpid(),
-            },
-        )
+        listening = {
+            "grpc_port": grpc_port,
+            "metrics_port": http_port,
+            "store": self.store.name,
+            "ack_mode": settings.ack.mode.value,
+            "pid": os.getpid(),
+        }
+        monitor_task: asyncio.Task[None] | None = None
+        if not store_open:
+            logger.info("listening, NOT_SERVING until the store answers", extra=listening)
+            store_open = await self._open_store_when_reachable(stop)
+            if store_open:
+                self._start_pipeline(leftovers)
+        if store_open:
+            await self.serving.set_serving(True)
+            logger.info("serving", extra=listening)
+            monitor_task = asyncio.create_task(self.monitor.run(), name="store-monitor")
         await stop.wait()
-        return await self._shutdown(grpc_server)
+        return await self._shutdown(grpc_server, monitor_task)
 
-    async def _shutdown(self, grpc_server: grpc.aio.Server) -> int:
+    def _start_pipeline(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+        """Start writing; what the write-ahead log held from earlier runs goes first."""
+        self.pipeline.start()
+        if leftovers:
+            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
+
+    async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
+        """database.startup=wait: retry opening until it works (True) or stop is set."""
+        interval = self.settings.health.store_check_interval
+        delay = interval
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                await self.store.open()
+            except StoreError as error:
+                self.pipeline.note_store_failure(error)
+                log = logger.warning if attempt == 1 else logger.debug
+                log("store not reachable yet; retrying", extra={"error": str(error)})
+            else:
+                self.pipeline.note_store_success()
+                logger.info("store reachable", extra={"attempts": attempt})
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, max(interval, _MAX_OPEN_RETRY_DELAY_S))
+        return False
+
+    async def _shutdown(
+        self, grpc_server: grpc.aio.Server, monitor_task: asyncio.Task[None] | None
+    ) -> int:
         grace = self.settings.shutdown.grace_period
         deadline = time.monotonic() + grace
         logger.info("shutting down", extra={"grace_period_s": grace})
         await self.serving.begin_shutdown()
+        if monitor_task is not None:
+            monitor_task.cancel()
+            # Bounded: whatever the monitor does, it must not hold up the drain
+            # (a crash in it is in the task's exception, logged by asyncio).
+            await asyncio.wait({monitor_task}, timeout=1.0)
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
         await grpc_server.stop(grace / 2)

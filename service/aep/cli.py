@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from aep import __version__
+from aep import __version__, replay
 from aep.settings import (
     CONFIG_PATH_ENV,
     ConfigError,
@@ -29,6 +29,11 @@ exit codes: 0 stopped cleanly with everything acknowledged stored; 1 the
 shutdown could not write everything (what was left is in the dead-letter
 file); 2 bad configuration; 3 start-up failed (store or port); 130 forced by a
 second signal.
+
+commands:
+  replay-dlq [--config PATH] [PATH...]   send dead-lettered events to the
+                                         configured store again; see
+                                         `ad-event-processor replay-dlq --help`
 """
 
 
@@ -53,6 +58,27 @@ def _parser() -> argparse.ArgumentParser:
         help="print the effective configuration as YAML and exit",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    replay_dlq = commands.add_parser(
+        "replay-dlq",
+        help="send dead-lettered events to the configured store again",
+        description=replay.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay_dlq.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        default=argparse.SUPPRESS,  # keep a --config given before the command
+        help=f"YAML configuration file (or ${CONFIG_PATH_ENV}); names the store",
+    )
+    replay_dlq.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="dead-letter files or directories (default: dead_letter.dir)",
+    )
     return parser
 
 
@@ -66,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         sys.stdout.write(render_settings(settings))
         return
+    if args.command == "replay-dlq":
+        from aep.replay import replay_dead_letters
+
+        sys.exit(asyncio.run(replay_dead_letters(settings, args.paths)))
     from aep.app import serve
     from aep.logs import configure_logging
 

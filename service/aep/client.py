@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import grpc
 import orjson
@@ -335,9 +336,53 @@ def _report(
     return summary
 
 
-async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+if TYPE_CHECKING:  # generic only in the type stubs
+    _UnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _StreamInterceptor = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+    _StreamInterceptor = grpc.aio.StreamStreamClientInterceptor
+
+
+class _ApiKeyMetadata(_UnaryInterceptor, _StreamInterceptor):
+    """Adds `x-api-key` to every call (call credentials would need TLS)."""
+
+    def __init__(self, api_key: str) -> None:
+        self._entry = ("x-api-key", api_key)
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._entry)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(args.server, options=options) as channel:
+    # grpc-stubs leave the interceptor parameter's type open on purpose.
+    interceptors: Any = [_ApiKeyMetadata(args.api_key)] if args.api_key else None
+    if args.tls_ca is None:
+        return grpc.aio.insecure_channel(args.server, options=options, interceptors=interceptors)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes(),
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(
+        args.server, credentials, options=options, interceptors=interceptors
+    )
+
+
+async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    async with open_channel(args) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except TimeoutError:
@@ -418,6 +463,10 @@ def parser() -> argparse.ArgumentParser:
         default=5,
         help="retries of an RPC refused with RESOURCE_EXHAUSTED + RetryInfo (default 5)",
     )
+    result.add_argument("--api-key", help="sent as x-api-key metadata (or $AEP_API_KEY)")
+    result.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA to verify the server: TLS")
+    result.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (mTLS)")
+    result.add_argument("--tls-key", type=Path, metavar="FILE", help="client private key (mTLS)")
     result.add_argument("--seed", type=int, default=1, help="random seed for generated events")
     result.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     result.add_argument("--quiet", action="store_true", help="no progress output")
@@ -429,6 +478,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    args.api_key = args.api_key or os.environ.get("AEP_API_KEY")
     sys.exit(asyncio.run(run(args)))
 
 

@@ -109,9 +109,12 @@ class _Batch:
 
 @dataclass(slots=True)
 class StoreState:
+    """Outcome of the latest store call (a batch write, or a ping by the monitor)."""
+
     healthy: bool = True
     detail: str = "ok"
-    failing_since: float | None = None
+    failing_since: float | None = None  # time.monotonic() of the first failure in a row
+    last_write_at: float | None = None  # time.monotonic() of the latest successful write
 
 
 class Pipeline:
@@ -196,6 +199,14 @@ class Pipeline:
     @property
     def max_bytes(self) -> int:
         return self._max_bytes
+
+    @property
+    def broken(self) -> bool:
+        """A batcher or writer task died of a bug: nothing more will be written."""
+        return any(
+            task.done() and not task.cancelled() and task.exception() is not None
+            for task in self._tasks
+        )
 
     # -- admission ---------------------------------------------------------
     def has_room(self, count: int, nbytes: int) -> bool:
@@ -294,17 +305,22 @@ class Pipeline:
         self._closing = True
         self._wakeup.set()
         if not self._tasks:
-            return True
+            # Never started (the store never became reachable): what was
+            # accepted meanwhile goes to the dead-letter file, not away.
+            if not self._queue:
+                return True
+            await self._dead_letter_leftovers("the store never became reachable")
+            return False
         _, unfinished = await asyncio.wait(self._tasks, timeout=budget_s)
         if not unfinished:
             return self._pending_events == 0
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        await self._dead_letter_leftovers()
+        await self._dead_letter_leftovers("shutdown grace period ended before the write")
         return False
 
-    async def _dead_letter_leftovers(self) -> None:
+    async def _dead_letter_leftovers(self, reason: str) -> None:
         leftovers = list(self._writing)
         if self._handing_over is not None:
             leftovers.append(self._handing_over)
@@ -315,7 +331,7 @@ class Pipeline:
         if self._queue:
             leftovers.append(self._take_batch(limit=None))
         for batch in leftovers:
-            await self._give_up(batch, "shutdown grace period ended before the write", attempts=0)
+            await self._give_up(batch, reason, attempts=0)
 
     # -- batcher ---------------------------------------------------------------
     async def _run_batcher(self) -> None:
@@ -388,7 +404,7 @@ class Pipeline:
             except Exception as error:  # any failure is retried, then dead-lettered
                 observer.write_attempt(time.perf_counter() - started, error)
                 self._stats.write_failures += 1
-                self._note_store_failure(error)
+                self.note_store_failure(error)
                 if attempt >= retry.max_attempts:
                     await self._give_up(batch, f"{type(error).__name__}: {error}", attempt)
                     return
@@ -397,7 +413,8 @@ class Pipeline:
                 continue
             observer.write_attempt(time.perf_counter() - started, None)
             observer.batch_written(len(batch.records), time.monotonic() - batch.parts[0][0].arrived)
-            self._note_store_success()
+            self.note_store_success()
+            self.store_state.last_write_at = time.monotonic()
             self._recent_writes.append((time.monotonic(), len(batch.records)))
             stats = self._stats
             stats.written += result.written
@@ -448,16 +465,20 @@ class Pipeline:
                     # Stored or dead-lettered: the log no longer needs it.
                     self._wal.committed(submission.wal_segment)
 
-    def _note_store_failure(self, error: Exception) -> None:
+    def note_store_failure(self, error: Exception) -> None:
+        """A write (or the monitor's ping) failed."""
         state = self.store_state
         if state.healthy:
-            logger.warning("store write failed", extra={"error": str(error)})
+            logger.warning("store failing", extra={"error": str(error)})
             state.failing_since = time.monotonic()
         state.healthy = False
         state.detail = f"{type(error).__name__}: {error}"
 
-    def _note_store_success(self) -> None:
+    def note_store_success(self) -> None:
+        """A write (or the monitor's ping) succeeded."""
         state = self.store_state
+        if self.broken:
+            return  # keep the crash in store_detail: the pipeline writes nothing more
         if not state.healthy:
             logger.info("store writes succeed again")
         state.healthy = True

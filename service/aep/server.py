@@ -73,21 +73,25 @@ def build_server(
     settings: ServerSettings,
     servicer: AdEventServicer,
     serving: ServingState,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """The server, bound but not started, and the port it bound (for port 0)."""
     server = grpc.aio.server(
-        # No interceptor unless tracing is on: gRPC's fast path stays intact.
-        interceptors=list(interceptors) or None,
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        interceptors=interceptors,
     )
     server.add_generic_rpc_handlers((_ad_event_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, server)
     enable_reflection(server, (AD_EVENT_SERVICE_NAME, HEALTH_SERVICE_NAME))
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise BindError(f"server.port: cannot listen on {address}: {error}") from error
     if port == 0:

@@ -139,13 +139,23 @@ class FileStoreSettings(_Section):
 
 class RedisStoreSettings(_Section):
     url: str = "redis://localhost:6379/0"
-    stream: str = "ad_events"
+    stream: str = Field("ad_events", min_length=1)
+    # XADD MAXLEN ~ max_len: approximate trimming, cheap; 0 keeps every entry.
+    max_len: int = Field(0, ge=0)
+    # An event_id seen within this window is not appended again. Each id costs
+    # one key of ~140 bytes for the window: events/s x window x 140 B of memory.
+    dedupe_window: Duration = Field(600.0, ge=1)
+    # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
+    counters: bool = False
+    counters_ttl: Duration = Field(86400.0, ge=1)
 
 
 class MongoStoreSettings(_Section):
     uri: str = "mongodb://localhost:27017"
-    database: str = "ad_events"
-    collection: str = "events"
+    database: str = Field("ad_events", min_length=1)
+    collection: str = Field("events", min_length=1)
+    # TTL index on received_at; 0 keeps documents forever (and dedupes forever).
+    ttl: Duration = 0.0
 
 
 class StoreType(StrEnum):
@@ -154,8 +164,19 @@ class StoreType(StrEnum):
     MONGODB = "mongodb"
 
 
+class StartupPolicy(StrEnum):
+    FAIL_FAST = "fail_fast"  # exit with code 3 when the store cannot be reached at start
+    WAIT = "wait"  # listen NOT_SERVING and keep trying until the store answers
+
+
 class DatabaseSettings(_Section):
     type: StoreType = StoreType.FILE
+    startup: StartupPolicy = StartupPolicy.FAIL_FAST
+    # Bounds connecting and the start-up ping of a network store (Redis, MongoDB).
+    connect_timeout: Duration = Field(5.0, gt=0)
+    # Bounds one call to a network store (a batch write, a ping); a call that
+    # takes longer fails and the pipeline retries it (writes are idempotent).
+    operation_timeout: Duration = Field(10.0, gt=0)
     file: FileStoreSettings = FileStoreSettings()
     redis: RedisStoreSettings = RedisStoreSettings()
     mongodb: MongoStoreSettings = MongoStoreSettings()
@@ -212,6 +233,14 @@ class LoggingSettings(_Section):
     format: LogFormat = LogFormat.JSON
 
 
+class HealthSettings(_Section):
+    # gRPC health and /health turn NOT_SERVING once store writes or pings have
+    # failed for this long, and SERVING again at the first success.
+    store_down_after: Duration = Field(10.0, gt=0)
+    # How often the store is pinged while it is failing or no writes succeed.
+    store_check_interval: Duration = Field(1.0, gt=0)
+
+
 class MetricsSettings(_Section):
     # false: no OpenTelemetry metrics at all and GET /metrics answers 404
     # (health endpoints stay); for measuring what telemetry costs.
@@ -236,6 +265,22 @@ class AckSettings(_Section):
     mode: AckMode = AckMode.ACCEPTED
 
 
+class TlsSettings(_Section):
+    # Both set: the gRPC port speaks TLS. client_ca_file set too: mTLS, clients
+    # must present a certificate signed by that CA.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+
+class AuthSettings(_Section):
+    # A YAML list of {name, key, roles, rate_limit_rps} (see aep/security.py);
+    # unset: AdEventService needs no key.
+    api_keys_file: Path | None = None
+    # RPCs per second per key where the key sets none (0: unlimited).
+    default_rate_limit_rps: float = Field(0.0, ge=0)
+
+
 class WalSettings(_Section):
     # Unset: no write-ahead log, and ack mode `durable` is refused.
     dir: Path | None = None
@@ -258,9 +303,12 @@ class Settings(BaseSettings):
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     validation: ValidationSettings = ValidationSettings()
     logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
     metrics: MetricsSettings = MetricsSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     ack: AckSettings = AckSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
     wal: WalSettings = WalSettings()
 
     @model_validator(mode="after")

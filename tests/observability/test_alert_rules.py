@@ -6,13 +6,15 @@ import subprocess
 
 import pytest
 import yaml
-from prometheus_server import ALERTS_DIR, RULES, require_tool
+from paths import ALERTS_DIR, CHART_RULES, RULES
+from prometheus_process import PROMETHEUS_HINT
+from support import require_tool
 
 pytestmark = pytest.mark.observability
 
 
 def test_rules_pass_promtool_check() -> None:
-    promtool = require_tool("promtool")
+    promtool = require_tool("promtool", PROMETHEUS_HINT)
     result = subprocess.run(
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
@@ -21,7 +23,7 @@ def test_rules_pass_promtool_check() -> None:
 
 
 def test_rules_pass_their_promtool_unit_tests() -> None:
-    promtool = require_tool("promtool")
+    promtool = require_tool("promtool", PROMETHEUS_HINT)
     test_files = sorted(ALERTS_DIR.glob("*.test.yaml"))
     assert test_files
     result = subprocess.run(
@@ -53,3 +55,8 @@ def test_every_alert_is_unit_tested_firing() -> None:
         for group in yaml.safe_load(RULES.read_text())["groups"]
         for rule in group["rules"]
     )
+
+
+def test_the_chart_loads_these_rules() -> None:
+    """charts/ad-event-processor/files/alerts.yaml is a copy (make sync-dashboards)."""
+    assert CHART_RULES.read_bytes() == RULES.read_bytes(), "run make sync-dashboards"

@@ -24,8 +24,9 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from prometheus_server import DASHBOARD, RULES, Prometheus, require_tool, running_prometheus
-from support import ServerProcess, running_server, valid_event
+from paths import DASHBOARD, RULES
+from prometheus_process import PROMETHEUS_HINT, PrometheusApi, running_prometheus
+from support import ServerProcess, require_tool, running_server, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
@@ -126,40 +127,48 @@ def _odd_traffic(server: ServerProcess, stop: threading.Event) -> None:
             stop.wait(0.2)
 
 
+def _prometheus_config(metrics_port: int) -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+        ],
+    }
+
+
 @pytest.fixture
-def loaded_service(tmp_path: Path) -> Iterator[tuple[ServerProcess, Prometheus]]:
-    require_tool("prometheus")
+def loaded_service(tmp_path: Path) -> Iterator[tuple[ServerProcess, PrometheusApi]]:
+    require_tool("prometheus", PROMETHEUS_HINT)
     with (
         running_server(tmp_path / "server", AEP_BATCH_FLUSH_INTERVAL="100ms") as server,
         running_prometheus(
-            tmp_path / "prometheus", JOB, [f"127.0.0.1:{server.metrics_port}"], rule_files=[RULES]
-        ) as prometheus,
+            _prometheus_config(server.metrics_port), tmp_path / "prometheus"
+        ) as process,
     ):
+        prometheus = PrometheusApi(process.url)
         stop = threading.Event()
         odd = threading.Thread(target=_odd_traffic, args=(server, stop))
         odd.start()
+        load_args = [
+            "--mode",
+            "load",
+            "--events",
+            "400000",
+            "--batch",
+            "50",
+            "--concurrent",
+            "4",
+            "--quiet",
+        ]
         load = subprocess.Popen(
-            [
-                str(CLIENT),
-                "--server",
-                server.address,
-                "--mode",
-                "load",
-                "--events",
-                "400000",
-                "--batch",
-                "50",
-                "--concurrent",
-                "4",
-                "--quiet",
-            ],
-            stdout=subprocess.DEVNULL,
+            [str(CLIENT), "--server", server.address, *load_args], stdout=subprocess.DEVNULL
         )
         try:
-            prometheus.wait_for(f'up{{job="{JOB}"}} == 1')
+            prometheus.wait_for(f'up{{job="{JOB}"}} == 1', bool)
             # Enough scrapes that every rate window holds several samples.
             clicks = f'events_received_total{{job="{JOB}", event_type="click"}}'
-            prometheus.wait_for(f"count_over_time({clicks}[1m]) > 12", timeout_s=60)
+            prometheus.wait_for(f"count_over_time({clicks}[1m]) > 12", bool, timeout_s=60)
             yield server, prometheus
         finally:
             stop.set()
@@ -173,7 +182,7 @@ def _has_number(result: list[dict[str, Any]]) -> bool:
 
 
 def test_every_panel_and_alert_works_against_a_live_prometheus(
-    loaded_service: tuple[ServerProcess, Prometheus],
+    loaded_service: tuple[ServerProcess, PrometheusApi],
 ) -> None:
     server, prometheus = loaded_service
     empty = []

@@ -13,6 +13,7 @@ from aep.settings import (
     AckMode,
     ConfigError,
     FsyncPolicy,
+    StartupPolicy,
     StoreType,
     format_duration,
     iter_env_names,
@@ -206,3 +207,67 @@ def test_bad_value_exits_non_zero_before_listening() -> None:
 
     with socket.socket() as probe:  # nothing was left listening
         probe.bind(("127.0.0.1", port))
+
+
+def test_store_keys_have_their_env_vars() -> None:
+    settings = load_settings(
+        environ={
+            "AEP_DATABASE_TYPE": "redis",
+            "AEP_DATABASE_STARTUP": "wait",
+            "AEP_DATABASE_CONNECT_TIMEOUT": "2s",
+            "AEP_DATABASE_OPERATION_TIMEOUT": "500ms",
+            "AEP_DATABASE_REDIS_MAX_LEN": "1000000",
+            "AEP_DATABASE_REDIS_DEDUPE_WINDOW": "1h",
+            "AEP_DATABASE_REDIS_COUNTERS": "true",
+            "AEP_DATABASE_REDIS_COUNTERS_TTL": "2h",
+            "AEP_DATABASE_MONGODB_TTL": "720h",
+            "AEP_DATABASE_MONGODB_COLLECTION": "clicks",
+            "AEP_HEALTH_STORE_DOWN_AFTER": "3s",
+            "AEP_HEALTH_STORE_CHECK_INTERVAL": "250ms",
+        }
+    )
+    database = settings.database
+    assert database.type is StoreType.REDIS
+    assert database.startup is StartupPolicy.WAIT
+    assert (database.connect_timeout, database.operation_timeout) == (2.0, 0.5)
+    assert database.redis.max_len == 1_000_000
+    assert database.redis.dedupe_window == 3600.0
+    assert database.redis.counters is True
+    assert database.redis.counters_ttl == 7200.0
+    assert database.mongodb.ttl == 720 * 3600.0
+    assert database.mongodb.collection == "clicks"
+    assert settings.health.store_down_after == 3.0
+    assert settings.health.store_check_interval == 0.25
+
+
+def test_store_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings.database.startup is StartupPolicy.FAIL_FAST
+    assert settings.database.redis.max_len == 0
+    assert settings.database.redis.counters is False
+    assert settings.database.mongodb.ttl == 0
+    assert settings.database.mongodb.collection == "events"
+    assert settings.health.store_down_after == 10.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"AEP_DATABASE_STARTUP": "later"}, "database.startup"),
+        ({"AEP_DATABASE_CONNECT_TIMEOUT": "0s"}, "database.connect_timeout"),
+        ({"AEP_DATABASE_REDIS_MAX_LEN": "-1"}, "database.redis.max_len"),
+        ({"AEP_HEALTH_STORE_DOWN_AFTER": "0"}, "health.store_down_after"),
+    ],
+)
+def test_bad_store_values_name_the_key(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_settings(environ=environ)
+
+
+def test_replay_dlq_help_describes_the_command() -> None:
+    result = _run_cli("replay-dlq", "--help")
+    assert result.returncode == 0
+    assert "replayed/" in result.stdout
+    assert "--config PATH" in result.stdout
+    top = _run_cli("--help")
+    assert "replay-dlq" in top.stdout

@@ -14,4 +14,18 @@ def create_store(settings: DatabaseSettings, *, worker_count: int) -> EventStore
         from aep.storage.file import FileStore
 
         return FileStore(settings.file, writer_count=worker_count)
-    raise NotImplementedError(f"database.type: {settings.type.value!r} store is not available yet")
+    if settings.type is StoreType.REDIS:
+        from aep.storage.redis import RedisStore
+
+        return RedisStore(
+            settings.redis,
+            connect_timeout=settings.connect_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
+    from aep.storage.mongodb import MongoStore
+
+    return MongoStore(
+        settings.mongodb,
+        connect_timeout=settings.connect_timeout,
+        operation_timeout=settings.operation_timeout,
+    )

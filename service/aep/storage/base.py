@@ -43,3 +43,13 @@ class EventStore(Protocol):
 
     async def close(self) -> None:
         """Flush and release everything; called once, after the last write."""
+
+
+def redact_credentials(url: str) -> str:
+    """A connection URL without its password, for messages and logs."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not separator or not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

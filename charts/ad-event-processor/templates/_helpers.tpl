@@ -1,0 +1,220 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "ad-event-processor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "ad-event-processor.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of a bundled component: <fullname>-<component>, within 63 characters.
+Usage: include "ad-event-processor.componentName" (list . "redis")
+*/}}
+{{- define "ad-event-processor.componentName" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- printf "%s-%s" (include "ad-event-processor.fullname" $root | trunc (int (sub 62 (len $component)))) $component | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "ad-event-processor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels of the server's objects.
+*/}}
+{{- define "ad-event-processor.labels" -}}
+{{ include "ad-event-processor.commonLabels" . }}
+{{ include "ad-event-processor.selectorLabels" . }}
+{{- end }}
+
+{{- define "ad-event-processor.commonLabels" -}}
+helm.sh/chart: {{ include "ad-event-processor.chart" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "ad-event-processor.name" . }}
+{{- end }}
+
+{{/*
+Selector labels of the server's pods. The component label keeps the bundled
+Redis, MongoDB, Prometheus and Grafana pods out of the server's selectors.
+*/}}
+{{- define "ad-event-processor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ad-event-processor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/*
+Labels and selector labels of a bundled component.
+Usage: include "ad-event-processor.componentLabels" (list . "redis")
+*/}}
+{{- define "ad-event-processor.componentLabels" -}}
+{{ include "ad-event-processor.commonLabels" (index . 0) }}
+{{ include "ad-event-processor.componentSelectorLabels" . }}
+{{- end }}
+
+{{- define "ad-event-processor.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ad-event-processor.name" (index . 0) }}
+app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "ad-event-processor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ad-event-processor.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The server image: repository@digest, or repository:tag (tag defaults to appVersion).
+*/}}
+{{- define "ad-event-processor.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the server keeps its files (a volume; the root filesystem is read-only).
+*/}}
+{{- define "ad-event-processor.dataDir" -}}/app/data{{- end }}
+{{- define "ad-event-processor.configDir" -}}/etc/ad-event-processor{{- end }}
+
+{{/*
+Keys of the service configuration that the chart sets from other values; a
+value for them under .Values.config is refused rather than silently replaced.
+*/}}
+{{- define "ad-event-processor.chartOwnedKeys" -}}
+server.host: ports.grpc
+server.port: ports.grpc
+metrics.host: ports.metrics
+metrics.port: ports.metrics
+database.type: database.type
+database.file.dir: persistence
+database.redis.url: redis.enabled or externalRedis
+database.mongodb.uri: mongodb.enabled or externalMongodb
+database.mongodb.database: mongodb.database or externalMongodb.database
+dead_letter.dir: persistence
+shutdown.grace_period: shutdownGracePeriodSeconds
+{{- end }}
+
+{{/*
+The service configuration file (YAML): .Values.config plus what the chart sets.
+*/}}
+{{- define "ad-event-processor.config" -}}
+{{- $owned := include "ad-event-processor.chartOwnedKeys" . | fromYaml }}
+{{- range $key, $from := $owned }}
+{{- $node := $.Values.config }}
+{{- $found := true }}
+{{- range $part := splitList "." $key }}
+{{- if and $found (kindIs "map" $node) (hasKey $node $part) }}
+{{- $node = index $node $part }}
+{{- else }}
+{{- $found = false }}
+{{- end }}
+{{- end }}
+{{- if $found }}
+{{- fail (printf "config.%s is set by the chart; set %s instead" $key $from) }}
+{{- end }}
+{{- end }}
+{{- $dataDir := include "ad-event-processor.dataDir" . }}
+{{- $database := dict "type" .Values.database.type "file" (dict "dir" (printf "%s/events" $dataDir)) }}
+{{- if eq .Values.database.type "redis" }}
+{{- if .Values.redis.enabled }}
+{{- $_ := set $database "redis" (dict "url" (printf "redis://%s:6379/0" (include "ad-event-processor.componentName" (list . "redis")))) }}
+{{- else if .Values.externalRedis.url }}
+{{- $_ := set $database "redis" (dict "url" .Values.externalRedis.url) }}
+{{- else if not .Values.externalRedis.existingSecret }}
+{{- fail "database.type=redis: set redis.enabled=true (a bundled Redis), or externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.database.type "mongodb" }}
+{{- if .Values.mongodb.enabled }}
+{{- $_ := set $database "mongodb" (dict "uri" (printf "mongodb://%s:27017" (include "ad-event-processor.componentName" (list . "mongodb"))) "database" .Values.mongodb.database) }}
+{{- else if or .Values.externalMongodb.uri .Values.externalMongodb.existingSecret }}
+{{- $mongodb := dict "database" .Values.externalMongodb.database }}
+{{- if .Values.externalMongodb.uri }}
+{{- $_ := set $mongodb "uri" .Values.externalMongodb.uri }}
+{{- end }}
+{{- $_ := set $database "mongodb" $mongodb }}
+{{- else }}
+{{- fail "database.type=mongodb: set mongodb.enabled=true (a bundled MongoDB), or externalMongodb.uri or externalMongodb.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- $chart := dict
+  "server" (dict "host" "0.0.0.0" "port" .Values.ports.grpc)
+  "metrics" (dict "host" "0.0.0.0" "port" .Values.ports.metrics)
+  "database" $database
+  "dead_letter" (dict "dir" (printf "%s/dead-letter" $dataDir))
+  "shutdown" (dict "grace_period" (printf "%ds" (int .Values.shutdownGracePeriodSeconds)))
+}}
+{{- mergeOverwrite (deepCopy .Values.config) $chart | toYaml }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express.
+*/}}
+{{- define "ad-event-processor.validate" -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.shutdownGracePeriodSeconds | int) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + shutdownGracePeriodSeconds (%d), or the kubelet kills the server before it has drained" (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.shutdownGracePeriodSeconds | int)) }}
+{{- end }}
+{{- if and .Values.persistence.enabled (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
+{{- fail "persistence.enabled with more than one replica (or autoscaling) needs persistence.accessModes [ReadWriteMany] (or an existingClaim that allows it): replicas share the claim" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage .Values.autoscaling.customMetric.enabled)) }}
+{{- fail "autoscaling.enabled needs at least one metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or customMetric" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Prometheus URL Grafana reads from.
+*/}}
+{{- define "ad-event-processor.prometheusUrl" -}}
+{{- if .Values.prometheus.enabled }}
+{{- printf "http://%s:9090" (include "ad-event-processor.componentName" (list . "prometheus")) }}
+{{- else if .Values.grafana.prometheusUrl }}
+{{- .Values.grafana.prometheusUrl }}
+{{- else }}
+{{- fail "grafana.enabled needs prometheus.enabled=true or grafana.prometheusUrl" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret with Grafana's admin credentials.
+*/}}
+{{- define "ad-event-processor.grafanaSecretName" -}}
+{{- default (include "ad-event-processor.componentName" (list . "grafana")) .Values.grafana.admin.existingSecret }}
+{{- end }}

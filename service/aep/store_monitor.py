@@ -1,0 +1,96 @@
+"""Serving state from store health: NOT_SERVING while the store is down.
+
+The pipeline records the outcome of every batch write in `Pipeline.store_state`.
+While writes flow, that is all the monitor needs; while the store is failing
+or nothing was written lately, it pings the store every
+`health.store_check_interval`, so a dead store is noticed without traffic and a
+recovered one is noticed although Kubernetes stopped sending traffic to a
+NOT_SERVING pod. The store counts as down once it has failed for
+`health.store_down_after` without a success in between; the first success
+makes it SERVING again. Shutdown wins: ServingState ignores set_serving once
+begin_shutdown was called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aep.health import ServingState
+from aep.pipeline import Pipeline
+from aep.settings import HealthSettings
+from aep.storage.base import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+class StoreMonitor:
+    def __init__(
+        self,
+        store: EventStore,
+        pipeline: Pipeline,
+        serving: ServingState,
+        settings: HealthSettings,
+        *,
+        ping_timeout: float,
+    ) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self._serving = serving
+        self._down_after = settings.store_down_after
+        self._interval = settings.store_check_interval
+        self._ping_timeout = ping_timeout
+
+    async def run(self) -> None:
+        """Check forever; cancel the task to stop."""
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval)
+
+    async def check(self) -> None:
+        """Ping when needed, then set the serving state from the store's state."""
+        state = self._pipeline.store_state
+        now = time.monotonic()
+        writes_flow = (
+            state.healthy
+            and state.last_write_at is not None
+            and now - state.last_write_at < self._interval
+        )
+        if not writes_flow:
+            await self._ping()
+        serve = self.should_serve(time.monotonic())
+        if serve != self._serving.serving and not self._serving.shutting_down:
+            if serve:
+                logger.info("store reachable again: SERVING")
+            else:
+                logger.error(
+                    "store down: NOT_SERVING",
+                    extra={"down_after_s": self._down_after, "detail": state.detail},
+                )
+            await self._serving.set_serving(serve)
+
+    async def _ping(self) -> None:
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancel that arrives as the ping completes, and then the task
+            # would outlive its cancellation at shutdown.
+            async with asyncio.timeout(self._ping_timeout):
+                await self._store.ping()
+        except TimeoutError:
+            self._pipeline.note_store_failure(
+                TimeoutError(f"ping: no answer within {self._ping_timeout}s")
+            )
+        except Exception as error:  # any failure means "down"; the monitor must keep going
+            self._pipeline.note_store_failure(error)
+        else:
+            self._pipeline.note_store_success()
+
+    def should_serve(self, now: float) -> bool:
+        pipeline = self._pipeline
+        if pipeline.broken:
+            return False
+        state = pipeline.store_state
+        if state.healthy or state.failing_since is None:
+            return True
+        return now - state.failing_since < self._down_after

@@ -1,0 +1,244 @@
+"""The chart's Prometheus config and rules (checked by promtool), its dashboards, and NOTES.txt.
+
+promtool comes with Debian's prometheus package (.ci/system-deps installs it);
+without it these tests skip locally and fail in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from chart_render import CHART, KIND_VALUES, REPO, SCENARIOS, Helm, render
+from prometheus_process import (
+    PROMETHEUS_HINT,
+    PrometheusApi,
+    kubernetes_sd_as_static,
+    pod_meta_labels,
+    running_prometheus,
+)
+from reflection_client import ReflectionClient
+from support import ServerProcess, require_tool
+
+FULLNAME = "aep-ad-event-processor"
+ALERTS = CHART / "files" / "alerts.yaml"
+DASHBOARDS = REPO / "dashboards"
+CHART_DASHBOARDS = CHART / "dashboards"
+
+
+@pytest.fixture
+def promtool() -> str:
+    return require_tool("promtool", PROMETHEUS_HINT)
+
+
+def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_alert_rules_pass_promtool(promtool: str) -> None:
+    result = _promtool(promtool, "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"SUCCESS: [1-9]\d* rules found", result.stdout + result.stderr)
+
+
+def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: rate(x[5m]\n"
+    )
+    assert _promtool(promtool, "check", "rules", str(broken)).returncode != 0
+
+
+def _prometheus_config(helm: Helm, values_files: tuple[Path, ...]) -> tuple[dict[str, Any], str]:
+    data = render(helm, values_files).get("ConfigMap", f"{FULLNAME}-prometheus")["data"]
+    return yaml.safe_load(data["prometheus.yml"]), data["alerts.yaml"]
+
+
+def _server_job(config: dict[str, Any]) -> dict[str, Any]:
+    return next(job for job in config["scrape_configs"] if job["job_name"] == "ad-event-processor")
+
+
+@pytest.mark.parametrize(
+    "values_files",
+    [(path,) for path in SCENARIOS if "prometheus:" in path.read_text()] + [(KIND_VALUES,)],
+    ids=lambda files: files[0].name,
+)
+def test_bundled_prometheus_config_passes_promtool(
+    helm: Helm, promtool: str, values_files: tuple[Path, ...], tmp_path: Path
+) -> None:
+    config, alerts = _prometheus_config(helm, values_files)
+    (tmp_path / "alerts.yaml").write_text(alerts)
+    # The pod mounts the ConfigMap at /etc/prometheus: point at the same files here.
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
+    config["rule_files"] = [str(tmp_path / "alerts.yaml")]
+    # Debian's promtool has no Kubernetes discovery: check the rest of the job
+    # with a static target (test_objects checks the discovery block itself).
+    jobs = config["scrape_configs"]
+    jobs[jobs.index(_server_job(config))] = kubernetes_sd_as_static(
+        _server_job(config), [("127.0.0.1:9464", pod_meta_labels("ads", "pod-1", "metrics"))]
+    )
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = _promtool(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_bundled_prometheus_relabels_and_alerts_on_a_real_server(
+    newest_helm: Helm, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The chart's scrape job and rules in a real Prometheus, scraping a real server.
+
+    Pod discovery is replaced by static targets with the labels it would attach:
+    the server's metrics port (kept), its gRPC port (dropped: not "metrics") and
+    a finished pod (dropped by phase).
+    """
+    require_tool("prometheus", PROMETHEUS_HINT)
+    config, alerts = _prometheus_config(newest_helm, (CHART / "ci" / "full-stack-values.yaml",))
+    (tmp_path / "alerts.yaml").write_text(alerts)
+    job = kubernetes_sd_as_static(
+        _server_job(config),
+        [
+            (f"127.0.0.1:{server.metrics_port}", pod_meta_labels("ads", "aep-1", "metrics")),
+            (f"127.0.0.1:{server.grpc_port}", pod_meta_labels("ads", "aep-1", "grpc")),
+            (
+                f"127.0.0.1:{server.metrics_port}",
+                pod_meta_labels("ads", "aep-0", "metrics", "Succeeded"),
+            ),
+        ],
+    )
+    local = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "alerts.yaml")],
+        "scrape_configs": [job],
+    }
+    with running_prometheus(local, tmp_path / "prometheus") as prometheus:
+        api = PrometheusApi(prometheus.url)
+        series = api.wait_for(
+            'events_received_total{job="ad-event-processor"}', lambda result: len(result) > 0
+        )
+        assert {
+            (s["metric"]["namespace"], s["metric"]["pod"], s["metric"]["node"]) for s in series
+        } == {("ads", "aep-1", "node-1")}
+        (target,) = api.active_targets()
+        assert target["labels"]["job"] == "ad-event-processor"
+        assert target["health"] == "up"
+        rules = {rule["name"] for group in api.rule_groups() for rule in group["rules"]}
+        assert rules == {
+            rule["alert"]
+            for group in yaml.safe_load(alerts)["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
+        }
+
+
+def test_prometheus_rule_groups_pass_promtool(helm: Helm, promtool: str, tmp_path: Path) -> None:
+    rule = render(helm, (CHART / "ci" / "servicemonitor-values.yaml",)).get(
+        "PrometheusRule", FULLNAME
+    )
+    rules_file = tmp_path / "rule.yaml"
+    rules_file.write_text(yaml.safe_dump(rule["spec"]))
+    result = _promtool(promtool, "check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_dashboards_are_the_synced_copies() -> None:
+    sources = sorted(path.name for path in DASHBOARDS.glob("*.json"))
+    assert sources, "dashboards/ has no dashboard"
+    assert sorted(path.name for path in CHART_DASHBOARDS.glob("*.json")) == sources, (
+        "run make sync-dashboards"
+    )
+    for name in sources:
+        assert (CHART_DASHBOARDS / name).read_bytes() == (DASHBOARDS / name).read_bytes(), (
+            f"charts/ad-event-processor/dashboards/{name} differs from dashboards/{name}: "
+            "run make sync-dashboards"
+        )
+
+
+@pytest.mark.parametrize("path", sorted(DASHBOARDS.glob("*.json")), ids=lambda path: path.name)
+def test_dashboards_use_the_datasource_variable(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_main_dashboard_placeholder_contract() -> None:
+    dashboard = json.loads((DASHBOARDS / "ad-event-processor.json").read_text())
+    assert dashboard["uid"] == "ad-event-processor"
+
+
+def _notes(helm: Helm) -> str:
+    if helm.major < 4:
+        pytest.skip(
+            "Helm 3 renders NOTES.txt only against a cluster (install --dry-run=client needs one)"
+        )
+    result = helm.run(
+        "install", "aep", str(CHART), "--namespace", "ads", "--dry-run=client",
+        "--values", str(CHART / "ci" / "full-stack-values.yaml"),
+    )  # fmt: skip
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_show_port_forward_and_grpcurl(helm: Helm) -> None:
+    notes = _notes(helm)
+    assert f"kubectl -n ads port-forward svc/{FULLNAME} 8080:8080 9464:9464" in notes
+    assert "grpcurl -plaintext localhost:8080 list" in notes
+    assert f"port-forward svc/{FULLNAME}-prometheus 9090:9090" in notes
+    assert f"port-forward svc/{FULLNAME}-grafana 3000:3000" in notes
+    assert f"get secret {FULLNAME}-grafana -o jsonpath='{{.data.admin-password}}'" in notes
+
+
+def _grpcurl_commands(notes: str) -> list[list[str]]:
+    """The grpcurl lines of NOTES.txt, as argument lists, with $(date ...) run."""
+    text = notes.replace("\\\n", " ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = text.replace("$(date -u +%Y-%m-%dT%H:%M:%SZ)", now)
+    return [
+        shlex.split(line.strip())
+        for line in text.splitlines()
+        if line.strip().startswith("grpcurl ")
+    ]
+
+
+def test_notes_grpcurl_commands_work_through_reflection(helm: Helm, server: ServerProcess) -> None:
+    """Runs each grpcurl command of NOTES.txt as grpcurl would: reflection only, JSON in and out."""
+    commands = _grpcurl_commands(_notes(helm))
+    assert len(commands) == 4
+    with grpc.insecure_channel(server.address) as channel:
+        client = ReflectionClient(channel)
+        for command in commands:
+            assert command[:2] == ["grpcurl", "-plaintext"]
+            args = command[2:]
+            body = "{}"
+            if args[0] == "-d":
+                body, args = args[1], args[2:]
+            assert args[0] == "localhost:8080"
+            verb = args[1:]
+            if verb == ["list"]:
+                assert "adevents.v1.AdEventService" in client.list_services()
+            elif verb[0] == "describe":
+                assert "SendAdEvent" in client.describe_service(verb[1])
+            elif verb[0] == "grpc.health.v1.Health/Check":
+                assert client.call(verb[0], body) == {"status": "SERVING"}
+            else:
+                assert verb[0] == "adevents.v1.AdEventService/SendAdEvent"
+                response = client.call(verb[0], body)
+                assert response["event_id"]
+    server.stop()
+    stored = [
+        line for path in server.events_dir.glob("*.jsonl") for line in path.read_text().splitlines()
+    ]
+    assert len(stored) == 1
+    assert json.loads(stored[0])["event_type"] == "EVENT_TYPE_CLICK"

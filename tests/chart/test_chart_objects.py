@@ -1,0 +1,467 @@
+"""Assertions on the objects the chart renders: probes, selectors, HPA, config, security."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from chart_render import (
+    CHART,
+    KIND_VALUES,
+    NAMESPACE,
+    SCENARIOS,
+    Helm,
+    Manifests,
+    container,
+    render,
+    selects,
+)
+
+from aep.settings import Settings, StoreType, load_settings
+
+FULLNAME = "aep-ad-event-processor"
+SCENARIO_IDS = [path.name.removesuffix("-values.yaml") for path in SCENARIOS]
+ALL_VALUES = [(), *((path,) for path in SCENARIOS), (KIND_VALUES,)]
+ALL_IDS = ["defaults", *SCENARIO_IDS, "kind"]
+
+
+def scenario(name: str) -> tuple[Path, ...]:
+    return (CHART / "ci" / f"{name}-values.yaml",)
+
+
+def loaded_config(manifests: Manifests, tmp_path: Path) -> Settings:
+    """The rendered config.yaml, read by the service's own settings loader."""
+    path = tmp_path / "config.yaml"
+    path.write_text(manifests.config_text())
+    return load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
+def test_server_probes_are_grpc_on_the_grpc_port(
+    helm: Helm, values_files: tuple[Path, ...], tmp_path: Path
+) -> None:
+    manifests = render(helm, values_files)
+    pod = manifests.server["spec"]["template"]["spec"]
+    server = container(pod, "server")
+    settings = loaded_config(manifests, tmp_path)
+    ports = {port["name"]: port["containerPort"] for port in server["ports"]}
+    assert ports == {"grpc": settings.server.port, "metrics": settings.metrics.port}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert set(server[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"} == {
+            "grpc"
+        }, f"{probe} must be a native grpc probe"
+        assert server[probe]["grpc"]["port"] == settings.server.port
+        assert isinstance(server[probe]["grpc"]["port"], int)
+    assert settings.server.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
+def test_server_pod_runs_the_mounted_config(
+    helm: Helm, values_files: tuple[Path, ...], tmp_path: Path
+) -> None:
+    manifests = render(helm, values_files)
+    pod = manifests.server["spec"]["template"]["spec"]
+    server = container(pod, "server")
+    assert server["args"][0] == "--config"
+    config_path = Path(server["args"][1])
+    mount = next(m for m in server["volumeMounts"] if Path(m["mountPath"]) == config_path.parent)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    configmap = manifests.get("ConfigMap", volume["configMap"]["name"])
+    assert config_path.name in configmap["data"]
+    assert pod["enableServiceLinks"] is False
+    env_names = {entry["name"] for entry in server.get("env") or []}
+    assert not {name for name in env_names if name.startswith("AEP_")} - {
+        "AEP_DATABASE_REDIS_URL",
+        "AEP_DATABASE_MONGODB_URI",
+    }
+
+
+def test_config_checksum_rolls_the_pods_on_a_config_change(helm: Helm) -> None:
+    def checksum(sets: dict[str, str]) -> str:
+        template = render(helm, sets=sets).server["spec"]["template"]
+        return str(template["metadata"]["annotations"]["checksum/config"])
+
+    base = checksum({})
+    assert base == checksum({})
+    assert checksum({"config.batch.size": "1000"}) != base
+    assert checksum({"shutdownGracePeriodSeconds": "20"}) != base
+    assert checksum({"podLabels.team": "ads"}) == base
+
+
+@pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
+def test_termination_grace_outlasts_the_drain(
+    helm: Helm, values_files: tuple[Path, ...], tmp_path: Path
+) -> None:
+    manifests = render(helm, values_files)
+    pod = manifests.server["spec"]["template"]["spec"]
+    settings = loaded_config(manifests, tmp_path)
+    pre_stop = container(pod, "server")["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert (
+        pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + settings.shutdown.grace_period
+    )
+
+
+@pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
+def test_selectors_match_their_pods_and_only_them(
+    helm: Helm, values_files: tuple[Path, ...]
+) -> None:
+    manifests = render(helm, values_files)
+    pods = {
+        doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
+        for doc in manifests.workloads()
+    }
+    server_labels = pods[manifests.server["metadata"]["name"]]
+    for workload in manifests.workloads():
+        selector = workload["spec"]["selector"]["matchLabels"]
+        name = workload["metadata"]["name"]
+        assert [other for other, labels in pods.items() if selects(selector, labels)] == [name]
+
+    for service in manifests.of_kind("Service"):
+        selected = [
+            workload
+            for workload in manifests.workloads()
+            if selects(
+                service["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"]
+            )
+        ]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)}"
+        port_names = {
+            port["name"]
+            for c in selected[0]["spec"]["template"]["spec"]["containers"]
+            for port in c["ports"]
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names
+            assert port.get("appProtocol")
+
+    for pdb in manifests.of_kind("PodDisruptionBudget"):
+        assert (
+            pdb["spec"]["selector"]["matchLabels"]
+            == manifests.server["spec"]["selector"]["matchLabels"]
+        )
+    for policy in manifests.of_kind("NetworkPolicy"):
+        targets = [
+            n
+            for n, labels in pods.items()
+            if selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+        ]
+        assert len(targets) == 1
+    spread = manifests.server["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+    for constraint in spread:
+        assert selects(constraint["labelSelector"]["matchLabels"], server_labels)
+
+
+def test_the_server_service_exposes_grpc_and_metrics(helm: Helm) -> None:
+    service = render(helm).get("Service", FULLNAME)
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert set(ports) == {"grpc", "metrics"}
+    assert ports["grpc"]["port"] == 8080
+    assert ports["metrics"]["port"] == 9464
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+
+
+@pytest.mark.parametrize("name", ["hpa-custom-metric", "full-stack"])
+def test_hpa_targets_the_deployment(helm: Helm, name: str) -> None:
+    manifests = render(helm, scenario(name))
+    hpa = manifests.get("HorizontalPodAutoscaler", FULLNAME)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    deployment = manifests.server
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        deployment["apiVersion"],
+        deployment["kind"],
+        deployment["metadata"]["name"],
+    )
+    # The HPA owns the replica count; a rendered one would fight it on every upgrade.
+    assert "replicas" not in deployment["spec"]
+    metrics = {metric["type"]: metric for metric in hpa["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    assert container(deployment["spec"]["template"]["spec"], "server")["resources"]["requests"][
+        "cpu"
+    ]
+
+
+def test_hpa_custom_metric_and_behavior(helm: Helm) -> None:
+    values = yaml.safe_load(scenario("hpa-custom-metric")[0].read_text())
+    hpa = render(helm, scenario("hpa-custom-metric")).get("HorizontalPodAutoscaler", FULLNAME)
+    pods_metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]
+    assert pods_metric["metric"]["name"] == "aep_events_received_per_second"
+    assert pods_metric["target"] == {"type": "AverageValue", "averageValue": "5000"}
+    assert hpa["spec"]["behavior"] == values["autoscaling"]["behavior"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 20)
+
+
+def test_without_autoscaling_there_is_no_hpa_and_replicas_are_set(helm: Helm) -> None:
+    manifests = render(helm, sets={"replicaCount": "3"})
+    assert manifests.of_kind("HorizontalPodAutoscaler") == []
+    assert manifests.server["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
+def test_every_pod_is_locked_down(helm: Helm, values_files: tuple[Path, ...]) -> None:
+    for name, pod in render(helm, values_files).pod_specs():
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] > 0, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod.get("enableServiceLinks") is False, name
+        for c in pod["containers"]:
+            context = c["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert context["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert context["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert c["resources"]["requests"], (name, c["name"])
+            assert c["resources"]["limits"]["memory"], (name, c["name"])
+
+
+def test_server_writes_only_to_volumes(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, scenario("file"))
+    pod = manifests.server["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container(pod, "server")["volumeMounts"]}
+    settings = loaded_config(manifests, tmp_path)
+    for directory in (settings.database.file.dir, settings.dead_letter.dir):
+        assert any(
+            Path(directory).is_relative_to(path) and not mount.get("readOnly")
+            for path, mount in mounts.items()
+        ), directory
+    assert "/tmp" in mounts
+
+
+@pytest.mark.parametrize(
+    ("name", "store"),
+    [("file", StoreType.FILE), ("redis", StoreType.REDIS), ("mongodb", StoreType.MONGODB)],
+)
+def test_database_type_wires_the_bundled_store(
+    helm: Helm, name: str, store: StoreType, tmp_path: Path
+) -> None:
+    manifests = render(helm, scenario(name))
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.database.type is store
+    if store is StoreType.FILE:
+        assert manifests.of_kind("StatefulSet") == []
+        return
+    url = urlparse(
+        settings.database.redis.url if store is StoreType.REDIS else settings.database.mongodb.uri
+    )
+    service = manifests.get("Service", url.hostname)
+    assert url.port in [port["port"] for port in service["spec"]["ports"]]
+    statefulset = manifests.get("StatefulSet", f"{FULLNAME}-{name}")
+    assert selects(
+        service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"]
+    )
+    headless = manifests.get("Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    image = container(statefulset["spec"]["template"]["spec"], name)["image"]
+    assert image.split(":")[0] == {"redis": "redis", "mongodb": "mongo"}[name]
+    if store is StoreType.MONGODB:
+        assert settings.database.mongodb.database == "ads"
+        claim = statefulset["spec"]["volumeClaimTemplates"][0]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    else:
+        assert settings.database.redis.stream == "ad_events"
+
+
+def test_external_stores(helm: Helm, tmp_path: Path) -> None:
+    redis = render(helm, scenario("external-redis"))
+    settings = loaded_config(redis, tmp_path)
+    assert settings.database.redis.url == "redis://redis.data.svc.cluster.local:6379/0"
+    assert redis.of_kind("StatefulSet") == []
+
+    mongodb = render(helm, scenario("external"))
+    settings = loaded_config(mongodb, tmp_path)
+    assert settings.database.type is StoreType.MONGODB
+    assert settings.database.mongodb.database == "ad_events"
+    env = {
+        e["name"]: e for e in container(mongodb.server["spec"]["template"]["spec"], "server")["env"]
+    }
+    assert env["AEP_DATABASE_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ad-events-mongodb",
+        "key": "uri",
+    }
+    assert mongodb.of_kind("StatefulSet") == []
+
+
+def test_pdb(helm: Helm) -> None:
+    assert render(helm).get("PodDisruptionBudget", FULLNAME)["spec"]["maxUnavailable"] == 1
+    spec = render(helm, scenario("external-redis")).get("PodDisruptionBudget", FULLNAME)["spec"]
+    assert spec["minAvailable"] == 1
+    assert "maxUnavailable" not in spec
+
+
+def test_service_account_has_no_token(helm: Helm) -> None:
+    manifests = render(helm)
+    account = manifests.get("ServiceAccount", FULLNAME)
+    pod = manifests.server["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == FULLNAME
+    assert account["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_network_policies(helm: Helm) -> None:
+    manifests = render(helm, scenario("full-stack"))
+    server_policy = manifests.get("NetworkPolicy", FULLNAME)
+    grpc_rule, metrics_rule = server_policy["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert "from" not in grpc_rule  # grpcFrom empty: any client
+    prometheus_pod = manifests.workload("prometheus")["spec"]["template"]["metadata"]["labels"]
+    assert any(
+        "podSelector" in peer and selects(peer["podSelector"]["matchLabels"], prometheus_pod)
+        for peer in metrics_rule["from"]
+    )
+    redis_policy = manifests.get("NetworkPolicy", f"{FULLNAME}-redis")
+    (rule,) = redis_policy["spec"]["ingress"]
+    server_pod = manifests.server["spec"]["template"]["metadata"]["labels"]
+    assert selects(rule["from"][0]["podSelector"]["matchLabels"], server_pod)
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    assert manifests.find("NetworkPolicy", f"{FULLNAME}-mongodb") is None
+
+
+def test_prometheus_discovers_the_server_pods_with_least_privilege(helm: Helm) -> None:
+    manifests = render(helm, scenario("full-stack"))
+    config = yaml.safe_load(
+        manifests.get("ConfigMap", f"{FULLNAME}-prometheus")["data"]["prometheus.yml"]
+    )
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "ad-event-processor")
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod"
+    assert sd["namespaces"]["names"] == [NAMESPACE]
+    selector = dict(pair.split("=") for pair in sd["selectors"][0]["label"].split(","))
+    assert selector == manifests.server["spec"]["selector"]["matchLabels"]
+    keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]
+    server_ports = [
+        p["name"]
+        for p in container(manifests.server["spec"]["template"]["spec"], "server")["ports"]
+    ]
+    assert keep["regex"] in server_ports
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    assert {"namespace", "pod"} <= targets  # prometheus-adapter maps series to pods by these
+
+    deployment = manifests.workload("prometheus")
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    binding = manifests.get("RoleBinding", f"{FULLNAME}-prometheus")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    role = manifests.get("Role", binding["roleRef"]["name"])
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert manifests.of_kind("ClusterRole") == []
+    assert (
+        manifests.get("ConfigMap", f"{FULLNAME}-prometheus")["data"]["alerts.yaml"]
+        == (CHART / "files" / "alerts.yaml").read_text()
+    )
+
+
+def test_grafana_gets_a_generated_password_datasource_and_dashboards(helm: Helm) -> None:
+    manifests = render(helm, scenario("full-stack"))
+    secret = manifests.get("Secret", f"{FULLNAME}-grafana")
+    password = base64.b64decode(secret["data"]["admin-password"]).decode()
+    assert password != "admin"
+    assert len(password) >= 24
+    again = render(helm, scenario("full-stack"), sets={"podLabels.x": "y"})
+    assert (
+        again.get("Secret", f"{FULLNAME}-grafana")["data"]["admin-password"]
+        != secret["data"]["admin-password"]
+    )
+
+    grafana = container(manifests.workload("grafana")["spec"]["template"]["spec"], "grafana")
+    env = {e["name"]: e for e in grafana["env"]}
+    for variable, key in (
+        ("GF_SECURITY_ADMIN_USER", "admin-user"),
+        ("GF_SECURITY_ADMIN_PASSWORD", "admin-password"),
+    ):
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{FULLNAME}-grafana",
+            "key": key,
+        }
+
+    provisioning = manifests.get("ConfigMap", f"{FULLNAME}-grafana")["data"]
+    (datasource,) = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
+    url = urlparse(datasource["url"])
+    prometheus = manifests.get("Service", url.hostname)
+    assert url.port == prometheus["spec"]["ports"][0]["port"]
+    dashboards = manifests.get("ConfigMap", f"{FULLNAME}-grafana-dashboards")["data"]
+    source = sorted(Path(CHART.parents[1], "dashboards").glob("*.json"))
+    assert sorted(dashboards) == [path.name for path in source]
+    for path in source:
+        assert dashboards[path.name] == path.read_text()
+
+
+def test_grafana_with_an_existing_secret_and_external_prometheus(helm: Helm) -> None:
+    manifests = render(helm, scenario("external"))
+    assert manifests.of_kind("Secret") == []
+    grafana = container(manifests.workload("grafana")["spec"]["template"]["spec"], "grafana")
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in grafana["env"] if "valueFrom" in e}
+    assert refs == {"grafana-admin"}
+    provisioning = manifests.get("ConfigMap", f"{FULLNAME}-grafana")["data"]
+    (datasource,) = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
+    assert datasource["url"] == "http://prometheus-operated.monitoring.svc:9090"
+
+
+def test_service_monitor_and_prometheus_rule(helm: Helm) -> None:
+    manifests = render(helm, scenario("servicemonitor"))
+    monitor = manifests.get("ServiceMonitor", FULLNAME)
+    service = manifests.get("Service", FULLNAME)
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rule = manifests.get("PrometheusRule", FULLNAME)
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert render(helm).of_kind("ServiceMonitor") == []
+
+
+def test_helm_test_pod_checks_grpc_health_through_the_service(helm: Helm) -> None:
+    manifests = render(helm)
+    (pod,) = manifests.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (test,) = pod["spec"]["containers"]
+    assert (
+        test["image"] == container(manifests.server["spec"]["template"]["spec"], "server")["image"]
+    )
+    command = test["command"]
+    assert command[:3] == ["ad-event-client", "--mode", "health"]
+    host, port = command[command.index("--server") + 1].split(":")
+    service = manifests.get("Service", host)
+    assert int(port) == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+
+
+def test_image_reference(helm: Helm) -> None:
+    def image(sets: dict[str, str]) -> str:
+        pod = render(helm, sets=sets).server["spec"]["template"]["spec"]
+        return str(container(pod, "server")["image"])
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert image({}) == f"ad-event-processor:{chart['appVersion']}"
+    assert (
+        image({"image.repository": "registry.example/aep", "image.tag": "1.2.3"})
+        == "registry.example/aep:1.2.3"
+    )
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    assert image({"image.digest": digest}) == f"ad-event-processor@{digest}"
+
+
+def test_long_release_names_stay_within_kubernetes_limits(helm: Helm) -> None:
+    release = ("long-release-name-" * 3)[:53]  # Helm's own limit for a release name
+    result = helm.run(
+        "template",
+        release,
+        str(CHART),
+        "--values",
+        str(scenario("full-stack")[0]),
+        "--values",
+        str(scenario("mongodb")[0]),
+    )
+    names: dict[str, list[str]] = {}
+    for doc in yaml.safe_load_all(result.stdout):
+        if doc:
+            name = doc["metadata"]["name"]
+            assert len(name) <= 63, name
+            names.setdefault(doc["kind"], []).append(name)
+    for kind, kind_names in names.items():
+        assert len(kind_names) == len(set(kind_names)), f"two {kind} objects share a name"

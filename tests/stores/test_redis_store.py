@@ -1,0 +1,173 @@
+"""What only the Redis store does, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis
+from backends import Backend
+from servers import RedisServer
+from test_store_contract import events
+
+from aep.records import EventRecord
+from aep.storage import StoreError
+from aep.storage.redis import counter_key, dedupe_key
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend("redis", tmp_path, redis=request.getfixturevalue("redis_server"))
+
+
+@pytest.fixture
+def admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+async def test_entries_are_flat_stored_form_fields(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    record: EventRecord = events(0, 1)[0]
+    store = await redis_backend.open_store()
+    try:
+        await store.write_batch([record])
+    finally:
+        await store.close()
+    entries = cast(list[tuple[str, dict[str, str]]], admin.xrange(redis_backend.name))
+    [(_entry_id, fields)] = entries
+    expected = {key: str(value) for key, value in record.items() if key != "attributes"}
+    expected["attributes"] = '{"n":"0"}'  # a JSON string field
+    assert fields == expected
+    assert fields["timestamp"].endswith("Z")
+
+
+async def test_entries_keep_the_batch_order(redis_backend: Backend) -> None:
+    store = await redis_backend.open_store()
+    try:
+        await store.write_batch(events(0, 50))
+    finally:
+        await store.close()
+    assert redis_backend.read_ids() == [f"e{i}" for i in range(50)]
+
+
+async def test_max_len_trims_approximately(redis_backend: Backend, admin: redis.Redis) -> None:
+    store = await redis_backend.open_store(max_len=100)
+    try:
+        for start in range(0, 3000, 500):
+            await store.write_batch(events(start, 500))
+    finally:
+        await store.close()
+    length = admin.xlen(redis_backend.name)
+    assert 100 <= length < 3000
+    # The newest entries are the ones kept.
+    assert redis_backend.read_ids()[-1] == "e2999"
+
+
+async def test_an_id_is_appended_again_only_after_the_dedupe_window(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    store = await redis_backend.open_store(dedupe_window=1)
+    try:
+        await store.write_batch(events(0, 3))
+        ttl = admin.ttl(dedupe_key(redis_backend.name, "e0"))
+        within = await store.write_batch(events(0, 3))
+        await asyncio.sleep(1.2)
+        after = await store.write_batch(events(0, 3))
+    finally:
+        await store.close()
+    assert ttl == 1
+    assert (within.written, within.duplicates) == (0, 3)
+    assert (after.written, after.duplicates) == (3, 0)
+    assert len(redis_backend.read_ids()) == 6
+
+
+async def test_counters_count_new_events_per_minute_ad_and_type(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    batch = events(0, 14)  # ad-0 .. ad-6, twice each, all clicks
+    minute = str(batch[0]["timestamp"])[:16]
+    store = await redis_backend.open_store(counters=True, counters_ttl=3600)
+    try:
+        await store.write_batch(batch)
+        await store.write_batch(batch)  # duplicates are not counted
+    finally:
+        await store.close()
+    key = counter_key(redis_backend.name, minute)
+    counts = admin.hgetall(key)
+    assert counts == {f"ad-{ad}|EVENT_TYPE_CLICK": "2" for ad in range(7)}
+    assert 0 < admin.ttl(key) <= 3600
+
+
+async def test_counters_are_off_by_default(redis_backend: Backend, admin: redis.Redis) -> None:
+    store = await redis_backend.open_store()
+    try:
+        await store.write_batch(events(0, 5))
+    finally:
+        await store.close()
+    assert admin.keys(f"{{{redis_backend.name}}}:counts:*") == []
+
+
+async def test_works_after_the_script_cache_is_flushed(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    store = await redis_backend.open_store()
+    try:
+        await store.write_batch(events(0, 5))
+        admin.script_flush()  # what a Redis restart does to EVALSHA
+        result = await store.write_batch(events(3, 5))
+    finally:
+        await store.close()
+    assert (result.written, result.duplicates) == (3, 2)
+
+
+async def test_a_redis_refusing_writes_fails_ping_and_writes_and_recovers(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    store = await redis_backend.open_store()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # everything is over the limit now: writes get OOM
+    try:
+        with pytest.raises(StoreError, match="maxmemory"):
+            await store.ping()
+        with pytest.raises(StoreError, match="maxmemory"):
+            await store.write_batch(events(0, 5))
+    finally:
+        admin.config_set("maxmemory", "0")
+    try:
+        await store.ping()
+        result = await store.write_batch(events(0, 5))
+    finally:
+        await store.close()
+    assert result.written == 5
+    assert redis_backend.read_ids() == [f"e{i}" for i in range(5)]
+
+
+async def test_a_redis_that_stops_answering_fails_ping_within_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "frozen")
+    server.start()
+    try:
+        backend = Backend("redis", tmp_path, redis=server)
+        store = await backend.open_store()  # connect_timeout=2s in these settings
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=r"no answer within 2\.0s"):
+                await store.ping()
+            assert time.monotonic() - started < 5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await store.ping()
+        await store.close()
+    finally:
+        server.stop()

@@ -1,0 +1,171 @@
+"""The EventStore contract, for every store, against real servers (redis-server, nx-27017)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from backends import Backend
+from support import free_port, stored_forms, valid_event
+
+from aep.records import EventRecord, format_epoch
+from aep.storage import EventStore, StoreError
+
+
+def events(start: int, count: int, prefix: str = "e") -> list[EventRecord]:
+    return stored_forms(
+        [
+            valid_event(event_id=f"{prefix}{i}", ad_id=f"ad-{i % 7}", attributes={"n": str(i)})
+            for i in range(start, start + count)
+        ],
+        format_epoch(1_790_000_000.5),
+    )
+
+
+def assert_stored_exactly_once(backend: Backend, expected: set[str]) -> None:
+    ids = backend.read_ids()
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    assert not repeated, f"stored more than once: {repeated[:5]}"
+    assert set(ids) == expected
+
+
+async def test_write_and_read_back(backend: Backend) -> None:
+    store = await backend.open_store()
+    try:
+        result = await store.write_batch(events(0, 20))
+    finally:
+        await store.close()
+    assert (result.written, result.duplicates) == (20, 0)
+    stored = {str(r["event_id"]): r for r in backend.read_records()}
+    assert set(stored) == {f"e{i}" for i in range(20)}
+    sample = stored["e3"]
+    assert sample["ad_id"] == "ad-3"
+    assert sample["user_id"] == "user-1"
+    assert sample["event_type"] == "EVENT_TYPE_CLICK"
+    assert sample["attributes"] == {"n": "3"}
+
+
+async def test_duplicates_within_a_batch_and_across_batches(backend: Backend) -> None:
+    store = await backend.open_store()
+    try:
+        first = await store.write_batch([*events(0, 10), *events(0, 3), *events(5, 2)])
+        second = await store.write_batch(events(8, 10))
+        replay = await store.write_batch(events(0, 18))
+    finally:
+        await store.close()
+    assert (first.written, first.duplicates) == (10, 5)
+    assert (second.written, second.duplicates) == (8, 2)
+    assert (replay.written, replay.duplicates) == (0, 18)
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(18)})
+
+
+async def test_dedupe_holds_across_a_reopen(backend: Backend) -> None:
+    store = await backend.open_store()
+    try:
+        await store.write_batch(events(0, 50))
+    finally:
+        await store.close()
+    reopened = await backend.open_store()
+    try:
+        result = await reopened.write_batch(events(25, 50))
+    finally:
+        await reopened.close()
+    assert (result.written, result.duplicates) == (25, 25)
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(75)})
+
+
+async def test_two_replicas_sharing_the_server_store_each_id_once(
+    network_backend: Backend,
+) -> None:
+    backend = network_backend
+    replica_a = await backend.open_store()
+    replica_b = await backend.open_store()
+    try:
+        # Both replicas get the same 2000 ids (a client retrying on the other
+        # replica), in different batch cuts, concurrently.
+        ids = list(range(2000))
+        writes = []
+        for replica, size in ((replica_a, 100), (replica_b, 37)):
+            order = ids[:]
+            random.Random(size).shuffle(order)
+            for offset in range(0, len(order), size):
+                chunk = [events(i, 1)[0] for i in order[offset : offset + size]]
+                writes.append(replica.write_batch(chunk))
+        results = await asyncio.gather(*writes)
+    finally:
+        await replica_b.close()
+        await replica_a.close()
+    assert sum(r.written for r in results) == 2000
+    assert sum(r.duplicates for r in results) == 2000
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(2000)})
+
+
+async def test_concurrent_writers_on_one_store(backend: Backend) -> None:
+    store = await backend.open_store(writers=4)
+    try:
+        # 10 concurrent batches over 4 writers, overlapping: ids 0..1199, most sent 3 times.
+        results = await asyncio.gather(
+            *(store.write_batch(events(start * 100, 300)) for start in range(10))
+        )
+    finally:
+        await store.close()
+    assert sum(r.written for r in results) == 1200
+    assert sum(r.written + r.duplicates for r in results) == 3000
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(1200)})
+
+
+async def test_large_batch(backend: Backend) -> None:
+    store = await backend.open_store()
+    try:
+        result = await store.write_batch(events(0, 10_000))
+        again = await store.write_batch(events(5_000, 10_000))
+    finally:
+        await store.close()
+    assert (result.written, result.duplicates) == (10_000, 0)
+    assert (again.written, again.duplicates) == (5_000, 5_000)
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(15_000)})
+
+
+async def test_empty_batch_writes_nothing(backend: Backend) -> None:
+    store = await backend.open_store()
+    try:
+        result = await store.write_batch([])
+        await store.ping()
+    finally:
+        await store.close()
+    assert (result.written, result.duplicates) == (0, 0)
+    assert backend.read_records() == []
+
+
+async def test_a_store_that_is_not_open_refuses_writes(network_backend: Backend) -> None:
+    store: EventStore = network_backend.make_store()
+    with pytest.raises(StoreError, match="not open"):
+        await store.write_batch(events(0, 1))
+    with pytest.raises(StoreError, match="not open"):
+        await store.ping()
+
+
+# PyMongo's monitor leaks the socket of a connect it was cancelled in (by
+# close) while the server is unreachable; collected here, inside the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_an_unreachable_server_fails_open_within_the_connect_timeout(
+    network_backend: Backend,
+) -> None:
+    backend = network_backend
+    # Nothing listens on a fresh free port.
+    if backend.redis is not None:
+        backend.redis = replace(backend.redis, port=free_port())
+    if backend.mongo is not None:
+        backend.mongo = replace(backend.mongo, port=free_port())
+    store = backend.make_store()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=f"{backend.kind} store"):
+        await store.open()
+    assert time.monotonic() - started < 10  # connect_timeout is 2s in these settings
+    await store.close()  # harmless after a failed open
+    gc.collect()
