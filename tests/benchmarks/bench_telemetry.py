@@ -9,8 +9,12 @@ load of load_driver.py from CPU 1: unary SendAdEvent and SendAdEventBatch of
 often than Prometheus' default). Variants take turns in every repeat, so
 drift in the machine's load hits all of them alike. Prints events/s and
 server CPU seconds per million events per variant (median, min-max over the
-repeats) and the cost of "on" relative to "off". 127.0.0.1 only; every load
-is bounded in count.
+repeats) and the cost of each variant relative to "off". With --baseline DIR
+another build joins as variant "baseline" (its default settings), e.g. the
+service before a change:
+    git archive main service | tar -x -C /tmp/main-src
+    bench_telemetry.py --baseline /tmp/main-src/service
+127.0.0.1 only; every load is bounded in count.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ VARIANTS = {
     "off": {"AEP_METRICS_ENABLED": "false"},
     "on": {},
     "on+traces": {"OTEL_TRACES_SAMPLER": "always_on"},  # + OTEL_EXPORTER_OTLP_ENDPOINT
+    "baseline": {},  # another source tree (--baseline), its defaults
 }
 
 
@@ -90,7 +95,9 @@ def otlp_sink() -> Iterator[tuple[str, list[int]]]:
         server.stop(1)
 
 
-def start(variant: str, data: Path, otlp_endpoint: str) -> tuple[Server, int]:
+def start(
+    variant: str, data: Path, otlp_endpoint: str, baseline: Path | None
+) -> tuple[Server, int]:
     port, metrics_port = free_port(), free_port()
     env = _env(
         AEP_SERVER_HOST="127.0.0.1",
@@ -108,6 +115,9 @@ def start(variant: str, data: Path, otlp_endpoint: str) -> tuple[Server, int]:
     if variant == "on+traces":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
         env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+    if variant == "baseline":
+        assert baseline is not None
+        env["PYTHONPATH"] = str(baseline)
     return Server(variant, [sys.executable, "-m", "aep"], env, port), metrics_port
 
 
@@ -140,11 +150,10 @@ def scraping(metrics_port: int) -> Iterator[list[int]]:
 
 
 def run_variant(
-    variant: str, shapes: list[Load], scratch: Path, otlp_endpoint: str
+    variant: str, shapes: list[Load], scratch: Path, otlp_endpoint: str, baseline: Path | None
 ) -> dict[str, dict[str, float]]:
-    server, metrics_port = start(
-        variant, scratch / f"{variant}-{os.urandom(4).hex()}", otlp_endpoint
-    )
+    data = scratch / f"{variant}-{os.urandom(4).hex()}"
+    server, metrics_port = start(variant, data, otlp_endpoint, baseline)
     results: dict[str, dict[str, float]] = {}
     try:
         drive(server.port, shapes[1], rpcs=200)  # warm-up
@@ -165,8 +174,9 @@ def run_variant(
     return results
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):>10,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+def spread(values: list[float], digits: int = 0) -> str:
+    median, low, high = statistics.median(values), min(values), max(values)
+    return f"{median:>10,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
 def main() -> None:
@@ -174,9 +184,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every load's count")
     parser.add_argument("--no-tracing", action="store_true", help="skip the on+traces variant")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="a `service` folder of another build (e.g. main) to run as variant 'baseline'",
+    )
     args = parser.parse_args()
     _pin(os.getpid(), DRIVER_CPU)  # the OTLP sink runs here, off the server's CPU
     variants = ["off", "on"] + ([] if args.no_tracing else ["on+traces"])
+    variants += ["baseline"] if args.baseline else []
     shapes = loads(args.scale)
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; server on CPU 0, "
@@ -194,7 +211,9 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
             for variant in order:
-                runs[variant].append(run_variant(variant, shapes, Path(scratch), endpoint))
+                runs[variant].append(
+                    run_variant(variant, shapes, Path(scratch), endpoint, args.baseline)
+                )
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
         exported_spans = spans[0]
     print()
@@ -208,7 +227,7 @@ def main() -> None:
         for variant in variants:
             rates = [r[load.name]["events_per_s"] for r in runs[variant]]
             cpu = [r[load.name]["cpu_s_per_million"] for r in runs[variant]]
-            print(f"{load.name:<10} {variant:<10} {spread(rates):>32} {spread(cpu):>30}")
+            print(f"{load.name:<10} {variant:<10} {spread(rates):>32} {spread(cpu, 1):>30}")
     print()
     print("cost relative to off (median; min-max of the per-repeat differences):")
     for load in shapes:
