@@ -77,6 +77,18 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)
     event_ids: list[str] = field(default_factory=list)
 
+    def note_results(self, results: Iterable[pb.EventResult], keep_ids: bool) -> None:
+        """Count a batch's or a chunk's per-event results."""
+        for result in results:
+            if result.status == pb.EVENT_STATUS_ACCEPTED:
+                self.accepted += 1
+                if keep_ids:
+                    self.event_ids.append(result.event_id)
+            else:
+                self.rejected += 1
+                key = f"rejected: {result.reason}"
+                self.errors[key] = self.errors.get(key, 0) + 1
+
     def failure(self, error: grpc.aio.AioRpcError, events: int) -> None:
         self.failed_rpcs += 1
         self.rejected += events
@@ -190,14 +202,7 @@ class LoadClient:
                     lambda: self._stub.SendAdEventBatch(batch_request, timeout=self._timeout),
                     outcome,
                 )
-                outcome.accepted += batch.accepted_count
-                outcome.rejected += batch.rejected_count
-                for result in batch.results:
-                    if result.status != pb.EVENT_STATUS_ACCEPTED:
-                        key = f"rejected: {result.reason}"
-                        outcome.errors[key] = outcome.errors.get(key, 0) + 1
-                    elif keep_ids:
-                        outcome.event_ids.append(result.event_id)
+                outcome.note_results(batch.results, keep_ids)
         except grpc.aio.AioRpcError as error:
             outcome.failure(error, count)
         outcome.latencies.append(time.perf_counter() - started)
@@ -224,15 +229,8 @@ class LoadClient:
         try:
             async for ack in call:
                 outcome.latencies.append(time.perf_counter() - sent_at.pop(ack.sequence))
-                acknowledged += ack.accepted_count + ack.rejected_count
-                outcome.accepted += ack.accepted_count
-                outcome.rejected += ack.rejected_count
-                for result in ack.results:
-                    if result.status != pb.EVENT_STATUS_ACCEPTED:
-                        key = f"rejected: {result.reason}"
-                        outcome.errors[key] = outcome.errors.get(key, 0) + 1
-                    elif keep_ids:
-                        outcome.event_ids.append(result.event_id)
+                acknowledged += len(ack.results)
+                outcome.note_results(ack.results, keep_ids)
             await writer
         except grpc.aio.AioRpcError as error:
             writer.cancel()
