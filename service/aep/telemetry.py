@@ -433,10 +433,6 @@ class Telemetry:
         )
 
     @property
-    def metrics_enabled(self) -> bool:
-        return self._metrics is not None
-
-    @property
     def tracing_enabled(self) -> bool:
         return self._tracing is not None
 
