@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
 	tests/prometheus_process.py
 
-.PHONY: deps system-deps proto run test test-unit test-integration load-test bench bench-stores \
-	soak lint format clean helm e2e image-test sync-dashboards
+.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts \
+	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
+	sync-dashboards
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,19 @@ image-test: deps
 bench-stores: deps system-deps
 	$(PY) tests/benchmarks/bench_stores.py
 
+## test-observability: promtool on the alert rules, every dashboard query against a real Prometheus
+test-observability: deps system-deps
+	$(BIN)/pytest tests/observability $(PYTEST_ARGS)
+
+## alerts: promtool check + unit tests of dashboards/alerts (needs Debian's prometheus)
+alerts: system-deps
+	promtool check rules dashboards/alerts/ad-event-processor.rules.yaml
+	cd dashboards/alerts && promtool test rules *.test.yaml
+
+## bench-telemetry: throughput and CPU per event with telemetry off / on / on with traces
+bench-telemetry: deps
+	$(PY) tests/benchmarks/bench_telemetry.py
+
 ## load-test: drive a running server (make run) with the load client
 load-test: deps
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 200000 --batch 100 --concurrent 8
@@ -91,7 +105,8 @@ format: deps
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
 
-## sync-dashboards: copy dashboards/*.json into the chart (a test checks the copies)
+## sync-dashboards: copy dashboards/*.json and the alert rules into the chart (tests check the copies)
 sync-dashboards:
 	rm -f charts/ad-event-processor/dashboards/*.json
 	cp dashboards/*.json charts/ad-event-processor/dashboards/
+	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/files/alerts.yaml

@@ -190,3 +190,53 @@ def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, o
         assert isinstance(record, dict), record
         records.append(record)
     return records
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One GET /metrics, parsed: sample name -> [(labels, value)]."""
+
+    samples: dict[str, list[tuple[dict[str, str], float]]]
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        return sum(
+            value
+            for sample_labels, value in self.samples.get(name, [])
+            if all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+    def values(self, name: str, label: str) -> dict[str, float]:
+        return {labels[label]: value for labels, value in self.samples.get(name, [])}
+
+    def conservation(self) -> dict[str, float]:
+        """The terms of aep.stats' equation, read from exported metrics."""
+        return {
+            "received": self.total("events_received_total"),
+            "replayed": self.total("events_replayed_total"),
+            "processed": self.total("events_processed_total"),
+            "rejected": self.total("events_rejected_total"),
+            "duplicates": self.total("events_duplicate_total"),
+            "dead_lettered": self.total("events_dead_lettered_total"),
+            "lost": self.total("events_lost_total"),
+            "in_flight": self.total("pipeline_pending_events"),
+        }
+
+    def drift(self) -> float:
+        terms = self.conservation()
+        return terms.pop("received") + terms.pop("replayed") - sum(terms.values())
+
+
+def scrape(metrics_port: int, timeout_s: float = 5.0) -> Scrape:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return Scrape(samples)

@@ -23,6 +23,7 @@ import signal
 import time
 
 import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from aep.deadletter import DeadLetterQueue
 from aep.health import ServingState
@@ -53,10 +54,14 @@ _MAX_OPEN_RETRY_DELAY_S = 5.0
 
 
 class Application:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
         self.stats = IngestStats()
         self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
+        # span_exporter: for tests; by default tracing follows OTEL_EXPORTER_OTLP_*.
+        self.telemetry = Telemetry(
+            settings.metrics, self.stats, self.store.name, span_exporter=span_exporter
+        )
         self.wal = (
             WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
             if settings.wal.dir is not None
@@ -70,6 +75,7 @@ class Application:
             batch=settings.batch,
             queue=settings.queue,
             retry=settings.retry,
+            observer=self.telemetry.observer,
             wal=self.wal,
         )
         self.serving = ServingState([AD_EVENT_SERVICE_NAME])
@@ -81,9 +87,10 @@ class Application:
             server=settings.server,
             default_ack=settings.ack.mode,
             store_type=self.store.name,
+            observe_rpc=self.telemetry.observe_rpc,
             wal=self.wal,
         )
-        self.telemetry = Telemetry(self.stats, self.pipeline, self.store.name)
+        self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(self.serving, self.telemetry.render)
         self.monitor = StoreMonitor(
             self.store,
@@ -125,7 +132,11 @@ class Application:
                 self.servicer,
                 self.serving,
                 credentials=server_credentials(settings.tls),
-                interceptors=interceptors(settings.auth),
+                # Tracing outermost: refused calls (auth) get their span too.
+                interceptors=[
+                    *self.telemetry.server_interceptors(AD_EVENT_SERVICE_NAME),
+                    *interceptors(settings.auth),
+                ],
             )
             http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
         except (BindError, OSError, SecurityConfigError) as error:
@@ -221,10 +232,14 @@ class Application:
             "stopped",
             extra={
                 "received": stats.received,
+                "rejected": stats.rejected_invalid
+                + stats.rejected_overload
+                + stats.rejected_unavailable,
                 "written": stats.written,
                 "duplicates": stats.duplicates,
                 "dead_lettered": stats.dead_lettered,
                 "lost": stats.lost,
+                "in_flight": self.pipeline.pending_events,
                 "drained": drained,
             },
         )

@@ -21,7 +21,7 @@ _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HttpEndpoints:
-    def __init__(self, serving: ServingState, render_metrics: Callable[[], bytes]) -> None:
+    def __init__(self, serving: ServingState, render_metrics: Callable[[], bytes | None]) -> None:
         self._serving = serving
         self._render_metrics = render_metrics
         self._server: asyncio.Server | None = None
@@ -41,7 +41,10 @@ class HttpEndpoints:
             return 405, "text/plain", b"method not allowed\n"
         path = path.split("?", 1)[0]
         if path == "/metrics":
-            return 200, _PROMETHEUS_TEXT, self._render_metrics()
+            metrics = self._render_metrics()
+            if metrics is None:
+                return 404, "text/plain", b"metrics are off (metrics.enabled: false)\n"
+            return 200, _PROMETHEUS_TEXT, metrics
         if path in ("/health", "/healthz", "/ready", "/readyz"):
             if self._serving.serving:
                 return 200, "text/plain", b"SERVING\n"

@@ -19,7 +19,10 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from aep.deadletter import DeadLetterQueue
 from aep.records import EventRecord
@@ -51,8 +54,34 @@ class CommitFailedError(Exception):
     """The store refused the events past the retry bound (they were dead-lettered)."""
 
 
+class PipelineObserver:
+    """What the pipeline reports while it works; aep.telemetry implements it.
+
+    The defaults do nothing, so the pipeline runs (and is tested) without
+    telemetry. Calls happen per submission or per batch, never per event.
+    """
+
+    tracing = False  # when True: trace_context() at submit, write_span() per batch
+
+    def trace_context(self) -> Any:
+        """The caller's trace context, kept with its events for the batch span's links."""
+        return None
+
+    def write_span(self, contexts: Iterator[Any], events: int) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def write_attempt(self, seconds: float, error: Exception | None) -> None:
+        """One store.write_batch call ended (error is None when it succeeded)."""
+
+    def batch_written(self, events: int, oldest_s: float) -> None:
+        """A batch of `events` is stored, `oldest_s` after its oldest event was admitted."""
+
+    def submission_written(self, seconds: float, events: int) -> None:
+        """The last event of a submission is stored, `seconds` after its admission."""
+
+
 class _Submission:
-    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "wal_segment")
+    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "trace", "wal_segment")
 
     def __init__(
         self,
@@ -61,6 +90,7 @@ class _Submission:
         arrived: float,
         done: asyncio.Future[None] | None,
         wal_segment: Segment | None,
+        trace: Any,
     ) -> None:
         self.records = records
         self.nbytes = nbytes
@@ -68,6 +98,7 @@ class _Submission:
         self.arrived = arrived
         self.done = done
         self.wal_segment = wal_segment
+        self.trace = trace
 
 
 @dataclass(slots=True, eq=False)  # identity hash: batches sit in a set while written
@@ -97,6 +128,7 @@ class Pipeline:
         queue: QueueSettings,
         retry: RetrySettings,
         wal: WriteAheadLog | None = None,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self._store = store
         self._wal = wal
@@ -120,6 +152,8 @@ class Pipeline:
         self._handing_over: _Batch | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._observer = observer or PipelineObserver()
+        self._tracing = self._observer.tracing
         self.store_state = StoreState()
         # (monotonic time, events) of recent successful writes: the drain rate.
         self._recent_writes: deque[tuple[float, int]] = deque()
@@ -235,7 +269,8 @@ class Pipeline:
             self.reserve(len(records), nbytes)
         done = asyncio.get_running_loop().create_future() if wait_for_commit else None
         was_empty = not self._queue
-        self._queue.append(_Submission(records, nbytes, time.monotonic(), done, wal_segment))
+        trace = self._observer.trace_context() if self._tracing else None
+        self._queue.append(_Submission(records, nbytes, time.monotonic(), done, wal_segment, trace))
         self._queued_events += len(records)
         if was_empty or self._queued_events >= self._batch_size:
             self._wakeup.set()
@@ -347,19 +382,27 @@ class Pipeline:
             # Stays in _writing if the task is cancelled mid-write, so that
             # drain() can dead-letter it.
             self._writing.add(batch)
-            await self._write_with_retry(batch)
+            if self._tracing:
+                contexts = (submission.trace for submission, _ in batch.parts)
+                with self._observer.write_span(contexts, len(batch.records)):
+                    await self._write_with_retry(batch)
+            else:
+                await self._write_with_retry(batch)
             self._writing.discard(batch)
 
     async def _write_with_retry(self, batch: _Batch) -> None:
         retry = self._retry
+        observer = self._observer
         attempt = 0
         while True:
             attempt += 1
+            started = time.perf_counter()
             try:
                 result = await self._store.write_batch(batch.records)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure is retried, then dead-lettered
+                observer.write_attempt(time.perf_counter() - started, error)
                 self._stats.write_failures += 1
                 self.note_store_failure(error)
                 if attempt >= retry.max_attempts:
@@ -368,6 +411,8 @@ class Pipeline:
                 backoff = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempt - 1))
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
                 continue
+            observer.write_attempt(time.perf_counter() - started, None)
+            observer.batch_written(len(batch.records), time.monotonic() - batch.parts[0][0].arrived)
             self.note_store_success()
             self.store_state.last_write_at = time.monotonic()
             self._recent_writes.append((time.monotonic(), len(batch.records)))
@@ -403,12 +448,17 @@ class Pipeline:
     def _complete(self, batch: _Batch, error: Exception | None) -> None:
         self._room.set()
         self._pending_events -= len(batch.records)
+        now = time.monotonic()
         for submission, count in batch.parts:
             submission.remaining -= count
             if error is not None and submission.done is not None and not submission.done.done():
                 submission.done.set_exception(error)
             if submission.remaining == 0:
                 self._pending_bytes -= submission.nbytes
+                if error is None:
+                    self._observer.submission_written(
+                        now - submission.arrived, len(submission.records)
+                    )
                 if submission.done is not None and not submission.done.done():
                     submission.done.set_result(None)
                 if submission.wal_segment is not None and self._wal is not None:

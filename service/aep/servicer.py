@@ -28,7 +28,7 @@ from aep.pipeline import CommitFailedError, Pipeline, PipelineClosedError, Queue
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
-from aep.stats import IngestStats
+from aep.stats import EVENT_TYPE_COUNT, IngestStats
 from aep.validation import EventValidator
 from aep.wal import WalError, WriteAheadLog
 
@@ -45,6 +45,9 @@ _REJECTED = pb.EVENT_STATUS_REJECTED
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
+# (method name, status code, seconds): one call per unary RPC or acknowledged stream chunk.
+RpcObserver = Callable[[str, grpc.StatusCode, float], None]
+_Ack = tuple[pb.StreamAdEventsResponse, "asyncio.Future[None] | None", float]
 
 
 class RequestRefusedError(Exception):
@@ -90,6 +93,7 @@ class AdEventServicer:
         default_ack: AckMode,
         store_type: str,
         wal: WriteAheadLog | None = None,
+        observe_rpc: RpcObserver | None = None,
     ) -> None:
         self._wal = wal
         self._pipeline = pipeline
@@ -103,6 +107,7 @@ class AdEventServicer:
         self._default_ack = _ACK_FROM_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
+        self._observe_rpc = observe_rpc
 
     # -- request decoding -----------------------------------------------------
     def _decode(self, request_type: type[RequestT], raw: bytes) -> RequestT:
@@ -126,14 +131,36 @@ class AdEventServicer:
         method: Callable[[RequestT], Awaitable[ResponseT]],
     ) -> Callable[[bytes, Context], Awaitable[ResponseT]]:
         """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status."""
+        observe = self._observe_rpc
+        if observe is None:
 
-        async def handle(raw: bytes, context: Context) -> ResponseT:
+            async def handle(raw: bytes, context: Context) -> ResponseT:
+                try:
+                    return await method(self._decode(request_type, raw))
+                except RequestRefusedError as refusal:
+                    await refusal.abort(context)
+
+            return handle
+
+        name = method.__name__
+
+        async def observed(raw: bytes, context: Context) -> ResponseT:
+            started = time.perf_counter()
             try:
-                return await method(self._decode(request_type, raw))
+                response = await method(self._decode(request_type, raw))
             except RequestRefusedError as refusal:
+                observe(name, refusal.code, time.perf_counter() - started)
                 await refusal.abort(context)
+            except asyncio.CancelledError:
+                observe(name, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
+                raise
+            except Exception:
+                observe(name, grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
+                raise
+            observe(name, grpc.StatusCode.OK, time.perf_counter() - started)
+            return response
 
-        return handle
+        return observed
 
     # -- RPCs ------------------------------------------------------------------------
     async def SendAdEvent(self, request: pb.SendAdEventRequest) -> pb.SendAdEventResponse:
@@ -143,8 +170,12 @@ class AdEventServicer:
         if not request.HasField("event"):
             stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
+        event = request.event
+        event_type = event.event_type
+        if 0 <= event_type < EVENT_TYPE_COUNT:
+            stats.received_by_type[event_type] += 1
         now = time.time()
-        record = self._validator.accept(request.event, now, format_epoch(now), self._ids.new_id)
+        record = self._validator.accept(event, now, format_epoch(now), self._ids.new_id)
         if isinstance(record, str):
             stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, record)
@@ -175,9 +206,7 @@ class AdEventServicer:
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.StreamAdEventsResponse]:
         """Acks in chunk order; a reader task feeds a bounded queue of pending acks."""
-        acks: asyncio.Queue[
-            tuple[pb.StreamAdEventsResponse, asyncio.Future[None] | None] | _StreamEnd
-        ] = asyncio.Queue(maxsize=self._max_unacked_chunks)
+        acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
         try:
             while True:
@@ -186,12 +215,15 @@ class AdEventServicer:
                     if item.refusal is not None:
                         await item.refusal.abort(context)
                     return
-                response, done = item
+                response, done, started = item
                 if done is not None:
                     try:
                         await self._commit(done)
                     except RequestRefusedError as refusal:
                         await refusal.abort(context)
+                if self._observe_rpc is not None:
+                    seconds = time.perf_counter() - started
+                    self._observe_rpc("StreamAdEvents", grpc.StatusCode.OK, seconds)
                 yield response
         finally:
             if not reader.done():
@@ -202,12 +234,11 @@ class AdEventServicer:
     async def _read_chunks(
         self,
         request_iterator: AsyncIterator[bytes],
-        acks: asyncio.Queue[
-            tuple[pb.StreamAdEventsResponse, asyncio.Future[None] | None] | _StreamEnd
-        ],
+        acks: asyncio.Queue[_Ack | _StreamEnd],
     ) -> None:
         try:
             async for raw in request_iterator:
+                started = time.perf_counter()
                 chunk = self._decode(pb.StreamAdEventsRequest, raw)
                 events = chunk.events
                 self._check_batch_length(len(events))
@@ -226,7 +257,7 @@ class AdEventServicer:
                         )
                     done = self._admit(records, nbytes, ack_mode)
                 # Blocks once max unacked chunks are pending: flow control.
-                await acks.put((response, done))
+                await acks.put((response, done, started))
         except RequestRefusedError as refusal:
             await acks.put(_StreamEnd(refusal))
         else:
@@ -261,14 +292,19 @@ class AdEventServicer:
         received_at = format_epoch(now)
         accept = self._validator.accept
         new_id = self._ids.new_id
+        stats = self._stats
+        by_type = stats.received_by_type
+        type_count = EVENT_TYPE_COUNT
         for index, event in enumerate(events):
+            event_type = event.event_type
+            if 0 <= event_type < type_count:
+                by_type[event_type] += 1
             outcome = accept(event, now, received_at, new_id)
             if type(outcome) is dict:
                 append(outcome)
                 add_result(index=index, event_id=outcome["event_id"], status=_ACCEPTED)
             else:
                 add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=outcome)
-        stats = self._stats
         stats.received += len(events)
         stats.rejected_invalid += len(events) - len(records)
         return records

@@ -245,6 +245,9 @@ class HealthSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    # false: no OpenTelemetry metrics at all and GET /metrics answers 404
+    # (health endpoints stay); for measuring what telemetry costs.
+    enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9464, ge=1, le=65535)
 

@@ -7,18 +7,27 @@ exactly one of these, so at any moment
                           + rejected_unavailable + written + duplicates
                           + dead_lettered + lost + pending
 
-(`pending` is the pipeline's count of accepted events not yet written;
-`replayed` the events re-submitted from the write-ahead log at start-up).
+(`pending` is the pipeline's count of accepted events not yet written: in
+flight; `replayed` the events re-submitted from the write-ahead log at
+start-up). All of it changes on the event loop only, and /metrics is
+rendered there too, so one scrape sees the equation hold exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+
+# received_by_type is indexed by the EventType number; events of other numbers
+# (and of requests refused whole) are counted in `received` only.
+EVENT_TYPE_COUNT = max(value.number for value in pb.EventType.DESCRIPTOR.values) + 1
 
 
 @dataclass(slots=True)
 class IngestStats:
     received: int = 0
+    received_by_type: list[int] = field(default_factory=lambda: [0] * EVENT_TYPE_COUNT)
     replayed: int = 0
     rejected_invalid: int = 0
     rejected_overload: int = 0

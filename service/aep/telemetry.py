@@ -1,53 +1,204 @@
-"""OpenTelemetry metrics, exported for Prometheus at GET /metrics.
+"""OpenTelemetry: metrics for Prometheus at GET /metrics, and traces over OTLP.
 
-The hot path only bumps plain integers (aep.stats.IngestStats); the
-instruments here are observable, read at scrape time, so metrics cost the
-ingest path nothing. Names keep the reference design's
+Metrics. The hot path only bumps plain integers (aep.stats.IngestStats); the
+counters and gauges here are observable, read at scrape time, so they cost
+the ingest path nothing. Histograms are recorded once per RPC (or stream
+chunk), per store write and per batch, never per event: one SDK record costs
+a few microseconds. Names keep the reference design's
 (`events_received_total`, `events_processed_total`, `batches_processed_total`,
-`processing_errors_total`).
+`processing_errors_total`, `average_processing_latency`); every label has a
+small fixed set of values. /metrics is rendered on the event loop, where all
+counters change, so one scrape sees the conservation equation of
+aep.stats hold exactly.
+
+Traces. Off (nothing installed, nothing recorded) unless an OTLP endpoint is
+configured with the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; then every
+AdEventService RPC gets a server span (opentelemetry-instrumentation-grpc,
+continuing a W3C `traceparent` sent by the client) and every batch write a
+span linked to the RPC spans whose events it carries. Sampling follows
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
+import grpc
 import prometheus_client
+from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from aep import __version__
-from aep.pipeline import Pipeline
+from aep.pipeline import Pipeline, PipelineObserver
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.settings import MetricsSettings
 from aep.stats import IngestStats
 
+SERVICE_NAME = "ad-event-processor"
 
-def _observe(
-    read: Callable[[], Iterable[tuple[int, dict[str, str]]]],
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
+# Seconds, 0.1 ms to 10 s: sub-millisecond RPCs up to multi-second store stalls.
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+    1000.0, 2500.0, 5000.0, 10000.0,
+)  # fmt: skip
+
+# Label values of events_received_total{event_type}: the enum number's short
+# name; "unknown" holds unspecified or unknown numbers and events of requests
+# refused as a whole.
+EVENT_TYPE_LABELS: dict[int, str] = {
+    value.number: value.name.removeprefix("EVENT_TYPE_").lower()
+    for value in pb.EventType.DESCRIPTOR.values
+    if value.number != 0
+}
+UNKNOWN_EVENT_TYPE = "unknown"
+
+# The window of average_processing_latency (the reference design's gauge).
+AVERAGE_WINDOW_S = 10.0
+# RPC durations are buffered and recorded this many at a time (and before
+# every scrape): one SDK record costs ~20 us when it runs between RPCs with
+# cold caches, ~5 us in a run of records.
+RPC_RECORD_RUN = 64
+
+_Reading = Callable[[], Iterable[tuple[float, Mapping[str, str]]]]
+
+
+def _observe(read: _Reading) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(value, attributes) for value, attributes in read()]
+        return [Observation(value, dict(attributes)) for value, attributes in read()]
 
     return callback
 
 
-class Telemetry:
-    """Owns the MeterProvider; shut it down last."""
+def received_by_type(stats: IngestStats) -> list[tuple[int, dict[str, str]]]:
+    """events_received_total split by event type; the parts add up to stats.received."""
+    counts = stats.received_by_type
+    known = [(counts[number], {"event_type": label}) for number, label in EVENT_TYPE_LABELS.items()]
+    typed = sum(count for count, _ in known)
+    return [*known, (stats.received - typed, {"event_type": UNKNOWN_EVENT_TYPE})]
 
-    def __init__(self, stats: IngestStats, pipeline: Pipeline, store_type: str) -> None:
-        self._reader = PrometheusMetricReader()
-        self._provider = MeterProvider(
-            metric_readers=[self._reader],
-            resource=Resource.create(
-                {"service.name": "ad-event-processor", "service.version": __version__}
-            ),
+
+class WindowedMean:
+    """Event-weighted mean of the latencies of the last complete window.
+
+    `average_processing_latency` of the reference design. A gauge has no
+    time range of its own, so it reports the mean over the latest complete
+    window of `window_s` seconds, and nothing when no event was written in it.
+    """
+
+    __slots__ = ("_count", "_end", "_last", "_sum", "_window")
+
+    def __init__(self, window_s: float) -> None:
+        self._window = window_s
+        self._end = 0.0
+        self._sum = 0.0
+        self._count = 0
+        self._last: tuple[float, float, int] | None = None  # (end, sum, count)
+
+    def add(self, now: float, seconds: float, events: int) -> None:
+        if now >= self._end:
+            self._roll(now)
+        self._sum += seconds * events
+        self._count += events
+
+    def _roll(self, now: float) -> None:
+        if self._count:
+            self._last = (self._end, self._sum, self._count)
+        self._sum = 0.0
+        self._count = 0
+        self._end = now + self._window
+
+    def read(self, now: float) -> float | None:
+        if now >= self._end:
+            self._roll(now)
+        last = self._last
+        if last is None or now - last[0] > self._window:
+            return None
+        return last[1] / last[2]
+
+
+class _Metrics:
+    """The MeterProvider, its Prometheus reader and the synchronous instruments."""
+
+    def __init__(self, resource: Resource, stats: IngestStats, store_type: str) -> None:
+        # A registry of our own: two services in one process (tests) do not
+        # collide, and it carries the process collector (CPU, memory, fds).
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
+        reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
+        seconds = ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)
+        self.provider = MeterProvider(
+            metric_readers=[reader],
+            resource=resource,
+            # Prometheus text has no exemplars; without them a record is 2x cheaper.
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            views=[
+                View(instrument_name="*_seconds", aggregation=seconds),
+                View(
+                    instrument_name="batch_size_events",
+                    aggregation=ExplicitBucketHistogramAggregation(BATCH_SIZE_BUCKETS),
+                ),
+            ],
         )
-        meter = self._provider.get_meter("aep", __version__)
-        store = {"store": store_type}
-        counters: dict[str, tuple[str, Callable[[], Iterable[tuple[int, dict[str, str]]]]]] = {
+        self.meter = self.provider.get_meter("aep", __version__)
+        self.store = {"store": store_type}
+        meter = self.meter
+        self.rpc_duration = meter.create_histogram(
+            "rpc_duration_seconds",
+            unit="s",
+            description="AdEventService handling time per unary RPC, and per StreamAdEvents "
+            "chunk from read to ack; by method and gRPC status code",
+        )
+        self.end_to_end = meter.create_histogram(
+            "event_end_to_end_latency_seconds",
+            unit="s",
+            description="Per batch written: seconds from the admission (just after "
+            "validation) of its oldest event to the durable write, the longest any of "
+            "its events waited",
+        )
+        self.batch_size = meter.create_histogram(
+            "batch_size_events", description="Events per batch written to the store"
+        )
+        self.store_write = meter.create_histogram(
+            "store_write_duration_seconds",
+            unit="s",
+            description="Duration of each store write attempt, by outcome (ok|error)",
+        )
+        self.average = WindowedMean(AVERAGE_WINDOW_S)
+        self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str]] = {}
+        self._rpc_durations: list[tuple[str, grpc.StatusCode, float]] = []
+        self._observable_counters(stats)
+
+    def _observable_counters(self, stats: IngestStats) -> None:
+        store = self.store
+        counters: dict[str, tuple[str, _Reading]] = {
             "events_received": (
-                "Events received in requests, valid or not",
-                lambda: [(stats.received, {})],
+                "Events received in requests, valid or not, by event type",
+                lambda: received_by_type(stats),
+            ),
+            "events_replayed": (
+                "Events re-submitted from the write-ahead log at start-up (received by an "
+                "earlier process)",
+                lambda: [(stats.replayed, {})],
             ),
             "events_processed": (
                 "Events written to the store (new, not duplicates)",
@@ -62,7 +213,7 @@ class Telemetry:
                 lambda: [(stats.write_failures, store)],
             ),
             "events_rejected": (
-                "Events refused at the API, by reason",
+                "Events refused at the API, by reason (invalid|overload|unavailable)",
                 lambda: [
                     (stats.rejected_invalid, {"reason": "invalid"}),
                     (stats.rejected_overload, {"reason": "overload"}),
@@ -83,13 +234,20 @@ class Telemetry:
             ),
         }
         for name, (description, read) in counters.items():
-            meter.create_observable_counter(
+            self.meter.create_observable_counter(
                 name, callbacks=[_observe(read)], description=description
             )
-        gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[int, dict[str, str]]]]]] = {
+
+    def watch(self, pipeline: Pipeline) -> None:
+        store = self.store
+        gauges: dict[str, tuple[str, _Reading]] = {
             "pipeline_pending_events": (
-                "Accepted events not yet written (the admission bound counts these)",
+                "Accepted events not yet written: in flight (the admission bound counts these)",
                 lambda: [(pipeline.pending_events, {})],
+            ),
+            "pipeline_queued_events": (
+                "Accepted events waiting for a batch (part of pipeline_pending_events)",
+                lambda: [(pipeline.queued_events, {})],
             ),
             "pipeline_pending_bytes": (
                 "Request bytes of the pending events",
@@ -99,18 +257,207 @@ class Telemetry:
                 "queue.max_events",
                 lambda: [(pipeline.max_events, {})],
             ),
+            "pipeline_queue_capacity_bytes": (
+                "queue.max_bytes",
+                lambda: [(pipeline.max_bytes, {})],
+            ),
             "store_up": (
                 "1 while the last store write succeeded",
                 lambda: [(int(pipeline.store_state.healthy), store)],
             ),
+            "average_processing_latency": (
+                "Seconds from admission to durable write, mean over the events written in "
+                f"the last complete {AVERAGE_WINDOW_S:g}s window (absent when none were)",
+                self._average,
+            ),
         }
         for name, (description, read) in gauges.items():
-            meter.create_observable_gauge(name, callbacks=[_observe(read)], description=description)
+            self.meter.create_observable_gauge(
+                name, callbacks=[_observe(read)], description=description
+            )
 
-    @staticmethod
-    def render() -> bytes:
-        """Prometheus text exposition of everything registered."""
-        return prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    def _average(self) -> list[tuple[float, Mapping[str, str]]]:
+        mean = self.average.read(time.monotonic())
+        return [] if mean is None else [(mean, {})]
+
+    def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        durations = self._rpc_durations
+        durations.append((method, code, seconds))
+        if len(durations) >= RPC_RECORD_RUN:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the buffered RPC durations; render() calls it, so scrapes miss none."""
+        durations, self._rpc_durations = self._rpc_durations, []
+        record = self.rpc_duration.record
+        known = self._rpc_attributes
+        for method, code, seconds in durations:
+            attributes = known.get((method, code))
+            if attributes is None:
+                attributes = known[method, code] = {"method": method, "code": code.name}
+            record(seconds, attributes)
+
+
+def span_exporter_from_environment(environ: Mapping[str, str]) -> SpanExporter | None:
+    """The OTLP exporter when the standard variables ask for one; None means tracing off."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("", "none"):
+        return None
+    if not (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        return None
+    # Imported only when used: gRPC OTLP (endpoint, headers, TLS, timeout
+    # from the standard OTEL_EXPORTER_OTLP_* variables).
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+class _Tracing:
+    def __init__(self, resource: Resource, exporter: SpanExporter, store_type: str) -> None:
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG) when it is not given.
+        self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("aep", __version__)
+        self.store_type = store_type
+
+    def interceptor(self, service_name: str) -> grpc.aio.ServerInterceptor[Any, Any]:
+        """Server spans for one service's RPCs (not health checks or reflection)."""
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        interceptor: grpc.aio.ServerInterceptor[Any, Any] = aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=self.provider, filter_=filters.service_name(service_name)
+        )
+        return interceptor
+
+    @contextlib.contextmanager
+    def write_span(self, contexts: Iterator[Any], events: int) -> Iterator[None]:
+        unique: dict[int, SpanContext] = {}
+        for context in contexts:
+            if context is not None and context.trace_flags.sampled:
+                unique.setdefault(context.span_id, context)
+        if not unique:  # no sampled RPC in the batch: no span either
+            yield
+            return
+        with self.tracer.start_as_current_span(
+            "write_batch",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),  # a root of its own
+            kind=SpanKind.INTERNAL,
+            links=[Link(context) for context in unique.values()],
+            attributes={
+                "aep.store": self.store_type,
+                "aep.batch.events": events,
+                "aep.batch.requests": len(unique),
+            },
+        ):
+            yield
+
+
+class _Observer(PipelineObserver):
+    """Feeds the pipeline's reports into the histograms and the batch spans."""
+
+    def __init__(self, metrics: _Metrics | None, tracing: _Tracing | None) -> None:
+        self._metrics = metrics
+        self._tracing_impl = tracing
+        self.tracing = tracing is not None
+        if metrics is not None:
+            self._ok = {**metrics.store, "outcome": "ok"}
+            self._error = {**metrics.store, "outcome": "error"}
+
+    def trace_context(self) -> Any:
+        return trace.get_current_span().get_span_context()
+
+    def write_span(
+        self, contexts: Iterator[Any], events: int
+    ) -> contextlib.AbstractContextManager[Any]:
+        assert self._tracing_impl is not None
+        return self._tracing_impl.write_span(contexts, events)
+
+    def write_attempt(self, seconds: float, error: Exception | None) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.store_write.record(seconds, self._ok if error is None else self._error)
+        if self.tracing:
+            span = trace.get_current_span()
+            if error is None:
+                span.set_status(Status(StatusCode.OK))
+            else:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def batch_written(self, events: int, oldest_s: float) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.batch_size.record(events)
+            metrics.end_to_end.record(oldest_s)
+
+    def submission_written(self, seconds: float, events: int) -> None:
+        # Plain arithmetic per request; a histogram record here would cost as
+        # much as the rest of a unary RPC's telemetry together.
+        if self._metrics is not None:
+            self._metrics.average.add(time.monotonic(), seconds, events)
+
+
+class Telemetry:
+    """Owns the MeterProvider and the TracerProvider; shut it down last.
+
+    Built before the pipeline (which reports through `observer`) and the
+    servicer (`observe_rpc`); `watch(pipeline)` then adds the queue gauges.
+    """
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        stats: IngestStats,
+        store_type: str,
+        *,
+        span_exporter: SpanExporter | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        resource = Resource.create({"service.name": SERVICE_NAME, "service.version": __version__})
+        self._metrics = _Metrics(resource, stats, store_type) if settings.enabled else None
+        if span_exporter is None:
+            span_exporter = span_exporter_from_environment(
+                os.environ if environ is None else environ
+            )
+        self._tracing = (
+            _Tracing(resource, span_exporter, store_type) if span_exporter is not None else None
+        )
+        self.observer: PipelineObserver = (
+            _Observer(self._metrics, self._tracing)
+            if self._metrics is not None or self._tracing is not None
+            else PipelineObserver()
+        )
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self._tracing is not None
+
+    @property
+    def observe_rpc(self) -> Callable[[str, grpc.StatusCode, float], None] | None:
+        return self._metrics.observe_rpc if self._metrics is not None else None
+
+    def watch(self, pipeline: Pipeline) -> None:
+        if self._metrics is not None:
+            self._metrics.watch(pipeline)
+
+    def server_interceptors(
+        self, service_name: str
+    ) -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:
+        return [self._tracing.interceptor(service_name)] if self._tracing is not None else []
+
+    def render(self) -> bytes | None:
+        """Prometheus text exposition; None when metrics are off."""
+        if self._metrics is None:
+            return None
+        self._metrics.flush()
+        return prometheus_client.generate_latest(self._metrics.registry)
 
     def shutdown(self) -> None:
-        self._provider.shutdown()  # also unregisters the reader from the registry
+        if self._tracing is not None:
+            self._tracing.provider.shutdown()  # exports what is still buffered
+        if self._metrics is not None:
+            self._metrics.provider.shutdown()
