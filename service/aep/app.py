@@ -123,6 +123,7 @@ class Application:
                 await self.store.close()
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
+            self.stats.wal_segments_quarantined = self.wal.quarantined
             self.wal.start()
         if store_open:
             self._start_pipeline(leftovers)

@@ -38,3 +38,5 @@ class IngestStats:
     lost: int = 0
     batches_written: int = 0
     write_failures: int = 0
+    # Write-ahead log segments found with a corrupt tail at start-up (renamed *.corrupt).
+    wal_segments_quarantined: int = 0

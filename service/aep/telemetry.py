@@ -232,6 +232,11 @@ class _Metrics:
                 "Events that could be neither stored nor dead-lettered (should stay 0)",
                 lambda: [(stats.lost, {})],
             ),
+            "wal_segments_quarantined": (
+                "Write-ahead log segments found with a corrupt tail at start-up and renamed "
+                "*.corrupt (their readable records were replayed)",
+                lambda: [(stats.wal_segments_quarantined, {})],
+            ),
         }
         for name, (description, read) in counters.items():
             self.meter.create_observable_counter(

@@ -102,3 +102,28 @@ def test_durable_ack_is_refused_without_a_log(server: ServerProcess) -> None:
             )
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "wal.dir" in (raised.value.details() or "")
+
+
+def test_a_corrupt_log_tail_is_quarantined_counted_and_replayed(tmp_path: Path) -> None:
+    from aep.wal import frame
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    whole = frame(b'[{"event_id":"w1","user_id":"u","ad_id":"a","event_type":"EVENT_TYPE_CLICK"}]')
+    (wal / "wal-000000000001.log").write_bytes(whole + whole[:9])  # a crash mid-append
+    server = ServerProcess(tmp_path, {"AEP_WAL_DIR": str(wal)}).start()
+    try:
+        _wait_drained(server)
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5
+        ) as response:
+            metrics = response.read().decode()
+    finally:
+        exit_code = server.stop()
+    assert exit_code == 0
+    assert "wal_segments_quarantined_total 1.0" in metrics
+    assert "corrupt tail" in server.log()
+    assert [e["event_id"] for e in stored_events(server.events_dir)] == ["w1"]
+    assert (wal / "wal-000000000001.corrupt").exists()

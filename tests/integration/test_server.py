@@ -284,13 +284,18 @@ def test_health_turns_not_serving_at_the_first_moment_of_shutdown(server: Server
         assert not_serving in statuses, (name, statuses)
 
 
-@pytest.mark.parametrize("ack_mode", ["accepted", "committed"])
+@pytest.mark.parametrize("ack_mode", ["accepted", "durable", "committed"])
 def test_every_event_acknowledged_before_sigterm_is_stored_exactly_once(
     tmp_path: Path, ack_mode: str
 ) -> None:
     """N acknowledged before SIGTERM -> exactly N distinct event_ids in the files."""
     server = ServerProcess(
-        tmp_path, {"AEP_BATCH_FLUSH_INTERVAL": "1s", "AEP_ACK_MODE": ack_mode}
+        tmp_path,
+        {
+            "AEP_BATCH_FLUSH_INTERVAL": "1s",
+            "AEP_ACK_MODE": ack_mode,
+            "AEP_WAL_DIR": str(tmp_path / "wal"),
+        },
     ).start()
     acknowledged: list[str] = []
     lock = threading.Lock()
@@ -338,7 +343,11 @@ def test_every_event_acknowledged_before_sigterm_is_stored_exactly_once(
         thread.join(timeout=10)
     assert exit_code == 0, server.log()
     stored_ids = [str(e["event_id"]) for e in stored_events(server.events_dir)]
-    print(f"acknowledged={len(acknowledged)} stored={len(stored_ids)}")
+    print(
+        f"{ack_mode}: acknowledged={len(acknowledged)} stored={len(stored_ids)} "
+        f"duplicates={len(stored_ids) - len(set(stored_ids))} "
+        f"lost={len(set(acknowledged) - set(stored_ids))}"
+    )
     assert len(acknowledged) > (1000 if ack_mode == "accepted" else 100)
     assert len(stored_ids) == len(set(stored_ids)), "an event was stored twice"
     assert set(stored_ids) == set(acknowledged)

@@ -218,6 +218,8 @@ def test_store_killed_and_restarted_mid_load_loses_nothing(
     stored = assert_acknowledged_stored_once(backend, sender)
     print(
         f"{backend.kind}: acknowledged={len(sender.acknowledged)} stored={len(stored)} "
+        f"duplicates={len(stored) - len(set(stored))} "
+        f"lost={len(set(sender.acknowledged) - set(stored))} "
         f"during_outage={during_outage} refusals={dict(sender.refusals)}"
     )
     assert during_outage > 0, "the service kept accepting while the store was down"
@@ -377,9 +379,16 @@ def test_dead_lettered_events_are_replayed_once(
     second = replay_dlq(server)
     assert second.returncode == 0, second.stderr
     assert "0 of 0 files replayed" in second.stdout
-    assert len(backend.read_ids()) == 150
+    stored = backend.read_ids()
+    assert len(stored) == 150
     replayed = list((server.dead_letter_dir / "replayed").glob("*.jsonl"))
     assert len(replayed) == 1
+    acknowledged = set(stored_first) | set(failed)
+    print(
+        f"{backend.kind} dead-letter replay: acknowledged={len(acknowledged)} "
+        f"stored={len(stored)} duplicates={len(stored) - len(set(stored))} "
+        f"lost={len(acknowledged - set(stored))} dead_lettered={len(failed)}"
+    )
 
 
 def replay_dlq(server: ServerProcess) -> subprocess.CompletedProcess[str]:
