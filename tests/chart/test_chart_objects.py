@@ -18,10 +18,11 @@ from chart_render import (
     Manifests,
     container,
     render,
+    render_error,
     selects,
 )
 
-from aep.settings import Settings, StoreType, load_settings
+from aep.settings import AckMode, Settings, StoreType, load_settings
 
 FULLNAME = "aep-ad-event-processor"
 SCENARIO_IDS = [path.name.removesuffix("-values.yaml") for path in SCENARIOS]
@@ -465,3 +466,85 @@ def test_long_release_names_stay_within_kubernetes_limits(helm: Helm) -> None:
             names.setdefault(doc["kind"], []).append(name)
     for kind, kind_names in names.items():
         assert len(kind_names) == len(set(kind_names)), f"two {kind} objects share a name"
+
+
+def _mounts(pod: dict[str, object]) -> dict[str, dict[str, object]]:
+    server = container(pod, "server")
+    return {str(m["mountPath"]): m for m in server["volumeMounts"]}
+
+
+def test_wal_on_an_empty_dir_is_mounted_where_the_config_points(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, sets={"wal.enabled": "true", "config.ack.mode": "durable"})
+    assert manifests.server["kind"] == "Deployment"
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.ack.mode is AckMode.DURABLE
+    assert settings.wal.dir is not None
+    pod = manifests.server["spec"]["template"]["spec"]
+    mount = _mounts(pod)[str(settings.wal.dir)]
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"] == {"sizeLimit": "1Gi"}
+    # The WAL is per pod: never on the data claim the replicas share.
+    assert mount["name"] != "data"
+    assert manifests.of_kind("StatefulSet") == []
+
+
+def test_without_wal_there_is_no_wal_dir_or_volume(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm)
+    assert loaded_config(manifests, tmp_path).wal.dir is None
+    pod = manifests.server["spec"]["template"]["spec"]
+    assert "wal" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_wal_on_claims_runs_a_stateful_set_with_a_claim_per_pod(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, scenario("wal"))
+    server = manifests.server
+    assert server["kind"] == "StatefulSet"
+    assert manifests.of_kind("Deployment") == []
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.ack.mode is AckMode.DURABLE
+    assert settings.wal.segment_bytes == 16 * 1024**2
+    pod = server["spec"]["template"]["spec"]
+    mount = _mounts(pod)[str(settings.wal.dir)]
+    # The mount comes from the claim template, not from a pod volume.
+    assert mount["name"] not in {v["name"] for v in pod["volumes"]}
+    (claim,) = server["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    headless = manifests.get("Service", server["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], pod_labels(server))
+    hpa = manifests.get("HorizontalPodAutoscaler", FULLNAME)
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "StatefulSet",
+        server["metadata"]["name"],
+    )
+    assert "replicas" not in server["spec"]
+    pdb = manifests.get("PodDisruptionBudget", FULLNAME)
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(server))
+
+
+def pod_labels(workload: dict[str, object]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {"config.ack.mode": "durable"},
+        {"env[0].name": "AEP_ACK_MODE", "env[0].value": "durable"},
+        {"config.ack.mode": "durable", "wal.persistence.type": "pvc"},
+    ],
+)
+def test_durable_acks_without_the_wal_fail_rendering(helm: Helm, sets: dict[str, str]) -> None:
+    assert "ack.mode durable needs the write-ahead log: set wal.enabled=true" in render_error(
+        helm, sets=sets
+    )
+
+
+def test_the_chart_owns_wal_dir(helm: Helm) -> None:
+    error = render_error(helm, sets={"config.wal.dir": "/elsewhere"})
+    assert "config.wal.dir is set by the chart; set wal.enabled instead" in error

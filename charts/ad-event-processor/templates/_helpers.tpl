@@ -109,6 +109,30 @@ Where the server keeps its files (a volume; the root filesystem is read-only).
 */}}
 {{- define "ad-event-processor.dataDir" -}}/app/data{{- end }}
 {{- define "ad-event-processor.configDir" -}}/etc/ad-event-processor{{- end }}
+{{- define "ad-event-processor.walDir" -}}/app/wal{{- end }}
+
+{{/*
+"true" when the server runs as a StatefulSet (a write-ahead log claim per pod), else "".
+*/}}
+{{- define "ad-event-processor.statefulSet" -}}
+{{- if and .Values.wal.enabled (eq .Values.wal.persistence.type "pvc") }}true{{ end }}
+{{- end }}
+
+{{- define "ad-event-processor.workloadKind" -}}
+{{- if include "ad-event-processor.statefulSet" . }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+The ack mode the server will run with: AEP_ACK_MODE in env wins over config.ack.mode.
+*/}}
+{{- define "ad-event-processor.ackMode" -}}
+{{- $mode := "accepted" }}
+{{- with .Values.config.ack }}{{ with .mode }}{{ $mode = . }}{{ end }}{{ end }}
+{{- range .Values.env }}
+{{- if and (eq .name "AEP_ACK_MODE") (hasKey . "value") }}{{ $mode = .value }}{{ end }}
+{{- end }}
+{{- $mode }}
+{{- end }}
 
 {{/*
 Keys of the service configuration that the chart sets from other values; a
@@ -126,6 +150,7 @@ database.mongodb.uri: mongodb.enabled or externalMongodb
 database.mongodb.database: mongodb.database or externalMongodb.database
 dead_letter.dir: persistence
 shutdown.grace_period: shutdownGracePeriodSeconds
+wal.dir: wal.enabled
 {{- end }}
 
 {{/*
@@ -178,6 +203,9 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
   "dead_letter" (dict "dir" (printf "%s/dead-letter" $dataDir))
   "shutdown" (dict "grace_period" (printf "%ds" (int .Values.shutdownGracePeriodSeconds)))
 }}
+{{- if .Values.wal.enabled }}
+{{- $_ := set $chart "wal" (dict "dir" (include "ad-event-processor.walDir" .)) }}
+{{- end }}
 {{- mergeOverwrite (deepCopy .Values.config) $chart | toYaml }}
 {{- end }}
 
@@ -196,6 +224,9 @@ Checks across values that the schema cannot express.
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and (eq (include "ad-event-processor.ackMode" .) "durable") (not .Values.wal.enabled) }}
+{{- fail "ack.mode durable needs the write-ahead log: set wal.enabled=true (wal.persistence.type=pvc keeps it across pod loss)" }}
 {{- end }}
 {{- end }}
 
