@@ -38,6 +38,7 @@ def test_scenarios_cover_the_documented_setups() -> None:
         "hpa-custom-metric-values.yaml",
         "servicemonitor-values.yaml",
         "wal-values.yaml",
+        "secure-values.yaml",
     ):
         assert required in names
 
@@ -204,4 +205,24 @@ def test_the_schema_rejects_bad_wal_values(helm: Helm, sets: dict[str, str], mes
     error = render_error(helm, sets=sets)
     assert "schema" in error
     assert "wal" in error
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"tls.enabled": "on"}, "tls"),
+        ({"tls.secretName": "Not_A_Secret"}, "secretName"),
+        ({"tls.clientAuth": "1"}, "clientAuth"),
+        ({"auth.defaultRateLimitRps": "-1"}, "defaultRateLimitRps"),
+        ({"auth.secretKey": "a/b"}, "secretKey"),
+        ({"tests.apiKeySecretName": "UPPER"}, "apiKeySecretName"),
+        ({"tls.certFile": "/x"}, "certFile"),
+    ],
+)
+def test_the_schema_rejects_bad_security_values(
+    helm: Helm, sets: dict[str, str], message: str
+) -> None:
+    error = render_error(helm, sets=sets)
+    assert "schema" in error
     assert message in error
