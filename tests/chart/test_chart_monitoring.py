@@ -179,14 +179,14 @@ def test_main_dashboard_placeholder_contract() -> None:
     assert dashboard["uid"] == "ad-event-processor"
 
 
-def _notes(helm: Helm) -> str:
+def _notes(helm: Helm, scenario: str = "full-stack") -> str:
     if helm.major < 4:
         pytest.skip(
             "Helm 3 renders NOTES.txt only against a cluster (install --dry-run=client needs one)"
         )
     result = helm.run(
         "install", "aep", str(CHART), "--namespace", "ads", "--dry-run=client",
-        "--values", str(CHART / "ci" / "full-stack-values.yaml"),
+        "--values", str(CHART / "ci" / f"{scenario}-values.yaml"),
     )  # fmt: skip
     return result.stdout.split("NOTES:", 1)[1]
 
@@ -242,3 +242,17 @@ def test_notes_grpcurl_commands_work_through_reflection(helm: Helm, server: Serv
     ]
     assert len(stored) == 1
     assert json.loads(stored[0])["event_type"] == "EVENT_TYPE_CLICK"
+
+
+def test_notes_grpcurl_commands_use_tls_and_the_api_key_when_on(helm: Helm) -> None:
+    notes = _notes(helm, "secure")
+    commands = _grpcurl_commands(notes)
+    assert len(commands) == 4
+    for command in commands:
+        assert "-plaintext" not in command
+        assert command[command.index("-cacert") + 1] == "ca.crt"
+        assert command[command.index("-servername") + 1] == FULLNAME
+        assert {"-cert", "-key"} <= set(command)
+    send = next(c for c in commands if c[-1] == "adevents.v1.AdEventService/SendAdEvent")
+    assert send[send.index("-H") + 1] == "x-api-key: $AEP_API_KEY"
+    assert "get secret aep-server-tls -o jsonpath='{.data.ca\\.crt}'" in notes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -18,10 +19,11 @@ from chart_render import (
     Manifests,
     container,
     render,
+    render_error,
     selects,
 )
 
-from aep.settings import Settings, StoreType, load_settings
+from aep.settings import AckMode, Settings, StoreType, load_settings
 
 FULLNAME = "aep-ad-event-processor"
 SCENARIO_IDS = [path.name.removesuffix("-values.yaml") for path in SCENARIOS]
@@ -41,22 +43,30 @@ def loaded_config(manifests: Manifests, tmp_path: Path) -> Settings:
 
 
 @pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
-def test_server_probes_are_grpc_on_the_grpc_port(
+def test_server_probes_ask_the_serving_state(
     helm: Helm, values_files: tuple[Path, ...], tmp_path: Path
 ) -> None:
+    """Native grpc probes on the gRPC port; with TLS (which they cannot speak),
+    GET /health on the plain-HTTP metrics port, the same serving state."""
     manifests = render(helm, values_files)
     pod = manifests.server["spec"]["template"]["spec"]
     server = container(pod, "server")
     settings = loaded_config(manifests, tmp_path)
     ports = {port["name"]: port["containerPort"] for port in server["ports"]}
     assert ports == {"grpc": settings.server.port, "metrics": settings.metrics.port}
+    tls = settings.tls.cert_file is not None
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert set(server[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"} == {
-            "grpc"
-        }, f"{probe} must be a native grpc probe"
-        assert server[probe]["grpc"]["port"] == settings.server.port
-        assert isinstance(server[probe]["grpc"]["port"], int)
+        handler = set(server[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"}
+        if tls:
+            assert handler == {"httpGet"}, f"{probe} must not be a grpc probe with TLS"
+            assert server[probe]["httpGet"]["path"] == "/health"
+            assert ports[server[probe]["httpGet"]["port"]] == settings.metrics.port
+        else:
+            assert handler == {"grpc"}, f"{probe} must be a native grpc probe"
+            assert server[probe]["grpc"]["port"] == settings.server.port
+            assert isinstance(server[probe]["grpc"]["port"], int)
     assert settings.server.host == "0.0.0.0"
+    assert settings.metrics.host == "0.0.0.0"  # the kubelet reaches /health from outside
 
 
 @pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
@@ -465,3 +475,229 @@ def test_long_release_names_stay_within_kubernetes_limits(helm: Helm) -> None:
             names.setdefault(doc["kind"], []).append(name)
     for kind, kind_names in names.items():
         assert len(kind_names) == len(set(kind_names)), f"two {kind} objects share a name"
+
+
+def _mounts(pod: dict[str, object]) -> dict[str, dict[str, object]]:
+    server = container(pod, "server")
+    return {str(m["mountPath"]): m for m in server["volumeMounts"]}
+
+
+def test_wal_on_an_empty_dir_is_mounted_where_the_config_points(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, sets={"wal.enabled": "true", "config.ack.mode": "durable"})
+    assert manifests.server["kind"] == "Deployment"
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.ack.mode is AckMode.DURABLE
+    assert settings.wal.dir is not None
+    pod = manifests.server["spec"]["template"]["spec"]
+    mount = _mounts(pod)[str(settings.wal.dir)]
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"] == {"sizeLimit": "1Gi"}
+    # The WAL is per pod: never on the data claim the replicas share.
+    assert mount["name"] != "data"
+    assert manifests.of_kind("StatefulSet") == []
+
+
+def test_without_wal_there_is_no_wal_dir_or_volume(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm)
+    assert loaded_config(manifests, tmp_path).wal.dir is None
+    pod = manifests.server["spec"]["template"]["spec"]
+    assert "wal" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_wal_on_claims_runs_a_stateful_set_with_a_claim_per_pod(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, scenario("wal"))
+    server = manifests.server
+    assert server["kind"] == "StatefulSet"
+    assert manifests.of_kind("Deployment") == []
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.ack.mode is AckMode.DURABLE
+    assert settings.wal.segment_bytes == 16 * 1024**2
+    pod = server["spec"]["template"]["spec"]
+    mount = _mounts(pod)[str(settings.wal.dir)]
+    # The mount comes from the claim template, not from a pod volume.
+    assert mount["name"] not in {v["name"] for v in pod["volumes"]}
+    (claim,) = server["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    headless = manifests.get("Service", server["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], pod_labels(server))
+    hpa = manifests.get("HorizontalPodAutoscaler", FULLNAME)
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "StatefulSet",
+        server["metadata"]["name"],
+    )
+    assert "replicas" not in server["spec"]
+    pdb = manifests.get("PodDisruptionBudget", FULLNAME)
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(server))
+
+
+def pod_labels(workload: dict[str, object]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {"config.ack.mode": "durable"},
+        {"env[0].name": "AEP_ACK_MODE", "env[0].value": "durable"},
+        {"config.ack.mode": "durable", "wal.persistence.type": "pvc"},
+    ],
+)
+def test_durable_acks_without_the_wal_fail_rendering(helm: Helm, sets: dict[str, str]) -> None:
+    assert "ack.mode durable needs the write-ahead log: set wal.enabled=true" in render_error(
+        helm, sets=sets
+    )
+
+
+def test_the_chart_owns_wal_dir(helm: Helm) -> None:
+    error = render_error(helm, sets={"config.wal.dir": "/elsewhere"})
+    assert "config.wal.dir is set by the chart; set wal.enabled instead" in error
+
+
+SECRET_VALUES = {
+    "tls.enabled": "true",
+    "tls.secretName": "server-tls",
+    "tls.clientAuth": "true",
+    "auth.enabled": "true",
+    "auth.secretName": "keys",
+    "auth.secretKey": "keys.yaml",
+    "tests.apiKeySecretName": "test-key",
+    "tests.clientCertSecretName": "test-client-tls",
+}
+
+
+def _secret_volume(pod: dict[str, Any], mount_path: str, container_name: str) -> dict[str, Any]:
+    mount = next(
+        m for m in container(pod, container_name)["volumeMounts"] if m["mountPath"] == mount_path
+    )
+    assert mount["readOnly"] is True, mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["defaultMode"] == 0o440
+    return dict(volume["secret"])
+
+
+@pytest.mark.parametrize("values", [scenario("secure"), ()], ids=["secure", "sets"])
+def test_tls_and_api_keys_come_from_secrets_mounted_read_only(
+    helm: Helm, values: tuple[Path, ...], tmp_path: Path
+) -> None:
+    manifests = render(helm, values, sets=None if values else SECRET_VALUES)
+    settings = loaded_config(manifests, tmp_path)
+    pod = manifests.server["spec"]["template"]["spec"]
+    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
+    assert settings.tls.client_ca_file is not None
+    assert settings.auth.api_keys_file is not None
+    tls_dir = settings.tls.cert_file.parent
+    assert {settings.tls.key_file.parent, settings.tls.client_ca_file.parent} == {tls_dir}
+    tls = _secret_volume(pod, str(tls_dir), "server")
+    expected_tls = "aep-server-tls" if values else "server-tls"
+    assert tls["secretName"] == expected_tls
+    assert {item["path"]: item["key"] for item in tls["items"]} == {
+        settings.tls.cert_file.name: "tls.crt",
+        settings.tls.key_file.name: "tls.key",
+        settings.tls.client_ca_file.name: "ca.crt",
+    }
+    keys = _secret_volume(pod, str(settings.auth.api_keys_file.parent), "server")
+    assert keys["secretName"] == ("aep-api-keys" if values else "keys")
+    assert keys["items"] == [
+        {
+            "key": "api-keys.yaml" if values else "keys.yaml",
+            "path": settings.auth.api_keys_file.name,
+        }
+    ]
+    if values:
+        assert settings.auth.default_rate_limit_rps == 200
+
+    # The ConfigMap carries paths, never Secret names' content or anything secret-like.
+    configmaps = yaml.safe_dump([cm["data"] for cm in manifests.of_kind("ConfigMap")])
+    for marker in ("BEGIN CERTIFICATE", "PRIVATE KEY", "x-api-key", "key: "):
+        assert marker not in configmaps
+    assert manifests.of_kind("Secret") == []  # the chart makes none: they are the user's
+
+
+def test_tls_without_client_auth_sets_no_client_ca(helm: Helm, tmp_path: Path) -> None:
+    manifests = render(helm, sets={"tls.enabled": "true", "tls.secretName": "server-tls"})
+    settings = loaded_config(manifests, tmp_path)
+    assert settings.tls.client_ca_file is None
+    assert settings.auth.api_keys_file is None
+    (test_pod,) = manifests.of_kind("Pod")
+    command = test_pod["spec"]["containers"][0]["command"]
+    assert "--tls-ca" in command
+    assert "--tls-cert" not in command
+    assert "env" not in test_pod["spec"]["containers"][0]
+
+
+def test_helm_test_pod_passes_tls_and_api_key_to_the_client(helm: Helm) -> None:
+    from aep.client import parser
+
+    manifests = render(helm, scenario("secure"))
+    (pod,) = manifests.of_kind("Pod")
+    (test,) = pod["spec"]["containers"]
+    args = parser().parse_args(test["command"][1:])
+    assert args.mode == "health"
+    ca = _secret_volume(pod["spec"], str(args.tls_ca.parent), "health")
+    # Only the CA of the server's Secret, never the server's private key.
+    assert ca == {
+        "secretName": "aep-server-tls",
+        "defaultMode": 0o440,
+        "items": [{"key": "ca.crt", "path": args.tls_ca.name}],
+    }
+    client = _secret_volume(pod["spec"], str(args.tls_cert.parent), "health")
+    assert client["secretName"] == "aep-test-client-tls"
+    assert {item["path"] for item in client["items"]} == {args.tls_cert.name, args.tls_key.name}
+    assert args.api_key is None  # not on the command line
+    env = {e["name"]: e for e in test["env"]}
+    assert env["AEP_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aep-test-api-key",
+        "key": "api-key",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"tls.enabled": "true"}, "tls.enabled needs tls.secretName"),
+        ({"tls.clientAuth": "true"}, "tls.clientAuth (mTLS) needs tls.enabled=true"),
+        ({"auth.enabled": "true"}, "auth.enabled needs auth.secretName"),
+        (
+            {"auth.enabled": "true", "auth.secretName": "keys"},
+            "the helm test pod needs an API key with the read role",
+        ),
+        (
+            {"tls.enabled": "true", "tls.secretName": "t", "tls.clientAuth": "true"},
+            "the helm test pod needs a client certificate",
+        ),
+        ({"config.tls.cert_file": "/x"}, "config.tls.cert_file is set by the chart"),
+        ({"config.auth.api_keys_file": "/x"}, "config.auth.api_keys_file is set by the chart"),
+    ],
+)
+def test_inconsistent_security_values_fail_with_a_message(
+    helm: Helm, sets: dict[str, str], message: str
+) -> None:
+    assert message in render_error(helm, sets=sets)
+
+
+def test_security_checks_can_be_met_without_the_helm_test(helm: Helm) -> None:
+    sets = {k: v for k, v in SECRET_VALUES.items() if not k.startswith("tests.")}
+    manifests = render(helm, sets={**sets, "tests.enabled": "false"})
+    assert manifests.of_kind("Pod") == []
+
+
+def test_network_policy_limits_grpc_and_metrics_sources(helm: Helm) -> None:
+    values = yaml.safe_load(scenario("secure")[0].read_text())["networkPolicy"]
+    manifests = render(helm, scenario("secure"))
+    grpc_rule, metrics_rule = manifests.get("NetworkPolicy", FULLNAME)["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert grpc_rule["from"][: len(values["grpcFrom"])] == values["grpcFrom"]
+    # ...plus the helm test pod, so `helm test` still reaches the server.
+    (test_pod,) = manifests.of_kind("Pod")
+    assert selects(
+        grpc_rule["from"][-1]["podSelector"]["matchLabels"], test_pod["metadata"]["labels"]
+    )
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    # namespaceSelector and podSelector in one peer: Prometheus pods of that namespace only.
+    assert metrics_rule["from"] == values["metricsFrom"]

@@ -37,6 +37,8 @@ def test_scenarios_cover_the_documented_setups() -> None:
         "external-values.yaml",
         "hpa-custom-metric-values.yaml",
         "servicemonitor-values.yaml",
+        "wal-values.yaml",
+        "secure-values.yaml",
     ):
         assert required in names
 
@@ -188,3 +190,39 @@ def test_a_single_replica_may_use_a_read_write_once_claim(helm: Helm) -> None:
     volumes = manifests.server["spec"]["template"]["spec"]["volumes"]
     data = next(volume for volume in volumes if volume["name"] == "data")
     assert data["persistentVolumeClaim"]["claimName"] == "aep-ad-event-processor"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"wal.enabled": "yes"}, "enabled"),
+        ({"wal.persistence.type": "hostPath"}, "type"),
+        ({"wal.persistence.size": "lots"}, "size"),
+        ({"wal.persistence.accessModes[0]": "ReadOnlyMany"}, "accessModes"),
+    ],
+)
+def test_the_schema_rejects_bad_wal_values(helm: Helm, sets: dict[str, str], message: str) -> None:
+    error = render_error(helm, sets=sets)
+    assert "schema" in error
+    assert "wal" in error
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"tls.enabled": "on"}, "tls"),
+        ({"tls.secretName": "Not_A_Secret"}, "secretName"),
+        ({"tls.clientAuth": "1"}, "clientAuth"),
+        ({"auth.defaultRateLimitRps": "-1"}, "defaultRateLimitRps"),
+        ({"auth.secretKey": "a/b"}, "secretKey"),
+        ({"tests.apiKeySecretName": "UPPER"}, "apiKeySecretName"),
+        ({"tls.certFile": "/x"}, "certFile"),
+    ],
+)
+def test_the_schema_rejects_bad_security_values(
+    helm: Helm, sets: dict[str, str], message: str
+) -> None:
+    error = render_error(helm, sets=sets)
+    assert "schema" in error
+    assert message in error

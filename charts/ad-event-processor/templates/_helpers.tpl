@@ -109,6 +109,33 @@ Where the server keeps its files (a volume; the root filesystem is read-only).
 */}}
 {{- define "ad-event-processor.dataDir" -}}/app/data{{- end }}
 {{- define "ad-event-processor.configDir" -}}/etc/ad-event-processor{{- end }}
+{{- define "ad-event-processor.walDir" -}}/app/wal{{- end }}
+{{- define "ad-event-processor.tlsDir" -}}/etc/aep-tls{{- end }}
+{{- define "ad-event-processor.authDir" -}}/etc/aep-auth{{- end }}
+{{- define "ad-event-processor.clientTlsDir" -}}/etc/aep-client-tls{{- end }}
+
+{{/*
+"true" when the server runs as a StatefulSet (a write-ahead log claim per pod), else "".
+*/}}
+{{- define "ad-event-processor.statefulSet" -}}
+{{- if and .Values.wal.enabled (eq .Values.wal.persistence.type "pvc") }}true{{ end }}
+{{- end }}
+
+{{- define "ad-event-processor.workloadKind" -}}
+{{- if include "ad-event-processor.statefulSet" . }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+The ack mode the server will run with: AEP_ACK_MODE in env wins over config.ack.mode.
+*/}}
+{{- define "ad-event-processor.ackMode" -}}
+{{- $mode := "accepted" }}
+{{- with .Values.config.ack }}{{ with .mode }}{{ $mode = . }}{{ end }}{{ end }}
+{{- range .Values.env }}
+{{- if and (eq .name "AEP_ACK_MODE") (hasKey . "value") }}{{ $mode = .value }}{{ end }}
+{{- end }}
+{{- $mode }}
+{{- end }}
 
 {{/*
 Keys of the service configuration that the chart sets from other values; a
@@ -126,6 +153,12 @@ database.mongodb.uri: mongodb.enabled or externalMongodb
 database.mongodb.database: mongodb.database or externalMongodb.database
 dead_letter.dir: persistence
 shutdown.grace_period: shutdownGracePeriodSeconds
+wal.dir: wal.enabled
+tls.cert_file: tls.enabled and tls.secretName
+tls.key_file: tls.enabled and tls.secretName
+tls.client_ca_file: tls.clientAuth
+auth.api_keys_file: auth.enabled, auth.secretName and auth.secretKey
+auth.default_rate_limit_rps: auth.defaultRateLimitRps
 {{- end }}
 
 {{/*
@@ -178,6 +211,20 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
   "dead_letter" (dict "dir" (printf "%s/dead-letter" $dataDir))
   "shutdown" (dict "grace_period" (printf "%ds" (int .Values.shutdownGracePeriodSeconds)))
 }}
+{{- if .Values.wal.enabled }}
+{{- $_ := set $chart "wal" (dict "dir" (include "ad-event-processor.walDir" .)) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $tlsDir := include "ad-event-processor.tlsDir" . }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $tlsDir) "key_file" (printf "%s/tls.key" $tlsDir) }}
+{{- if .Values.tls.clientAuth }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" $tlsDir) }}
+{{- end }}
+{{- $_ := set $chart "tls" $tls }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $chart "auth" (dict "api_keys_file" (printf "%s/api-keys.yaml" (include "ad-event-processor.authDir" .)) "default_rate_limit_rps" .Values.auth.defaultRateLimitRps) }}
+{{- end }}
 {{- mergeOverwrite (deepCopy .Values.config) $chart | toYaml }}
 {{- end }}
 
@@ -196,6 +243,24 @@ Checks across values that the schema cannot express.
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key (and ca.crt)" }}
+{{- end }}
+{{- if and .Values.tls.clientAuth (not .Values.tls.enabled) }}
+{{- fail "tls.clientAuth (mTLS) needs tls.enabled=true" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.secretName) }}
+{{- fail "auth.enabled needs auth.secretName: a Secret holding the API-keys YAML file under auth.secretKey" }}
+{{- end }}
+{{- if and .Values.tests.enabled .Values.auth.enabled (not .Values.tests.apiKeySecretName) }}
+{{- fail "auth.enabled: the helm test pod needs an API key with the read role: set tests.apiKeySecretName (and tests.apiKeySecretKey), or tests.enabled=false" }}
+{{- end }}
+{{- if and .Values.tests.enabled .Values.tls.clientAuth (not .Values.tests.clientCertSecretName) }}
+{{- fail "tls.clientAuth: the helm test pod needs a client certificate: set tests.clientCertSecretName (a kubernetes.io/tls Secret signed by ca.crt), or tests.enabled=false" }}
+{{- end }}
+{{- if and (eq (include "ad-event-processor.ackMode" .) "durable") (not .Values.wal.enabled) }}
+{{- fail "ack.mode durable needs the write-ahead log: set wal.enabled=true (wal.persistence.type=pvc keeps it across pod loss)" }}
 {{- end }}
 {{- end }}
 
