@@ -29,7 +29,6 @@ from aep.deadletter import DeadLetterQueue
 from aep.health import ServingState
 from aep.http_server import HttpEndpoints
 from aep.pipeline import AdmissionError, Pipeline
-from aep.records import EventRecord
 from aep.security import SecurityConfigError, interceptors, server_credentials
 from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.servicer import AdEventServicer
@@ -39,7 +38,7 @@ from aep.storage import StoreError, create_store
 from aep.store_monitor import StoreMonitor
 from aep.telemetry import Telemetry
 from aep.validation import EventValidator
-from aep.wal import Segment, WriteAheadLog
+from aep.wal import Segment, WriteAheadLog, read_segment
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class Application:
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
             store_open = True
-        leftovers: list[tuple[Segment, list[list[EventRecord]]]] = []
+        leftovers: list[Segment] = []
         if self.wal is not None:
             try:
                 leftovers = await asyncio.to_thread(self.wal.open)
@@ -173,7 +172,7 @@ class Application:
         await stop.wait()
         return await self._shutdown(grpc_server, monitor_task)
 
-    def _start_pipeline(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+    def _start_pipeline(self, leftovers: list[Segment]) -> None:
         """Start writing; what the write-ahead log held from earlier runs goes first."""
         self.pipeline.start()
         if leftovers:
@@ -247,7 +246,7 @@ class Application:
         self.telemetry.shutdown()
         return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
 
-    async def _replay(self, leftovers: list[tuple[Segment, list[list[EventRecord]]]]) -> None:
+    async def _replay(self, leftovers: list[Segment]) -> None:
         """Re-submit what the write-ahead log holds from earlier runs, throttled.
 
         Stores are idempotent by event_id, so events written before the crash
@@ -257,11 +256,11 @@ class Application:
         assert self.wal is not None
         pipeline = self.pipeline
         fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
-        events = sum(len(records) for _, submissions in leftovers for records in submissions)
-        logger.info(
-            "replaying the write-ahead log", extra={"segments": len(leftovers), "events": events}
-        )
-        for segment, submissions in leftovers:
+        logger.info("replaying the write-ahead log", extra={"segments": len(leftovers)})
+        events = 0
+        for segment in leftovers:
+            # One segment in memory at a time: bounded by wal.segment_bytes.
+            submissions, _ = await asyncio.to_thread(read_segment, segment.path)
             self.wal.pin(segment)  # the hold
             for records in submissions:
                 nbytes = _REPLAY_BYTES_PER_EVENT * len(records)
@@ -275,6 +274,7 @@ class Application:
                     self.wal.committed(segment)  # undo the pin; the hold keeps the segment
                     return
                 self.stats.replayed += len(records)
+                events += len(records)
             self.wal.committed(segment)  # release the hold
         logger.info("write-ahead log replayed", extra={"events": events})
 

@@ -116,10 +116,15 @@ class WriteAheadLog:
         self.fsyncs = 0
 
     # -- start-up ----------------------------------------------------------
-    def open(self) -> list[tuple[Segment, list[list[EventRecord]]]]:
-        """Create the folder; return what earlier runs left, to replay (oldest first)."""
+    def open(self) -> list[Segment]:
+        """Create the folder; return the segments earlier runs left, to replay (oldest first).
+
+        Each segment is read once here to check it, but not kept: the replay reads
+        one segment at a time (read_segment), so memory stays bounded by
+        wal.segment_bytes however much the log holds.
+        """
         self._directory.mkdir(parents=True, exist_ok=True)
-        leftovers: list[tuple[Segment, list[list[EventRecord]]]] = []
+        leftovers: list[Segment] = []
         last_sequence = 0
         for path in sorted(self._directory.glob(_SEGMENT_GLOB)):
             sequence = int(path.stem.split("-", 1)[1])
@@ -139,7 +144,7 @@ class WriteAheadLog:
                 )
             if records:
                 self._segments[sequence] = segment
-                leftovers.append((segment, records))
+                leftovers.append(segment)
             elif clean:
                 path.unlink()
         self._open_segment(last_sequence + 1)
