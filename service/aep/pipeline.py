@@ -227,6 +227,13 @@ class Pipeline:
                 await asyncio.wait_for(self._room.wait(), remaining)
         return True
 
+    def full_message(self) -> str:
+        return (
+            f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
+            f"bounds queue.max_events={self._max_events}, "
+            f"queue.max_bytes={self._max_bytes}); retry later"
+        )
+
     def reserve(self, count: int, nbytes: int) -> None:
         """Hold room for events that will be submitted later (after a WAL append).
 
@@ -236,11 +243,7 @@ class Pipeline:
         if self._closing:
             raise PipelineClosedError("the server is shutting down")
         if not self.has_room(count, nbytes):
-            raise QueueFullError(
-                f"queue full ({self._pending_events} events / {self._pending_bytes} bytes pending; "
-                f"bounds queue.max_events={self._max_events}, "
-                f"queue.max_bytes={self._max_bytes}); retry later"
-            )
+            raise QueueFullError(self.full_message())
         self._pending_events += count
         self._pending_bytes += nbytes
 

@@ -24,7 +24,13 @@ from google.rpc import error_details_pb2, status_pb2
 from aep import __version__
 from aep.health import ServingState
 from aep.ids import EventIdGenerator
-from aep.pipeline import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
+from aep.pipeline import (
+    AdmissionError,
+    CommitFailedError,
+    Pipeline,
+    PipelineClosedError,
+    QueueFullError,
+)
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EventRecord, format_epoch
 from aep.settings import AckMode, ServerSettings
@@ -191,12 +197,14 @@ class AdEventServicer:
         events = request.events
         self._check_batch_length(len(events))
         ack_mode = self._ack_mode(request.ack_mode, len(events))
+        request_bytes = request.ByteSize()
+        self._refuse_early_if_full(events, request_bytes)
         response = pb.SendAdEventBatchResponse(ack_mode=ack_mode)
         records = self._accept(events, response.results.add)
         response.accepted_count = len(records)
         response.rejected_count = len(events) - len(records)
         if records:
-            nbytes = request.ByteSize() * len(records) // len(events)
+            nbytes = request_bytes * len(records) // len(events)
             done = self._admit(records, nbytes, ack_mode)
             if done is not None:
                 await self._commit(done)
@@ -350,17 +358,37 @@ class AdEventServicer:
             return self._pipeline.submit(
                 records, nbytes, wait_for_commit=ack_mode == pb.ACK_MODE_COMMITTED
             )
-        except PipelineClosedError as error:
-            self._stats.rejected_unavailable += len(records)
-            raise RequestRefusedError(
+        except AdmissionError as error:
+            raise self._refusal(error, len(records), nbytes) from error
+
+    def _refusal(self, error: AdmissionError, count: int, nbytes: int) -> RequestRefusedError:
+        """The status for events the pipeline would not take, counted as rejected."""
+        if isinstance(error, PipelineClosedError):
+            self._stats.rejected_unavailable += count
+            return RequestRefusedError(
                 grpc.StatusCode.UNAVAILABLE, f"{error}; retry on another replica"
-            ) from error
-        except QueueFullError as error:
-            self._stats.rejected_overload += len(records)
-            delay = self._pipeline.retry_delay(len(records), nbytes)
-            raise RequestRefusedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), retry_after_s=delay
-            ) from error
+            )
+        self._stats.rejected_overload += count
+        return RequestRefusedError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            retry_after_s=self._pipeline.retry_delay(count, nbytes),
+        )
+
+    def _refuse_early_if_full(self, events: Any, nbytes: int) -> None:
+        """Before any per-event work: refuse a request the queue cannot take anyway."""
+        count = len(events)
+        if self._pipeline.has_room(count, nbytes):
+            return
+        stats = self._stats
+        stats.received += count
+        by_type = stats.received_by_type
+        for event in events:
+            event_type = event.event_type
+            if 0 <= event_type < EVENT_TYPE_COUNT:
+                by_type[event_type] += 1
+        full = QueueFullError(self._pipeline.full_message())
+        raise self._refusal(full, count, nbytes) from full
 
     async def _log_then_submit(self, records: list[EventRecord], nbytes: int) -> None:
         """Durable mode: the events reach the pipeline once their log append is fsynced."""

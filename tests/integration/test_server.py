@@ -156,6 +156,14 @@ def test_queue_full_is_resource_exhausted_and_loses_nothing(tmp_path: Path) -> N
             assert accepted.accepted_count == 10
             with pytest.raises(grpc.RpcError) as raised:
                 api.SendAdEvent(pb.SendAdEventRequest(event=valid_event()), timeout=5)
+            # A batch is refused before any per-event work, with the same status.
+            with pytest.raises(grpc.RpcError) as batch_refused:
+                api.SendAdEventBatch(
+                    pb.SendAdEventBatchRequest(events=[valid_event(event_id="late")] * 3),
+                    timeout=5,
+                )
+        assert batch_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue.max_events=10" in details(batch_refused)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue.max_events=10" in details(raised)
         stored = stop_cleanly(server)
