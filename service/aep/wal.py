@@ -24,7 +24,6 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +52,6 @@ class Segment:
     sealed: bool = False
     # Quarantined (corrupt tail): kept for inspection after its records are stored.
     keep: bool = False
-
-
-@dataclass
-class ReplayStats:
-    segments: int = 0
-    records: int = 0
-    events: int = 0
-    quarantined: int = 0
 
 
 @dataclass
@@ -236,12 +227,6 @@ class WriteAheadLog:
             self._segments.pop(segment.sequence, None)
 
     # -- state and shutdown ---------------------------------------------------------
-    def segment_count(self) -> int:
-        return len(self._segments)
-
-    def iter_segments(self) -> Iterator[Segment]:
-        return iter(list(self._segments.values()))
-
     async def close(self) -> None:
         """After the pipeline drained: write what is queued, delete what is committed."""
         self._closing = True
