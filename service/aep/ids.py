@@ -14,6 +14,8 @@ _RANDOM_BITS = 74
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 _RAND_B_MASK = (1 << 62) - 1
 _VARIANT = 0b10 << 62
+# new_ids() counts in the last 10 hex digits when a whole request fits in them.
+_LOW_BITS = 40
 
 
 class EventIdGenerator:
@@ -48,3 +50,25 @@ class EventIdGenerator:
         # rand_a (12 bits), the variant bits "10", rand_b (62 bits): 19 hex digits.
         tail = f"{(random_bits >> 62) << 64 | _VARIANT | (random_bits & _RAND_B_MASK):019x}"
         return f"{self._prefix}{tail[:3]}-{tail[3:7]}-{tail[7:]}"
+
+    def new_ids(self, count: int) -> list[str]:
+        """`count` ids, as if by count calls of new_id(), made in one go.
+
+        Consecutive ids of one millisecond differ only in their last hex digits,
+        so the shared part is formatted once.
+        """
+        if count <= 0:
+            return []
+        first = self.new_id()
+        if count == 1:
+            return [first]
+        first_random = self._last_random
+        last_random = first_random + count - 1
+        if last_random > _RANDOM_MASK or first_random >> _LOW_BITS != last_random >> _LOW_BITS:
+            # Rare: the count would cross into the next millisecond or carry
+            # into the shared digits; take the general path.
+            return [first, *(self.new_id() for _ in range(count - 1))]
+        self._last_random = last_random
+        stem = first[: -_LOW_BITS // 4]
+        low = first_random & ((1 << _LOW_BITS) - 1)
+        return [first, *[f"{stem}{value:010x}" for value in range(low + 1, low + count)]]

@@ -53,15 +53,14 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
         ),
         "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
             servicer.unary(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
-            response_serializer=pb.SendAdEventBatchResponse.SerializeToString,
+            # Serialised by the servicer (aep.responses).
         ),
         "HealthCheck": grpc.unary_unary_rpc_method_handler(
             servicer.unary(pb.HealthCheckRequest, servicer.HealthCheck),
             response_serializer=pb.HealthCheckResponse.SerializeToString,
         ),
         "StreamAdEvents": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamAdEvents,
-            response_serializer=pb.StreamAdEventsResponse.SerializeToString,
+            servicer.StreamAdEvents,  # serialised by the servicer (aep.responses)
         ),
     }
     missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()

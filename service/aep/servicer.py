@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -33,9 +33,10 @@ from aep.pipeline import (
 )
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EventRecord, format_epoch
+from aep.responses import batch_response, stream_ack
 from aep.settings import AckMode, ServerSettings
 from aep.stats import EVENT_TYPE_COUNT, IngestStats
-from aep.validation import EventValidator
+from aep.validation import EventValidator, Verdicts
 from aep.wal import WalError, WriteAheadLog
 
 _ACK_FROM_SETTING = {
@@ -46,14 +47,13 @@ _ACK_FROM_SETTING = {
 # Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
-_REJECTED = pb.EVENT_STATUS_REJECTED
 
 RequestT = TypeVar("RequestT", bound=Message)
-ResponseT = TypeVar("ResponseT", bound=Message)
+ResponseT = TypeVar("ResponseT", bound=Message | bytes)
 Context = grpc.aio.ServicerContext[Any, Any]
 # (method name, status code, seconds): one call per unary RPC or acknowledged stream chunk.
 RpcObserver = Callable[[str, grpc.StatusCode, float], None]
-_Ack = tuple[pb.StreamAdEventsResponse, "asyncio.Future[None] | None", float]
+_Ack = tuple[bytes, "asyncio.Future[None] | None", float]  # serialised ack, commit, start
 
 
 class RequestRefusedError(Exception):
@@ -176,43 +176,41 @@ class AdEventServicer:
         if not request.HasField("event"):
             stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        event = request.event
-        event_type = event.event_type
-        if 0 <= event_type < EVENT_TYPE_COUNT:
-            stats.received_by_type[event_type] += 1
         now = time.time()
-        record = self._validator.accept(event, now, format_epoch(now), self._ids.new_id)
-        if isinstance(record, str):
+        verdicts = self._validator.accept_all(
+            (request.event,), now, format_epoch(now), self._ids.new_ids, stats.received_by_type
+        )
+        if verdicts.rejected:
             stats.rejected_invalid += 1
-            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, record)
-        event_id = record["event_id"]
-        done = self._admit([record], request.ByteSize(), ack_mode)
+            raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
+        records = verdicts.records
+        event_id = records[0]["event_id"]
+        done = self._admit(records, request.ByteSize(), ack_mode)
         if done is not None:
             await self._commit(done)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
-    async def SendAdEventBatch(
-        self, request: pb.SendAdEventBatchRequest
-    ) -> pb.SendAdEventBatchResponse:
+    async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest) -> bytes:
+        """Answers a serialised SendAdEventBatchResponse (see aep.responses)."""
         events = request.events
-        self._check_batch_length(len(events))
-        ack_mode = self._ack_mode(request.ack_mode, len(events))
+        count = len(events)
+        self._check_batch_length(count)
+        ack_mode = self._ack_mode(request.ack_mode, count)
         request_bytes = request.ByteSize()
         self._refuse_early_if_full(events, request_bytes)
-        response = pb.SendAdEventBatchResponse(ack_mode=ack_mode)
-        records = self._accept(events, response.results.add)
-        response.accepted_count = len(records)
-        response.rejected_count = len(events) - len(records)
+        verdicts = self._accept(events)
+        records = verdicts.records
         if records:
-            nbytes = request_bytes * len(records) // len(events)
+            nbytes = request_bytes * len(records) // count
             done = self._admit(records, nbytes, ack_mode)
             if done is not None:
                 await self._commit(done)
-        return response
+        return batch_response(verdicts, count, ack_mode)
 
     async def StreamAdEvents(
         self, request_iterator: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[pb.StreamAdEventsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields serialised StreamAdEventsResponses (see aep.responses)."""
         """Acks in chunk order; a reader task feeds a bounded queue of pending acks."""
         acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
@@ -249,15 +247,15 @@ class AdEventServicer:
                 started = time.perf_counter()
                 chunk = self._decode(pb.StreamAdEventsRequest, raw)
                 events = chunk.events
-                self._check_batch_length(len(events))
-                ack_mode = self._ack_mode(chunk.ack_mode, len(events))
-                response = pb.StreamAdEventsResponse(sequence=chunk.sequence, ack_mode=ack_mode)
-                records = self._accept(events, response.results.add)
-                response.accepted_count = len(records)
-                response.rejected_count = len(events) - len(records)
+                count = len(events)
+                self._check_batch_length(count)
+                ack_mode = self._ack_mode(chunk.ack_mode, count)
+                verdicts = self._accept(events)
+                records = verdicts.records
+                response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
                 done = None
                 if records:
-                    nbytes = chunk.ByteSize() * len(records) // len(events)
+                    nbytes = chunk.ByteSize() * len(records) // count
                     if not self._pipeline.has_room(len(records), nbytes):
                         # Withhold this ack (and stop reading) until there is room.
                         await self._pipeline.wait_for_room(
@@ -292,30 +290,16 @@ class AdEventServicer:
         )
 
     # -- the per-event path -----------------------------------------------------------
-    def _accept(self, events: Any, add_result: Callable[..., pb.EventResult]) -> list[EventRecord]:
-        """Validate every event, add its result, return the records to admit."""
-        records: list[EventRecord] = []
-        append = records.append
+    def _accept(self, events: Sequence[pb.AdEvent]) -> Verdicts:
+        """Validate every event of a request and count them."""
         now = time.time()
-        received_at = format_epoch(now)
-        accept = self._validator.accept
-        new_id = self._ids.new_id
         stats = self._stats
-        by_type = stats.received_by_type
-        type_count = EVENT_TYPE_COUNT
-        for index, event in enumerate(events):
-            event_type = event.event_type
-            if 0 <= event_type < type_count:
-                by_type[event_type] += 1
-            outcome = accept(event, now, received_at, new_id)
-            if type(outcome) is dict:
-                append(outcome)
-                add_result(index=index, event_id=outcome["event_id"], status=_ACCEPTED)
-            else:
-                add_result(index=index, event_id=event.event_id, status=_REJECTED, reason=outcome)
+        verdicts = self._validator.accept_all(
+            events, now, format_epoch(now), self._ids.new_ids, stats.received_by_type
+        )
         stats.received += len(events)
-        stats.rejected_invalid += len(events) - len(records)
-        return records
+        stats.rejected_invalid += len(verdicts.rejected)
+        return verdicts
 
     def _check_batch_length(self, count: int) -> None:
         if count == 0:

@@ -9,7 +9,8 @@ reason. A property test holds the two to the same verdict.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EVENT_TYPE_NAMES, EventRecord, second_prefix
@@ -23,6 +24,14 @@ _VALID_TYPE_NAMES = {
 }
 _CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 _OPTIONAL_IDS = ("campaign_id", "creative_id", "placement_id", "publisher_id")
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """The outcome of one request's events."""
+
+    records: list[EventRecord]  # the valid events' stored forms, in request order
+    rejected: list[tuple[int, str, str]]  # (index in the request, event_id sent, reason)
 
 
 class EventValidator:
@@ -47,64 +56,110 @@ class EventValidator:
         self._max_age = settings.max_event_age
         self._max_skew = settings.max_clock_skew
 
-    def accept(
-        self, event: pb.AdEvent, now: float, received_at: str, new_id: Callable[[], str]
-    ) -> EventRecord | str:
-        """The stored form of a valid event (server id assigned if empty), else the reason."""
+    def accept_all(
+        self,
+        events: Sequence[pb.AdEvent],
+        now: float,
+        received_at: str,
+        new_ids: Callable[[int], list[str]],
+        by_type: list[int] | None = None,
+    ) -> Verdicts:
+        """Check every event of a request; the stored forms of the valid ones, ids assigned.
+
+        The hot path: one pass reads each field once, checks it and builds the
+        stored form. Server ids are made in one call for the whole request
+        (`new_ids(count)`). `by_type`, when given, counts the events by their
+        EventType number.
+        """
+        records: list[EventRecord] = []
+        append = records.append
+        rejected: list[tuple[int, str, str]] = []
+        unnamed: list[EventRecord] = []
         max_id = self._max_id
-        event_id = event.event_id
-        user_id = event.user_id
-        ad_id = event.ad_id
-        campaign_id = event.campaign_id
-        creative_id = event.creative_id
-        placement_id = event.placement_id
-        publisher_id = event.publisher_id
-        type_name = _VALID_TYPE_NAMES.get(event.event_type)
-        price_micros = event.price_micros
-        currency = event.currency
-        attributes = event.attributes
-        ok = (
-            user_id
-            and ad_id
-            and type_name is not None
-            and len(user_id) <= max_id
-            and len(ad_id) <= max_id
-            and len(event_id) <= max_id
-            and len(campaign_id) <= max_id
-            and len(creative_id) <= max_id
-            and len(placement_id) <= max_id
-            and len(publisher_id) <= max_id
-            and event.HasField("timestamp")
-        )
-        if ok and (price_micros or currency):
-            ok = price_micros >= 0 and bool(_CURRENCY_PATTERN.fullmatch(currency))
-        attribute_dict: dict[str, str] = {}
-        if ok and attributes:
-            attribute_dict = dict(attributes)
-            ok = self._attributes_ok(attribute_dict)
-        if ok:
+        oldest = now - self._max_age
+        newest = now + self._max_skew
+        type_names = _VALID_TYPE_NAMES
+        type_slots = len(by_type) if by_type is not None else 0
+        currency_ok = _CURRENCY_PATTERN.fullmatch
+        for index, event in enumerate(events):
+            event_type = event.event_type
+            if 0 <= event_type < type_slots:
+                by_type[event_type] += 1  # type: ignore[index]
+            event_id = event.event_id
+            user_id = event.user_id
+            ad_id = event.ad_id
+            campaign_id = event.campaign_id
+            creative_id = event.creative_id
+            placement_id = event.placement_id
+            publisher_id = event.publisher_id
+            price_micros = event.price_micros
+            currency = event.currency
+            attributes = event.attributes
             timestamp = event.timestamp
             seconds = timestamp.seconds
             nanos = timestamp.nanos
-            instant = seconds + nanos * 1e-9
-            ok = now - self._max_age <= instant <= now + self._max_skew
-        if not ok:
-            return self.problem(event, now) or "event: rejected"
-        return {
-            "event_id": event_id or new_id(),
-            "user_id": user_id,
-            "ad_id": ad_id,
-            "event_type": type_name,
-            "timestamp": f"{second_prefix(seconds)}.{nanos // 1000:06d}Z",
-            "received_at": received_at,
-            "campaign_id": campaign_id,
-            "creative_id": creative_id,
-            "placement_id": placement_id,
-            "publisher_id": publisher_id,
-            "price_micros": price_micros,
-            "currency": currency,
-            "attributes": attribute_dict,
-        }
+            type_name = type_names.get(event_type)
+            # A whole event no longer than max_id bytes cannot hold a longer field.
+            ok = (
+                user_id
+                and ad_id
+                and type_name is not None
+                and oldest <= seconds + nanos * 1e-9 <= newest
+                and (
+                    event.ByteSize() <= max_id
+                    or (
+                        len(user_id) <= max_id
+                        and len(ad_id) <= max_id
+                        and len(event_id) <= max_id
+                        and len(campaign_id) <= max_id
+                        and len(creative_id) <= max_id
+                        and len(placement_id) <= max_id
+                        and len(publisher_id) <= max_id
+                    )
+                )
+            )
+            if ok and (price_micros or currency):
+                ok = price_micros >= 0 and currency_ok(currency) is not None
+            attribute_dict: dict[str, str] = {}
+            if ok and attributes:
+                attribute_dict = dict(attributes)
+                ok = self._attributes_ok(attribute_dict)
+            if not ok:
+                rejected.append((index, event_id, self.problem(event, now) or "event: rejected"))
+                continue
+            record = {
+                "event_id": event_id,
+                "user_id": user_id,
+                "ad_id": ad_id,
+                "event_type": type_name,
+                "timestamp": f"{second_prefix(seconds)}.{nanos // 1000:06d}Z",
+                "received_at": received_at,
+                "campaign_id": campaign_id,
+                "creative_id": creative_id,
+                "placement_id": placement_id,
+                "publisher_id": publisher_id,
+                "price_micros": price_micros,
+                "currency": currency,
+                "attributes": attribute_dict,
+            }
+            append(record)
+            if not event_id:
+                unnamed.append(record)
+        if unnamed:
+            for record, server_id in zip(unnamed, new_ids(len(unnamed)), strict=True):
+                record["event_id"] = server_id
+        return Verdicts(records, rejected)
+
+    def accept(
+        self, event: pb.AdEvent, now: float, received_at: str, new_id: Callable[[], str]
+    ) -> EventRecord | str:
+        """One event: its stored form (server id assigned if empty), else the reason."""
+        verdicts = self.accept_all(
+            (event,), now, received_at, lambda count: [new_id() for _ in range(count)]
+        )
+        if verdicts.records:
+            return verdicts.records[0]
+        return verdicts.rejected[0][2]
 
     def _attributes_ok(self, attributes: dict[str, str]) -> bool:
         if len(attributes) > self._max_attributes:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from support import stored_events
 
 from aep.records import EventRecord
@@ -204,3 +207,37 @@ def test_binary_is_smaller_than_json_lines(tmp_path: Path) -> None:
 
     records = batch(0, 100)
     assert len(ProtobufCodec.encode(records)) < len(JsonLinesCodec.encode(records)) / 2
+
+
+hostile_text = st.lists(
+    st.sampled_from(['"', "\\", "{", "}", ",", ":", "\n", "event_id", '},{"event_id":', "é"]),
+    max_size=12,
+).map("".join)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "event_id": hostile_text,
+                "user_id": hostile_text,
+                "attributes": st.dictionaries(hostile_text, hostile_text, max_size=3),
+            }
+        ),
+        max_size=20,
+    )
+)
+def test_json_lines_of_a_batch_are_one_line_per_record(records: list[EventRecord]) -> None:
+    """Strings full of JSON syntax never confuse the one-call batch encoding."""
+    from aep.storage.file import JsonLinesCodec
+
+    encoded = JsonLinesCodec.encode(records)
+    assert encoded == b"".join(orjson.dumps(record) + b"\n" for record in records)
+
+
+def test_records_not_starting_with_event_id_still_get_a_line_each() -> None:
+    from aep.storage.file import JsonLinesCodec
+
+    records: list[EventRecord] = [{"user_id": "u", "event_id": str(index)} for index in range(5)]
+    assert JsonLinesCodec.encode(records).splitlines() == [orjson.dumps(r) for r in records]

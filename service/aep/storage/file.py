@@ -39,11 +39,26 @@ from aep.storage.base import StoreError, WriteResult
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
+# Between two records in orjson's compact encoding of a list of them. It cannot
+# occur inside a string: there every '"' is escaped, and a string ending in
+# "},{" is followed by one of ,:}] and never by 'event_id'.
+_RECORD_BOUNDARY = b'},{"event_id":'
+
+
 class JsonLinesCodec:
     suffix = ".jsonl"
 
     @staticmethod
     def encode(records: Sequence[EventRecord]) -> bytes:
+        """One line per record. The whole batch is encoded in one orjson call and cut
+        into lines at the record boundaries (~5x cheaper than a call per record)."""
+        if not records:
+            return b""
+        joined = orjson.dumps(records)
+        lines = joined[1:-1].replace(_RECORD_BOUNDARY, b'}\n{"event_id":')
+        if lines.count(b"\n") == len(records) - 1:
+            return lines + b"\n"
+        # Records whose first key is not event_id (never from this service).
         return b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
 
     @staticmethod
@@ -136,6 +151,23 @@ class RecentIds:
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
+
+    def isdisjoint(self, event_ids: list[str]) -> bool:
+        return self._ids.isdisjoint(event_ids)
+
+    def new_only(self, records: Iterable[EventRecord]) -> tuple[list[EventRecord], list[str]]:
+        """The records whose id is neither recent nor taken by an earlier one, and their ids."""
+        fresh: list[EventRecord] = []
+        fresh_ids: list[str] = []
+        seen: set[str] = set()
+        for record in records:
+            event_id = record["event_id"]
+            if event_id in self._ids or event_id in seen:
+                continue
+            seen.add(event_id)
+            fresh.append(record)
+            fresh_ids.append(event_id)
+        return fresh, fresh_ids
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -274,16 +306,10 @@ class FileStore:
 
     async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
         recent = self._recent
-        fresh: list[EventRecord] = []
-        fresh_ids: list[str] = []
-        in_batch: set[str] = set()
-        for record in records:
-            event_id = record["event_id"]
-            if event_id in recent or event_id in in_batch:
-                continue
-            in_batch.add(event_id)
-            fresh.append(record)
-            fresh_ids.append(event_id)
+        fresh_ids = [record["event_id"] for record in records]
+        fresh: Sequence[EventRecord] = records
+        if not recent.isdisjoint(fresh_ids) or len(set(fresh_ids)) != len(fresh_ids):
+            fresh, fresh_ids = recent.new_only(records)
         if not fresh:
             return WriteResult(written=0, duplicates=len(records))
         # Claim the ids before the write so a concurrent writer cannot write them too.
