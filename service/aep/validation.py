@@ -81,6 +81,8 @@ class EventValidator:
         type_names = _VALID_TYPE_NAMES
         type_slots = len(by_type) if by_type is not None else 0
         currency_ok = _CURRENCY_PATTERN.fullmatch
+        prefix_seconds = -1
+        prefix = ""
         for index, event in enumerate(events):
             event_type = event.event_type
             if 0 <= event_type < type_slots:
@@ -99,24 +101,18 @@ class EventValidator:
             seconds = timestamp.seconds
             nanos = timestamp.nanos
             type_name = type_names.get(event_type)
-            # A whole event no longer than max_id bytes cannot hold a longer field.
             ok = (
                 user_id
                 and ad_id
                 and type_name is not None
                 and oldest <= seconds + nanos * 1e-9 <= newest
-                and (
-                    event.ByteSize() <= max_id
-                    or (
-                        len(user_id) <= max_id
-                        and len(ad_id) <= max_id
-                        and len(event_id) <= max_id
-                        and len(campaign_id) <= max_id
-                        and len(creative_id) <= max_id
-                        and len(placement_id) <= max_id
-                        and len(publisher_id) <= max_id
-                    )
-                )
+                and len(user_id) <= max_id
+                and len(ad_id) <= max_id
+                and len(event_id) <= max_id
+                and len(campaign_id) <= max_id
+                and len(creative_id) <= max_id
+                and len(placement_id) <= max_id
+                and len(publisher_id) <= max_id
             )
             if ok and (price_micros or currency):
                 ok = price_micros >= 0 and currency_ok(currency) is not None
@@ -127,12 +123,15 @@ class EventValidator:
             if not ok:
                 rejected.append((index, event_id, self.problem(event, now) or "event: rejected"))
                 continue
+            if seconds != prefix_seconds:  # a request's events mostly share their second
+                prefix_seconds = seconds
+                prefix = second_prefix(seconds)
             record = {
                 "event_id": event_id,
                 "user_id": user_id,
                 "ad_id": ad_id,
                 "event_type": type_name,
-                "timestamp": f"{second_prefix(seconds)}.{nanos // 1000:06d}Z",
+                "timestamp": f"{prefix}.{nanos // 1000:06d}Z",
                 "received_at": received_at,
                 "campaign_id": campaign_id,
                 "creative_id": creative_id,
