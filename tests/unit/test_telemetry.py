@@ -72,3 +72,53 @@ def test_metrics_off_means_no_instruments_and_no_exposition() -> None:
 def test_metrics_enabled_has_its_env_var() -> None:
     assert load_settings(environ={"AEP_METRICS_ENABLED": "false"}).metrics.enabled is False
     assert load_settings(environ={}).metrics.enabled is True
+
+
+def test_rpc_durations_render_as_the_opentelemetry_exporter_renders_a_histogram() -> None:
+    """The hand-kept histogram and an SDK histogram with the same buckets give the same text."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aep.telemetry import RpcDurations
+
+    sdk_registry = CollectorRegistry()
+    provider = MeterProvider(
+        metric_readers=[PrometheusMetricReader(scope_info_enabled=False, registry=sdk_registry)],
+        views=[
+            View(
+                instrument_name="*", aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)
+            )
+        ],
+    )
+    sdk = provider.get_meter("test").create_histogram(
+        RpcDurations.name, unit="s", description=RpcDurations.documentation
+    )
+    ours_registry = CollectorRegistry()
+    ours = RpcDurations(SECONDS_BUCKETS)
+    ours_registry.register(ours)
+    observations = [
+        ("SendAdEventBatch", grpc.StatusCode.OK, 0.0001),  # exactly on a bound
+        ("SendAdEventBatch", grpc.StatusCode.OK, 0.00011),
+        ("SendAdEvent", grpc.StatusCode.INVALID_ARGUMENT, 0.003),
+        ("SendAdEvent", grpc.StatusCode.OK, 42.0),  # past the last bound
+        ("StreamAdEvents", grpc.StatusCode.OK, 0.0),
+    ]
+    for method, code, seconds in observations:
+        sdk.record(seconds, {"method": method, "code": code.name})
+        ours.observe(method, code, seconds)
+
+    def samples(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        text = generate_latest(registry).decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "rpc_duration_seconds"
+            for sample in family.samples
+        }
+
+    expected = samples(sdk_registry)
+    assert len(expected) == 4 * (len(SECONDS_BUCKETS) + 3)  # 4 series: buckets, +Inf, count, sum
+    assert samples(ours_registry) == expected
+    provider.shutdown()
