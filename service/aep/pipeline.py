@@ -76,8 +76,12 @@ class PipelineObserver:
     def batch_written(self, events: int, oldest_s: float) -> None:
         """A batch of `events` is stored, `oldest_s` after its oldest event was admitted."""
 
-    def submission_written(self, seconds: float, events: int) -> None:
-        """The last event of a submission is stored, `seconds` after its admission."""
+    def submissions_written(self, event_seconds: float, events: int) -> None:
+        """Submissions of `events` in all were stored by one batch write.
+
+        `event_seconds`: the sum over their events of the time from admission to
+        the write (a submission of n events waiting s seconds adds n * s).
+        """
 
 
 class _Submission:
@@ -452,21 +456,24 @@ class Pipeline:
         self._room.set()
         self._pending_events -= len(batch.records)
         now = time.monotonic()
+        event_seconds = 0.0
+        events = 0
         for submission, count in batch.parts:
             submission.remaining -= count
             if error is not None and submission.done is not None and not submission.done.done():
                 submission.done.set_exception(error)
             if submission.remaining == 0:
                 self._pending_bytes -= submission.nbytes
-                if error is None:
-                    self._observer.submission_written(
-                        now - submission.arrived, len(submission.records)
-                    )
+                size = len(submission.records)
+                event_seconds += (now - submission.arrived) * size
+                events += size
                 if submission.done is not None and not submission.done.done():
                     submission.done.set_result(None)
                 if submission.wal_segment is not None and self._wal is not None:
                     # Stored or dead-lettered: the log no longer needs it.
                     self._wal.committed(submission.wal_segment)
+        if error is None and events:
+            self._observer.submissions_written(event_seconds, events)
 
     def note_store_failure(self, error: Exception) -> None:
         """A write (or the monitor's ping) failed."""

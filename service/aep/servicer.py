@@ -134,15 +134,18 @@ class AdEventServicer:
     def unary(
         self,
         request_type: type[RequestT],
-        method: Callable[[RequestT], Awaitable[ResponseT]],
+        method: Callable[[RequestT, int], Awaitable[ResponseT]],
     ) -> Callable[[bytes, Context], Awaitable[ResponseT]]:
-        """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status."""
+        """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status.
+
+        `method` gets the decoded request and its size on the wire.
+        """
         observe = self._observe_rpc
         if observe is None:
 
             async def handle(raw: bytes, context: Context) -> ResponseT:
                 try:
-                    return await method(self._decode(request_type, raw))
+                    return await method(self._decode(request_type, raw), len(raw))
                 except RequestRefusedError as refusal:
                     await refusal.abort(context)
 
@@ -153,7 +156,7 @@ class AdEventServicer:
         async def observed(raw: bytes, context: Context) -> ResponseT:
             started = time.perf_counter()
             try:
-                response = await method(self._decode(request_type, raw))
+                response = await method(self._decode(request_type, raw), len(raw))
             except RequestRefusedError as refusal:
                 observe(name, refusal.code, time.perf_counter() - started)
                 await refusal.abort(context)
@@ -169,7 +172,9 @@ class AdEventServicer:
         return observed
 
     # -- RPCs ------------------------------------------------------------------------
-    async def SendAdEvent(self, request: pb.SendAdEventRequest) -> pb.SendAdEventResponse:
+    async def SendAdEvent(
+        self, request: pb.SendAdEventRequest, wire_bytes: int
+    ) -> pb.SendAdEventResponse:
         ack_mode = self._ack_mode(request.ack_mode, 1)
         stats = self._stats
         stats.received += 1
@@ -185,18 +190,18 @@ class AdEventServicer:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
         event_id = records[0]["event_id"]
-        done = self._admit(records, request.ByteSize(), ack_mode)
+        done = self._admit(records, wire_bytes, ack_mode)
         if done is not None:
             await self._commit(done)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
-    async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest) -> bytes:
+    async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
         """Answers a serialised SendAdEventBatchResponse (see aep.responses)."""
         events = request.events
         count = len(events)
         self._check_batch_length(count)
         ack_mode = self._ack_mode(request.ack_mode, count)
-        request_bytes = request.ByteSize()
+        request_bytes = wire_bytes
         self._refuse_early_if_full(events, request_bytes)
         verdicts = self._accept(events)
         records = verdicts.records
@@ -255,7 +260,7 @@ class AdEventServicer:
                 response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
                 done = None
                 if records:
-                    nbytes = chunk.ByteSize() * len(records) // count
+                    nbytes = len(raw) * len(records) // count
                     if not self._pipeline.has_room(len(records), nbytes):
                         # Withhold this ack (and stop reading) until there is room.
                         await self._pipeline.wait_for_room(
@@ -269,7 +274,9 @@ class AdEventServicer:
         else:
             await acks.put(_StreamEnd())
 
-    async def HealthCheck(self, request: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
+    async def HealthCheck(
+        self, request: pb.HealthCheckRequest, wire_bytes: int
+    ) -> pb.HealthCheckResponse:
         pipeline = self._pipeline
         store = pipeline.store_state
         server_time = Timestamp()

@@ -112,10 +112,11 @@ class WindowedMean:
         self._count = 0
         self._last: tuple[float, float, int] | None = None  # (end, sum, count)
 
-    def add(self, now: float, seconds: float, events: int) -> None:
+    def add(self, now: float, event_seconds: float, events: int) -> None:
+        """`events` written at `now`; event_seconds: the sum of their latencies."""
         if now >= self._end:
             self._roll(now)
-        self._sum += seconds * events
+        self._sum += event_seconds
         self._count += events
 
     def _roll(self, now: float) -> None:
@@ -417,11 +418,11 @@ class _Observer(PipelineObserver):
             metrics.batch_size.record(events)
             metrics.end_to_end.record(oldest_s)
 
-    def submission_written(self, seconds: float, events: int) -> None:
-        # Plain arithmetic per request; a histogram record here would cost as
-        # much as the rest of a unary RPC's telemetry together.
+    def submissions_written(self, event_seconds: float, events: int) -> None:
+        # Plain arithmetic per batch; a histogram record per request would cost
+        # as much as the rest of a unary RPC's telemetry together.
         if self._metrics is not None:
-            self._metrics.average.add(time.monotonic(), seconds, events)
+            self._metrics.average.add(time.monotonic(), event_seconds, events)
 
 
 class Telemetry:

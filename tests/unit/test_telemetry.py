@@ -14,7 +14,7 @@ def test_the_windowed_mean_reports_the_last_complete_window_weighted_by_events()
     mean = WindowedMean(10.0)
     assert mean.read(0.0) is None
     mean.add(0.0, 1.0, 1)
-    mean.add(5.0, 0.1, 9)
+    mean.add(5.0, 0.1 * 9, 9)  # nine events that waited 0.1 s each
     assert mean.read(9.0) is None  # the window is not complete yet
     assert mean.read(10.0) == pytest.approx((1.0 + 0.9) / 10)
     assert mean.read(19.9) == pytest.approx(0.19)
@@ -39,7 +39,7 @@ def test_histograms_are_in_seconds_with_buckets_from_0_1ms_to_10s() -> None:
         telemetry.observe_rpc("SendAdEvent", grpc.StatusCode.OK, 0.0003)
         telemetry.observer.write_attempt(0.004, None)
         telemetry.observer.batch_written(250, 0.2)
-        telemetry.observer.submission_written(0.2, 10)
+        telemetry.observer.submissions_written(0.2 * 10, 10)
         text = telemetry.render()
         assert text is not None
         buckets: dict[str, list[str]] = {}
