@@ -215,8 +215,10 @@ class AdEventServicer:
     async def StreamAdEvents(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
-        """Yields serialised StreamAdEventsResponses (see aep.responses)."""
-        """Acks in chunk order; a reader task feeds a bounded queue of pending acks."""
+        """Acks in chunk order; a reader task feeds a bounded queue of pending acks.
+
+        Yields serialised StreamAdEventsResponses (see aep.responses).
+        """
         acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
         try:
