@@ -78,17 +78,21 @@ async def _unary(
 
 
 async def _stream(
-    channel: grpc.aio.Channel, payloads: list[bytes], chunks: int, streams: int
+    channel: grpc.aio.Channel, payloads: list[bytes], chunks: int, streams: int, window: int
 ) -> list[float]:
+    """Each stream keeps at most `window` chunks unacknowledged, as a real client
+    would: without a bound the latencies would measure the transport's buffers."""
     method = channel.stream_stream(SERVICE + "StreamAdEvents", None, None)
     latencies: list[float] = []
 
     async def one_stream(count: int) -> None:
         call = method(None, timeout=60)  # requests are written with call.write
         sent: dict[int, float] = {}
+        unacked = asyncio.Semaphore(window)
 
         async def writer() -> None:
             for sequence in range(1, count + 1):
+                await unacked.acquire()
                 sent[sequence] = time.perf_counter()
                 await call.write(payloads[sequence % len(payloads)])
             await call.done_writing()
@@ -98,6 +102,7 @@ async def _stream(
         async for _ack in call:
             received += 1
             latencies.append(time.perf_counter() - sent.pop(received))
+            unacked.release()
         await task
 
     await asyncio.gather(*(one_stream(chunks // streams) for _ in range(streams)))
@@ -128,7 +133,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             # The sequence number is the first field: one payload per sequence
             # would cost the driver; acks are matched by order instead.
             payloads = [pb.StreamAdEventsRequest(sequence=1, events=events).SerializeToString()]
-            latencies = await _stream(channel, payloads, args.rpcs, args.concurrent)
+            latencies = await _stream(
+                channel, payloads, args.rpcs, args.concurrent, args.stream_window
+            )
             total = (args.rpcs // args.concurrent) * args.concurrent * args.batch
         elapsed = time.perf_counter() - started
     return {
@@ -149,6 +156,9 @@ def main() -> None:
     parser.add_argument("--rpcs", type=int, required=True, help="requests (or chunks) in all")
     parser.add_argument("--concurrent", type=int, default=8, help="calls or streams in flight")
     parser.add_argument("--rate", type=float, default=0.0, help="paced events/s (0: closed loop)")
+    parser.add_argument(
+        "--stream-window", type=int, default=16, help="unacknowledged chunks per stream"
+    )
     print(orjson.dumps(asyncio.run(run(parser.parse_args()))).decode())
 
 
