@@ -7,6 +7,9 @@ unary, batches of 100, batches of 1000, a stream of 100-event chunks. Prints,
 per load: events/s, p50/p99 latency, server CPU seconds per million events,
 peak RSS, and ours/baseline. Then p99 at half our batch-100 maximum, idle
 RSS, and (with --overload-seconds) RSS under twice the sustainable load.
+Unless --no-floors, two variants of the baseline run the same loads with
+handlers that read every field of every event, or also build and encode the
+stored form: the most any pure-Python ingest service could reach.
 Everything talks to 127.0.0.1 only; every load is bounded in count.
 """
 
@@ -149,10 +152,15 @@ def start_ours(data: Path, file_format: str) -> Server:
     return Server(f"ours ({file_format})", [sys.executable, "-m", "aep"], env, port)
 
 
-def start_baseline() -> Server:
+def start_baseline(work: str = "count") -> Server:
     port = free_port()
     command = [sys.executable, str(HERE / "baseline_server.py"), "--port", str(port)]
-    return Server("baseline", command, _env(), port)
+    return Server("baseline", [*command, "--work", work], _env(), port)
+
+
+# The baseline again, its handlers doing the least per-event Python any
+# ingest service must do (see baseline_server.py): where pure Python's floor is.
+FLOORS = {"floor: read": "read", "floor: record": "record"}
 
 
 @dataclass
@@ -235,6 +243,12 @@ def main() -> None:
     parser.add_argument(
         "--formats", default="jsonl,protobuf", help="file store formats to measure (jsonl,protobuf)"
     )
+    parser.add_argument(
+        "--no-floors",
+        dest="floors",
+        action="store_false",
+        help="skip the baseline variants that read every field / build the stored form",
+    )
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; server pinned to "
@@ -248,6 +262,12 @@ def main() -> None:
         drive(baseline.port, shapes[1], rpcs=200)  # warm-up
         results["baseline"] = {load.name: measure(baseline, load) for load in shapes}
         baseline.stop()
+        if args.floors:
+            for name, work in FLOORS.items():
+                floor = start_baseline(work)
+                drive(floor.port, shapes[1], rpcs=200)  # warm-up
+                results[name] = {load.name: measure(floor, load) for load in shapes}
+                floor.stop()
         for file_format in args.formats.split(","):
             run = run_ours(Path(scratch), file_format, shapes, args.overload_seconds)
             runs[file_format] = run
