@@ -271,3 +271,14 @@ def test_replay_dlq_help_describes_the_command() -> None:
     assert "--config PATH" in result.stdout
     top = _run_cli("--help")
     assert "replay-dlq" in top.stdout
+
+
+def test_max_event_age_is_bounded_so_a_missing_timestamp_stays_too_old() -> None:
+    from pydantic import ValidationError
+
+    from aep.settings import ValidationSettings
+
+    with pytest.raises(ValidationError, match="max_event_age"):
+        ValidationSettings.model_validate({"max_event_age": f"{11 * 365 * 24}h"})
+    ten_years = ValidationSettings.model_validate({"max_event_age": f"{10 * 365 * 24}h"})
+    assert ten_years.max_event_age == 10 * 365 * 24 * 3600

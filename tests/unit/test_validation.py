@@ -84,3 +84,14 @@ def test_missing_timestamp_is_refused() -> None:
 def test_clock_skew_window_edges() -> None:
     assert problem(valid_event(timestamp=now_timestamp(-3500))) is None
     assert problem(valid_event(timestamp=now_timestamp(+50))) is None
+
+
+def test_a_missing_timestamp_is_refused_at_the_longest_allowed_age() -> None:
+    from aep.settings import MAX_EVENT_AGE_S
+
+    validator = EventValidator(ValidationSettings(max_event_age=MAX_EVENT_AGE_S))
+    event = valid_event()
+    event.ClearField("timestamp")
+    verdicts = validator.accept_all((event,), time.time(), "now", lambda n: ["id"] * n)
+    assert verdicts.records == []
+    assert verdicts.rejected == [(0, "", "timestamp: required")]
