@@ -41,10 +41,15 @@ _ACCEPTED_TAIL = _key(_RESULT["status"].number, _VARINT) + _varint(pb.EVENT_STAT
 _SERVER_ID_BYTES = 36  # a UUIDv7 string, the commonest id
 
 
+# Prefixes are cached for the first indexes only (~60 bytes each); results
+# further into a (configurably) huge request are serialised one by one.
+_MAX_CACHED_INDEX = 10_000
+
+
 class _AcceptedPrefixes:
     """Per index: the bytes of an accepted result up to its 36-byte id.
 
-    Grows to the largest request seen (server.max_batch_events bounds it).
+    Grows to the largest request seen, up to _MAX_CACHED_INDEX.
     """
 
     def __init__(self, results_key: bytes) -> None:
@@ -53,7 +58,7 @@ class _AcceptedPrefixes:
 
     def up_to(self, count: int) -> list[bytes]:
         prefixes = self.prefixes
-        for index in range(len(prefixes), count):
+        for index in range(len(prefixes), min(count, _MAX_CACHED_INDEX)):
             # proto3 leaves a zero index out.
             index_field = _INDEX_KEY + _varint(index) if index else b""
             head = index_field + _ID_KEY + _varint(_SERVER_ID_BYTES)
@@ -93,12 +98,13 @@ class _ResultsEncoder:
     def _accepted_results(self, verdicts: Verdicts) -> bytes:
         """Every event accepted: result i is records[i]."""
         prefixes = self._prefixes.up_to(len(verdicts.records))
+        cached = len(prefixes)
         tail = _ACCEPTED_TAIL
         ids = [record["event_id"].encode() for record in verdicts.records]
         return b"".join(
             [
                 prefixes[index] + event_id + tail
-                if len(event_id) == _SERVER_ID_BYTES
+                if len(event_id) == _SERVER_ID_BYTES and index < cached
                 else self._result(index, event_id, pb.EVENT_STATUS_ACCEPTED, "")
                 for index, event_id in enumerate(ids)
             ]

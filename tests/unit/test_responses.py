@@ -77,3 +77,19 @@ def test_a_batch_of_server_ids_takes_the_cached_path() -> None:
     assert [result.index for result in parsed.results] == list(range(1000))
     assert parsed.results[999].event_id == records[999]["event_id"]
     assert parsed.results[999].status == pb.EVENT_STATUS_ACCEPTED
+
+
+def test_results_past_the_cached_indexes_are_serialised_too() -> None:
+    from aep import responses
+
+    count = responses._MAX_CACHED_INDEX + 5
+    records = [{"event_id": f"0192f3a4-5b6c-7d8e-9f01-{index:012x}"} for index in range(count)]
+    expected = pb.SendAdEventBatchResponse(
+        accepted_count=count,
+        results=[
+            pb.EventResult(index=i, event_id=r["event_id"], status=pb.EVENT_STATUS_ACCEPTED)
+            for i, r in enumerate(records)
+        ],
+    )
+    encoded = batch_response(Verdicts(records, []), count, pb.ACK_MODE_UNSPECIFIED)
+    assert encoded == expected.SerializeToString()
