@@ -12,18 +12,10 @@ from __future__ import annotations
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.validation import Verdicts
+from aep.varint import encode_varint
 
 _LENGTH_DELIMITED = 2
 _VARINT = 0
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _tag(message: type[pb.SendAdEventBatchResponse | pb.StreamAdEventsResponse], name: str) -> int:
@@ -31,13 +23,13 @@ def _tag(message: type[pb.SendAdEventBatchResponse | pb.StreamAdEventsResponse],
 
 
 def _key(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
+    return encode_varint(number << 3 | wire_type)
 
 
 _RESULT = pb.EventResult.DESCRIPTOR.fields_by_name
 _INDEX_KEY = _key(_RESULT["index"].number, _VARINT)
 _ID_KEY = _key(_RESULT["event_id"].number, _LENGTH_DELIMITED)
-_ACCEPTED_TAIL = _key(_RESULT["status"].number, _VARINT) + _varint(pb.EVENT_STATUS_ACCEPTED)
+_ACCEPTED_TAIL = _key(_RESULT["status"].number, _VARINT) + encode_varint(pb.EVENT_STATUS_ACCEPTED)
 _SERVER_ID_BYTES = 36  # a UUIDv7 string, the commonest id
 
 
@@ -60,10 +52,10 @@ class _AcceptedPrefixes:
         prefixes = self.prefixes
         for index in range(len(prefixes), min(count, _MAX_CACHED_INDEX)):
             # proto3 leaves a zero index out.
-            index_field = _INDEX_KEY + _varint(index) if index else b""
-            head = index_field + _ID_KEY + _varint(_SERVER_ID_BYTES)
+            index_field = _INDEX_KEY + encode_varint(index) if index else b""
+            head = index_field + _ID_KEY + encode_varint(_SERVER_ID_BYTES)
             size = len(head) + _SERVER_ID_BYTES + len(_ACCEPTED_TAIL)
-            prefixes.append(self._results_key + _varint(size) + head)
+            prefixes.append(self._results_key + encode_varint(size) + head)
         return prefixes
 
 
@@ -84,15 +76,15 @@ class _ResultsEncoder:
         rejected = count - accepted
         parts = []
         if accepted:
-            parts.append(self._accepted_key + _varint(accepted))
+            parts.append(self._accepted_key + encode_varint(accepted))
         if rejected:
-            parts.append(self._rejected_key + _varint(rejected))
+            parts.append(self._rejected_key + encode_varint(rejected))
         if verdicts.rejected:
             parts.append(self._mixed_results(verdicts))
         else:
             parts.append(self._accepted_results(verdicts))
         if ack_mode:
-            parts.append(self._ack_mode_key + _varint(ack_mode))
+            parts.append(self._ack_mode_key + encode_varint(ack_mode))
         return b"".join(parts)
 
     def _accepted_results(self, verdicts: Verdicts) -> bytes:
@@ -137,7 +129,7 @@ class _ResultsEncoder:
         body = pb.EventResult(
             index=index, event_id=event_id.decode(), status=status, reason=reason
         ).SerializeToString()
-        return self._results_key + _varint(len(body)) + body
+        return self._results_key + encode_varint(len(body)) + body
 
 
 _BATCH = _ResultsEncoder(pb.SendAdEventBatchResponse)
@@ -152,5 +144,5 @@ def batch_response(verdicts: Verdicts, count: int, ack_mode: int) -> bytes:
 
 def stream_ack(sequence: int, verdicts: Verdicts, count: int, ack_mode: int) -> bytes:
     """A serialised StreamAdEventsResponse answering chunk `sequence`."""
-    head = _SEQUENCE_KEY + _varint(sequence) if sequence else b""
+    head = _SEQUENCE_KEY + encode_varint(sequence) if sequence else b""
     return head + _STREAM.encode(verdicts, count, ack_mode)

@@ -35,6 +35,7 @@ from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.records import EventRecord
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
+from aep.varint import encode_varint
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -73,15 +74,6 @@ class JsonLinesCodec:
                 yield record
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 class ProtobufCodec:
     """Length-delimited adevents.v1.StoredAdEvent records (the JSON form's fields)."""
 
@@ -92,7 +84,7 @@ class ProtobufCodec:
         parts: list[bytes] = []
         for record in records:
             body = pb.StoredAdEvent(**record).SerializeToString()
-            parts.append(_varint(len(body)))
+            parts.append(encode_varint(len(body)))
             parts.append(body)
         return b"".join(parts)
 
