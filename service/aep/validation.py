@@ -62,14 +62,14 @@ class EventValidator:
         now: float,
         received_at: str,
         new_ids: Callable[[int], list[str]],
-        by_type: list[int] | None = None,
+        by_type: list[int],
     ) -> Verdicts:
         """Check every event of a request; the stored forms of the valid ones, ids assigned.
 
         The hot path: one pass reads each field once, checks it and builds the
         stored form. Server ids are made in one call for the whole request
-        (`new_ids(count)`). `by_type`, when given, counts the events by their
-        EventType number.
+        (`new_ids(count)`). `by_type` counts the events by their EventType
+        number (numbers past its length are not counted).
         """
         records: list[EventRecord] = []
         append = records.append
@@ -79,14 +79,14 @@ class EventValidator:
         oldest = now - self._max_age
         newest = now + self._max_skew
         type_names = _VALID_TYPE_NAMES
-        type_slots = len(by_type) if by_type is not None else 0
+        type_slots = len(by_type)
         currency_ok = _CURRENCY_PATTERN.fullmatch
         prefix_seconds = -1
         prefix = ""
         for index, event in enumerate(events):
             event_type = event.event_type
             if 0 <= event_type < type_slots:
-                by_type[event_type] += 1  # type: ignore[index]
+                by_type[event_type] += 1
             event_id = event.event_id
             user_id = event.user_id
             ad_id = event.ad_id
@@ -154,7 +154,7 @@ class EventValidator:
     ) -> EventRecord | str:
         """One event: its stored form (server id assigned if empty), else the reason."""
         verdicts = self.accept_all(
-            (event,), now, received_at, lambda count: [new_id() for _ in range(count)]
+            (event,), now, received_at, lambda count: [new_id() for _ in range(count)], []
         )
         if verdicts.records:
             return verdicts.records[0]

@@ -92,6 +92,8 @@ def test_a_missing_timestamp_is_refused_at_the_longest_allowed_age() -> None:
     validator = EventValidator(ValidationSettings(max_event_age=MAX_EVENT_AGE_S))
     event = valid_event()
     event.ClearField("timestamp")
-    verdicts = validator.accept_all((event,), time.time(), "now", lambda n: ["id"] * n)
+    by_type = [0] * 4
+    verdicts = validator.accept_all((event,), time.time(), "now", lambda n: ["id"] * n, by_type)
     assert verdicts.records == []
     assert verdicts.rejected == [(0, "", "timestamp: required")]
+    assert by_type == [0, 0, 1, 0]  # counted as received, by its type (a click)
