@@ -17,20 +17,18 @@ _VARIANT = 0b10 << 62
 # new_ids() counts in the last 10 hex digits when a whole request fits in them.
 _LOW_BITS = 40
 _POOL_DRAWS = 64
-_SPARE_IDS = 7
 
 
 class EventIdGenerator:
     """Makes UUIDv7 strings; not thread-safe (used from the event loop only)."""
 
-    __slots__ = ("_last_ms", "_last_random", "_prefix", "_random_pool", "_spares")
+    __slots__ = ("_last_ms", "_last_random", "_prefix", "_random_pool")
 
     def __init__(self) -> None:
         self._last_ms = -1
         self._last_random = 0
         self._prefix = ""
         self._random_pool: list[int] = []
-        self._spares: list[str] = []  # formatted ids of _last_ms, next one last
 
     def _start_millisecond(self, ms: int) -> None:
         self._last_ms = ms
@@ -47,10 +45,6 @@ class EventIdGenerator:
         return pool.pop()
 
     def new_id(self) -> str:
-        self._spares = []  # made earlier: they must not be handed out after this one
-        return self._draw()
-
-    def _draw(self) -> str:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > self._last_ms:
             self._start_millisecond(now_ms)
@@ -71,24 +65,11 @@ class EventIdGenerator:
         """`count` ids, as if by count calls of new_id(), made in one go.
 
         Consecutive ids of one millisecond differ only in their last hex digits,
-        so the shared part is formatted once. A single id comes from a block
-        made for its millisecond: the next single ids of that millisecond are
-        already formatted (one per unary RPC is the common case).
+        so the shared part is formatted once.
         """
-        if count == 1:
-            spares = self._spares
-            if spares and time.time_ns() // 1_000_000 <= self._last_ms:
-                return [spares.pop()]
-            block = self._block(1 + _SPARE_IDS)
-            block.reverse()
-            first = block.pop()
-            self._spares = block
-            return [first]
-        self._spares = []  # made earlier: they must not be handed out after these
-        return self._block(count) if count > 0 else []
-
-    def _block(self, count: int) -> list[str]:
-        first = self._draw()
+        if count <= 0:
+            return []
+        first = self.new_id()
         if count == 1:
             return [first]
         first_random = self._last_random
@@ -96,7 +77,7 @@ class EventIdGenerator:
         if last_random > _RANDOM_MASK or first_random >> _LOW_BITS != last_random >> _LOW_BITS:
             # Rare: the count would cross into the next millisecond or carry
             # into the shared digits; take the general path.
-            return [first, *(self._draw() for _ in range(count - 1))]
+            return [first, *(self.new_id() for _ in range(count - 1))]
         self._last_random = last_random
         stem = first[: -_LOW_BITS // 4]
         low = first_random & ((1 << _LOW_BITS) - 1)

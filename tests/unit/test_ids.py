@@ -59,28 +59,3 @@ def test_new_ids_carrying_into_the_shared_digits_stay_ordered() -> None:
     assert block[0][-11] != block[-1][-11]  # the carry happened inside the block
     first = uuid.UUID(block[0]).int
     assert [uuid.UUID(event_id).int - first for event_id in block] == list(range(10))
-
-
-def test_single_ids_from_spares_interleaved_with_blocks_stay_in_order() -> None:
-    generator = EventIdGenerator()
-    issued: list[str] = []
-    for round_ in range(3000):
-        kind = round_ % 7
-        if kind < 4:
-            issued.extend(generator.new_ids(1))  # mostly from the spares
-        elif kind < 6:
-            issued.extend(generator.new_ids(kind * 3))
-        else:
-            issued.append(generator.new_id())
-    assert issued == sorted(issued)
-    assert len(set(issued)) == len(issued)
-    assert all(uuid.UUID(event_id).version == 7 for event_id in issued)
-
-
-def test_spares_are_not_handed_out_in_a_later_millisecond() -> None:
-    generator = EventIdGenerator()
-    first = generator.new_ids(1)[0]
-    time.sleep(0.003)
-    second = generator.new_ids(1)[0]
-    # A fresh millisecond: its own timestamp, not the first id's spare.
-    assert second[:13] != first[:13]
