@@ -59,3 +59,19 @@ def test_new_ids_carrying_into_the_shared_digits_stay_ordered() -> None:
     assert block[0][-11] != block[-1][-11]  # the carry happened inside the block
     first = uuid.UUID(block[0]).int
     assert [uuid.UUID(event_id).int - first for event_id in block] == list(range(10))
+
+
+def test_single_ids_and_blocks_interleaved_stay_in_order() -> None:
+    generator = EventIdGenerator()
+    issued: list[str] = []
+    for round_ in range(3000):
+        kind = round_ % 7
+        if kind < 4:
+            issued.extend(generator.new_ids(1))
+        elif kind < 6:
+            issued.extend(generator.new_ids(kind * 3))
+        else:
+            issued.append(generator.new_id())
+    assert issued == sorted(issued)
+    assert len(set(issued)) == len(issued)
+    assert all(uuid.UUID(event_id).version == 7 for event_id in issued)
