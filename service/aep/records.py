@@ -34,5 +34,6 @@ def format_timestamp(seconds: int, nanos: int) -> str:
 
 
 def format_epoch(epoch_seconds: float) -> str:
+    """time.time() as RFC 3339 in UTC with microseconds (received_at)."""
     whole = int(epoch_seconds)
-    return format_timestamp(whole, int((epoch_seconds - whole) * 1e9))
+    return f"{second_prefix(whole)}.{int((epoch_seconds - whole) * 1e6):06d}Z"
