@@ -42,10 +42,22 @@ def require_tool(name: str, install_hint: str) -> str:
     return path
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port, never one this process was given before.
+
+    The kernel may hand the same port to two probes in a row (the first probe
+    is closed); a server given it for gRPC and for metrics would refuse to start.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def now_timestamp(offset_s: float = 0.0) -> Timestamp:
