@@ -176,17 +176,12 @@ class AdEventServicer:
         self, request: pb.SendAdEventRequest, wire_bytes: int
     ) -> pb.SendAdEventResponse:
         ack_mode = self._ack_mode(request.ack_mode, 1)
-        stats = self._stats
-        stats.received += 1
         if not request.HasField("event"):
-            stats.rejected_invalid += 1
+            self._stats.received += 1
+            self._stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        now = time.time()
-        verdicts = self._validator.accept_all(
-            (request.event,), now, format_epoch(now), self._ids.new_ids, stats.received_by_type
-        )
+        verdicts = self._accept((request.event,))
         if verdicts.rejected:
-            stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
         event_id = records[0]["event_id"]
@@ -201,12 +196,11 @@ class AdEventServicer:
         count = len(events)
         self._check_batch_length(count)
         ack_mode = self._ack_mode(request.ack_mode, count)
-        request_bytes = wire_bytes
-        self._refuse_early_if_full(events, request_bytes)
+        self._refuse_early_if_full(events, wire_bytes)
         verdicts = self._accept(events)
         records = verdicts.records
         if records:
-            nbytes = request_bytes * len(records) // count
+            nbytes = wire_bytes * len(records) // count
             done = self._admit(records, nbytes, ack_mode)
             if done is not None:
                 await self._commit(done)
