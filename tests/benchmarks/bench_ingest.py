@@ -10,6 +10,9 @@ RSS, and (with --overload-seconds) RSS under twice the sustainable load.
 Unless --no-floors, two variants of the baseline run the same loads with
 handlers that read every field of every event, or also build and encode the
 stored form: the most any pure-Python ingest service could reach.
+Unless --no-ablations, ours (JSON Lines) runs them again twice with part of
+its work taken out (see ablated_server.py): its handlers answering without
+doing anything (the server shell), and without validation (the path after it).
 Everything talks to 127.0.0.1 only; every load is bounded in count.
 """
 
@@ -136,8 +139,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_ours(data: Path, file_format: str) -> Server:
-    """Our server on the file store in `file_format`, default settings otherwise."""
+def start_ours(data: Path, file_format: str, ablation: str | None = None) -> Server:
+    """Our server on the file store in `file_format`, default settings otherwise.
+
+    With `ablation`, ablated_server.py: ours with that part of the work taken out.
+    """
     port = free_port()
     env = _env(
         AEP_SERVER_HOST="127.0.0.1",
@@ -149,7 +155,10 @@ def start_ours(data: Path, file_format: str) -> Server:
         AEP_LOGGING_LEVEL="warning",
     )
     env["AEP_DATABASE_FILE_FORMAT"] = file_format
-    return Server(f"ours ({file_format})", [sys.executable, "-m", "aep"], env, port)
+    if ablation is None:
+        return Server(f"ours ({file_format})", [sys.executable, "-m", "aep"], env, port)
+    command = [sys.executable, str(HERE / "ablated_server.py"), ablation]
+    return Server(f"ours: {ablation}", command, env, port)
 
 
 def start_baseline(work: str = "count") -> Server:
@@ -161,6 +170,9 @@ def start_baseline(work: str = "count") -> Server:
 # The baseline again, its handlers doing the least per-event Python any
 # ingest service must do (see baseline_server.py): where pure Python's floor is.
 FLOORS = {"floor: read": "read", "floor: record": "record"}
+# Ours (JSON Lines) with part of its work taken out (see ablated_server.py):
+# what the server shell costs, and what everything after validation costs.
+ABLATIONS = ("shell", "no-validation")
 
 
 @dataclass
@@ -198,7 +210,7 @@ def overload(server: Server, seconds: float, sustainable: float) -> OverloadResu
 
 def print_table(shapes: list[Load], results: dict[str, dict[str, dict[str, Any]]]) -> None:
     columns = ("load", "server", "events/s", "p50 ms", "p99 ms", "CPU s/M", "peak RSS MB", "ratio")
-    header = "{:<11} {:<16} {:>10} {:>8} {:>8} {:>8} {:>12} {:>6}".format(*columns)
+    header = "{:<11} {:<20} {:>10} {:>8} {:>8} {:>8} {:>12} {:>6}".format(*columns)
     print(header)
     print("-" * len(header))
     for load in shapes:
@@ -207,7 +219,7 @@ def print_table(shapes: list[Load], results: dict[str, dict[str, dict[str, Any]]
             r = by_load[load.name]
             ratio = f"{r['events_per_s'] / base:.2f}" if name != "baseline" else ""
             print(
-                f"{load.name:<11} {name:<16} {r['events_per_s']:>10,.0f} {r['p50_ms']:>8.2f} "
+                f"{load.name:<11} {name:<20} {r['events_per_s']:>10,.0f} {r['p50_ms']:>8.2f} "
                 f"{r['p99_ms']:>8.2f} {r['cpu_s_per_million']:>8.2f} {r['peak_rss_mb']:>12.1f} "
                 f"{ratio:>6}"
             )
@@ -253,6 +265,12 @@ def main() -> None:
         "--formats", default="jsonl,protobuf", help="file store formats to measure (jsonl,protobuf)"
     )
     parser.add_argument(
+        "--no-ablations",
+        dest="ablations",
+        action="store_false",
+        help="skip ours with part of its work taken out (no-op handlers / no validation)",
+    )
+    parser.add_argument(
         "--no-floors",
         dest="floors",
         action="store_false",
@@ -281,6 +299,15 @@ def main() -> None:
             run = run_ours(Path(scratch), file_format, shapes, args.overload_seconds)
             runs[file_format] = run
             results[f"ours ({file_format})"] = run.results
+        if args.ablations:
+            for ablation in ABLATIONS:
+                ablated = start_ours(Path(scratch) / ablation, "jsonl", ablation)
+                drive(ablated.port, shapes[1], rpcs=200)  # warm-up
+                by_load = {load.name: measure(ablated, load) for load in shapes}
+                results[f"ours: {ablation}"] = by_load
+                if ablated.stop() != 0:
+                    print(f"ours: {ablation} exited with an error", file=sys.stderr)
+                    sys.exit(1)
     print()
     print_table(shapes, results)
     print()
