@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ingest.py"
 SERVERS = (
     "baseline",
+    "baseline (end)",
     "floor: read",
     "floor: record",
     "ours (jsonl)",
@@ -44,7 +45,8 @@ def test_the_benchmark_runs_every_server_and_load_and_stores_what_ours_acknowled
         (match["load"], match["server"]): float(match["rate"].replace(",", ""))
         for match in re.finditer(
             r"^(?P<load>unary|batch 100|batch 1000|stream 100)\s+"
-            r"(?P<server>baseline|floor: \w+|ours \(\w+\)|ours: [\w-]+)\s+(?P<rate>[\d,]+)",
+            r"(?P<server>baseline(?: \(end\))?|floor: \w+|ours \(\w+\)|ours: [\w-]+)\s+"
+            r"(?P<rate>[\d,]+)",
             finished.stdout,
             re.MULTILINE,
         )
