@@ -82,7 +82,7 @@ load-test: deps
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 200000 --batch 100 --concurrent 8
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 20000 --batch 1 --concurrent 50
 
-## bench: our server against a bare grpc.aio baseline and its two floors (server on CPU 0, load on CPU 1; ~6 min)
+## bench: our server against a bare grpc.aio baseline, its two floors and two ablations of ours (server on CPU 0, load on CPU 1; ~9 min)
 bench: deps
 	$(PY) tests/benchmarks/bench_ingest.py $(BENCH_ARGS)
 
