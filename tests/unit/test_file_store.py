@@ -241,3 +241,50 @@ def test_records_not_starting_with_event_id_still_get_a_line_each() -> None:
 
     records: list[EventRecord] = [{"user_id": "u", "event_id": str(index)} for index in range(5)]
     assert JsonLinesCodec.encode(records).splitlines() == [orjson.dumps(r) for r in records]
+
+
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+stored_form = st.fixed_dictionaries(
+    {
+        "event_id": any_text,
+        "user_id": any_text,
+        "ad_id": any_text,
+        "event_type": st.sampled_from(
+            ["EVENT_TYPE_IMPRESSION", "EVENT_TYPE_CLICK", "EVENT_TYPE_CONVERSION"]
+        ),
+        "timestamp": any_text,
+        "received_at": any_text,
+        "campaign_id": any_text,
+        "creative_id": any_text,
+        "placement_id": any_text,
+        "publisher_id": any_text,
+        "price_micros": st.integers(0, 2**63 - 1),
+        "currency": any_text,
+        "attributes": st.dictionaries(any_text, any_text, max_size=3),
+    }
+)
+# Not exactly the stored form: some keys missing, or the event type as a number.
+other_record = st.one_of(
+    st.fixed_dictionaries({"event_id": any_text}, optional={"attributes": st.just({"k": "v"})}),
+    stored_form.map(lambda record: {**record, "event_type": 2}),
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(stored_form, stored_form, other_record), max_size=12))
+def test_binary_records_hold_exactly_what_each_record_says(records: list[EventRecord]) -> None:
+    """The reused message never carries a field or attribute over to the next record."""
+    from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
+
+    from aep.proto.adevents.v1 import ad_events_pb2 as pb
+    from aep.storage.file import ProtobufCodec
+
+    data = ProtobufCodec.encode(records)
+    position = 0
+    for record in records:
+        length, position = _DecodeVarint(data, position)
+        stored = pb.StoredAdEvent.FromString(data[position : position + length])
+        position += length
+        assert stored == pb.StoredAdEvent(**record)
+    assert position == len(data)
+    assert [r["event_id"] for r in ProtobufCodec.decode(data)] == [r["event_id"] for r in records]
