@@ -74,7 +74,9 @@ class JsonLinesCodec:
                 yield record
 
 
-_EVENT_TYPE_NUMBERS = {name: number for number, name in EVENT_TYPE_NAMES.items()}
+_EVENT_TYPE_NUMBERS = {
+    name: pb.EventType.ValueType(number) for number, name in EVENT_TYPE_NAMES.items()
+}
 _STORED_FIELD_COUNT = len(pb.StoredAdEvent.DESCRIPTOR.fields)
 
 
