@@ -92,7 +92,7 @@ class ProtobufCodec:
         append = parts.append
         message = pb.StoredAdEvent()
         attributes = message.attributes
-        attributes_set = False  # whether `attributes` may hold a previous record's
+        attributes_set = False  # whether `attributes` may hold entries of a previous record
         type_numbers = _EVENT_TYPE_NUMBERS
         for record in records:
             try:
@@ -112,11 +112,12 @@ class ProtobufCodec:
                 message.price_micros = record["price_micros"]
                 message.currency = record["currency"]
                 record_attributes = record["attributes"]
-                if record_attributes or attributes_set:
+                if attributes_set:
                     attributes.clear()
-                    attributes_set = True
+                    attributes_set = False
+                if record_attributes:
+                    attributes_set = True  # before update: it may fail half-way
                     attributes.update(record_attributes)
-                    attributes_set = bool(record_attributes)
                 body = message.SerializeToString()
             except (KeyError, TypeError, ValueError):
                 # Not exactly the stored form (a partial record, an event type given
