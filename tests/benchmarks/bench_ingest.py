@@ -131,6 +131,12 @@ def measure(server: Server, load: Load) -> dict[str, Any]:
     return result
 
 
+def measure_every_load(server: Server, shapes: list[Load]) -> dict[str, dict[str, Any]]:
+    """A short warm-up, then every load in turn."""
+    drive(server.port, shapes[1], rpcs=200)
+    return {load.name: measure(server, load) for load in shapes}
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AEP_")}
     env["PYTHONPATH"] = os.pathsep.join(
@@ -291,14 +297,12 @@ def main() -> None:
     runs: dict[str, OursRun] = {}
     with tempfile.TemporaryDirectory(prefix="aep-bench-") as scratch:
         baseline = start_baseline()
-        drive(baseline.port, shapes[1], rpcs=200)  # warm-up
-        results["baseline"] = {load.name: measure(baseline, load) for load in shapes}
+        results["baseline"] = measure_every_load(baseline, shapes)
         baseline.stop()
         if args.floors:
             for name, work in FLOORS.items():
                 floor = start_baseline(work)
-                drive(floor.port, shapes[1], rpcs=200)  # warm-up
-                results[name] = {load.name: measure(floor, load) for load in shapes}
+                results[name] = measure_every_load(floor, shapes)
                 floor.stop()
         for file_format in args.formats.split(","):
             run = run_ours(Path(scratch), file_format, shapes, args.overload_seconds)
@@ -307,17 +311,14 @@ def main() -> None:
         if args.ablations:
             for ablation in ABLATIONS:
                 ablated = start_ours(Path(scratch) / ablation, "jsonl", ablation)
-                drive(ablated.port, shapes[1], rpcs=200)  # warm-up
-                by_load = {load.name: measure(ablated, load) for load in shapes}
-                results[f"ours: {ablation}"] = by_load
+                results[f"ours: {ablation}"] = measure_every_load(ablated, shapes)
                 if ablated.stop() != 0:
                     print(f"ours: {ablation} exited with an error", file=sys.stderr)
                     sys.exit(1)
         # The baseline again, last: the machine's drift during the run shows
         # as the difference between its two rows.
         baseline_end = start_baseline()
-        drive(baseline_end.port, shapes[1], rpcs=200)  # warm-up
-        results["baseline (end)"] = {load.name: measure(baseline_end, load) for load in shapes}
+        results["baseline (end)"] = measure_every_load(baseline_end, shapes)
         baseline_end.stop()
     print()
     print_table(shapes, results)
