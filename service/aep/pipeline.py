@@ -142,6 +142,9 @@ class StoreState:
 
     healthy: bool = True
     detail: str = "ok"
+    # The failure came from a write: a ping that succeeds (the file store's only
+    # checks the directory) does not clear it, only a successful write does.
+    write_failed: bool = False
     failing_since: float | None = None  # time.monotonic() of the first failure in a row
     last_write_at: float | None = None  # time.monotonic() of the latest successful write
 
@@ -529,22 +532,30 @@ class Pipeline:
         if failure is None and events:
             self._observer.submissions_written(event_seconds, events)
 
-    def note_store_failure(self, error: Exception) -> None:
-        """A write (or the monitor's ping) failed."""
+    def note_store_failure(self, error: Exception, *, ping: bool = False) -> None:
+        """A write (or, with ping, the monitor's ping) failed."""
         state = self.store_state
         if state.healthy:
             logger.warning("store failing", extra={"error": str(error)})
             state.failing_since = time.monotonic()
         state.healthy = False
+        state.write_failed = state.write_failed or not ping
         state.detail = f"{type(error).__name__}: {error}"
 
-    def note_store_success(self) -> None:
-        """A write (or the monitor's ping) succeeded."""
+    def note_store_success(self, *, ping: bool = False) -> None:
+        """A write (or, with ping, the monitor's ping) succeeded.
+
+        A ping clears only failures of pings: after a failed write, the store
+        counts as failing until a write succeeds (a full disk passes a ping).
+        """
         state = self.store_state
         if self.broken:
             return  # keep the crash in store_detail: the pipeline writes nothing more
+        if ping and state.write_failed:
+            return
         if not state.healthy:
             logger.info("store writes succeed again")
         state.healthy = True
+        state.write_failed = False
         state.detail = "ok"
         state.failing_since = None
