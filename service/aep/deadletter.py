@@ -3,12 +3,20 @@
 One JSON object per line: {"reason", "failed_at", "attempts", "event": <stored form>},
 in `<dead_letter.dir>/dead-letter-<UTC start>-<random>.jsonl`, fsynced per append.
 `ad-event-processor replay-dlq` (aep.replay) sends them to the store again.
+
+An append that fails part-way (ENOSPC, EIO) is cut back to its last whole line
+and fsynced, and DeadLetterWriteError says how many of its events made it: the
+pipeline counts exactly those as dead-lettered and the rest as lost. A file
+left ending in a torn line (a crash mid-append) gets a newline before the next
+append, so a later entry is never glued to a torn one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
+import itertools
 import os
 import secrets
 import time
@@ -33,32 +41,78 @@ class DeadLetterQueue:
         return self._path
 
     async def append(self, records: Sequence[EventRecord], reason: str, attempts: int) -> None:
-        """Raises OSError when even the dead-letter file cannot be written."""
+        """Raises DeadLetterWriteError when not every line reached the file."""
         failed_at = format_epoch(time.time())
-        lines = b"".join(
+        lines = [
             orjson.dumps(
                 {"reason": reason, "failed_at": failed_at, "attempts": attempts, "event": record},
                 option=orjson.OPT_APPEND_NEWLINE,
             )
             for record in records
-        )
+        ]
         async with self._lock:
             await asyncio.to_thread(self._write, lines)
 
-    def _write(self, data: bytes) -> None:
-        if self._path is None:
-            self._directory.mkdir(parents=True, exist_ok=True)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            instance = secrets.token_hex(4)  # pid is 1 in every container restart
-            self._path = self._directory / f"dead-letter-{stamp}-{instance}.jsonl"
-        fd = _open_locked(self._path)
+    def _write(self, lines: list[bytes]) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if self._path is None:
+                self._directory.mkdir(parents=True, exist_ok=True)
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                instance = secrets.token_hex(4)  # pid is 1 in every container restart
+                self._path = self._directory / f"dead-letter-{stamp}-{instance}.jsonl"
+            fd = _open_locked(self._path)
+        except OSError as error:
+            raise DeadLetterWriteError(0, len(lines), error) from error
+        try:
+            _append_whole_lines(fd, lines)
         finally:
             os.close(fd)  # also releases the lock
+
+
+class DeadLetterWriteError(OSError):
+    """An append failed: only its first `saved` lines are whole in the file, and fsynced."""
+
+    def __init__(self, saved: int, total: int, cause: OSError) -> None:
+        message = f"{saved} of {total} dead-letter lines written: {cause.strerror or cause}"
+        if cause.errno is None:
+            super().__init__(message)
+        else:
+            super().__init__(cause.errno, message)
+        self.saved = saved
+        self.total = total
+
+
+def _append_whole_lines(fd: int, lines: list[bytes]) -> None:
+    """Append lines to the locked fd; on failure keep only whole lines (see the module doc)."""
+    try:
+        start = os.fstat(fd).st_size
+        # A file ending in a torn line: start on a new line so no entry is glued to it.
+        separator = b"\n" if start and os.pread(fd, 1, start - 1) != b"\n" else b""
+    except OSError as error:
+        raise DeadLetterWriteError(0, len(lines), error) from error
+    data = separator + b"".join(lines)
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(fd, memoryview(data)[written:])
+        os.fsync(fd)
+    except OSError as error:
+        if written == len(data):
+            saved = 0  # the fsync failed: nothing of this append is known to be on disk
+            keep = start
+        else:
+            line_ends = list(itertools.accumulate((len(line) for line in lines), initial=0))
+            saved = bisect.bisect_right(line_ends, max(written - len(separator), 0)) - 1
+            keep = start + len(separator) + line_ends[saved] if saved else start
+        try:
+            # Cut the torn line off, as the file store does, so that the next
+            # append starts clean; then make the whole lines durable.
+            os.ftruncate(fd, keep)
+            if saved:
+                os.fsync(fd)
+        except OSError:
+            saved = 0
+        raise DeadLetterWriteError(saved, len(lines), error) from error
 
 
 def _open_locked(path: Path) -> int:
@@ -70,7 +124,8 @@ def _open_locked(path: Path) -> int:
     a file that was already replayed.
     """
     while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Read too: an append checks how the file ends.
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

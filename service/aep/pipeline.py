@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aep.deadletter import DeadLetterQueue
+from aep.deadletter import DeadLetterQueue, DeadLetterWriteError
 from aep.records import EventRecord
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
 from aep.stats import IngestStats
@@ -51,7 +51,17 @@ class PipelineClosedError(AdmissionError):
 
 
 class CommitFailedError(Exception):
-    """The store refused the events past the retry bound (they were dead-lettered)."""
+    """The store refused events of a submission past the retry bound.
+
+    `dead_lettered` of them are in the dead-letter file; `lost` could not be
+    written there either (the events of the submission that were stored are the rest).
+    """
+
+    def __init__(self, reason: str, *, dead_lettered: int, lost: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.dead_lettered = dead_lettered
+        self.lost = lost
 
 
 class PipelineObserver:
@@ -85,7 +95,18 @@ class PipelineObserver:
 
 
 class _Submission:
-    __slots__ = ("arrived", "done", "nbytes", "records", "remaining", "trace", "wal_segment")
+    __slots__ = (
+        "arrived",
+        "dead_lettered",
+        "done",
+        "failure",
+        "lost",
+        "nbytes",
+        "records",
+        "remaining",
+        "trace",
+        "wal_segment",
+    )
 
     def __init__(
         self,
@@ -103,6 +124,10 @@ class _Submission:
         self.done = done
         self.wal_segment = wal_segment
         self.trace = trace
+        # Set when a batch holding some of its events was given up on.
+        self.failure: str | None = None
+        self.dead_lettered = 0
+        self.lost = 0
 
 
 @dataclass(slots=True, eq=False)  # identity hash: batches sit in a set while written
@@ -117,6 +142,9 @@ class StoreState:
 
     healthy: bool = True
     detail: str = "ok"
+    # The failure came from a write: a ping that succeeds (the file store's only
+    # checks the directory) does not clear it, only a successful write does.
+    write_failed: bool = False
     failing_since: float | None = None  # time.monotonic() of the first failure in a row
     last_write_at: float | None = None  # time.monotonic() of the latest successful write
 
@@ -431,28 +459,41 @@ class Pipeline:
             return
 
     async def _give_up(self, batch: _Batch, reason: str, attempts: int) -> None:
+        count = len(batch.records)
         try:
             await self._dead_letters.append(batch.records, reason, attempts)
         except OSError as error:
-            self._stats.lost += len(batch.records)
+            # The lines that made it are the first `saved` records, in order.
+            saved = error.saved if isinstance(error, DeadLetterWriteError) else 0
+            self._stats.dead_lettered += saved
+            self._stats.lost += count - saved
             logger.critical(
                 "events lost: store write failed and the dead-letter file could not be written",
-                extra={"events": len(batch.records), "reason": reason, "error": str(error)},
+                extra={
+                    "events": count - saved,
+                    "dead_lettered": saved,
+                    "reason": reason,
+                    "error": str(error),
+                    "path": str(self._dead_letters.path),
+                },
             )
         else:
-            self._stats.dead_lettered += len(batch.records)
+            saved = count
+            self._stats.dead_lettered += count
             logger.error(
                 "batch dead-lettered",
                 extra={
-                    "events": len(batch.records),
+                    "events": count,
                     "reason": reason,
                     "attempts": attempts,
                     "path": str(self._dead_letters.path),
                 },
             )
-        self._complete(batch, CommitFailedError(reason))
+        self._complete(batch, reason, dead_lettered=saved)
 
-    def _complete(self, batch: _Batch, error: Exception | None) -> None:
+    def _complete(self, batch: _Batch, failure: str | None, dead_lettered: int = 0) -> None:
+        """The batch is stored (failure None), or given up on: its first
+        `dead_lettered` records are in the dead-letter file, the rest lost."""
         self._room.set()
         self._pending_events -= len(batch.records)
         now = time.monotonic()
@@ -460,37 +501,61 @@ class Pipeline:
         events = 0
         for submission, count in batch.parts:
             submission.remaining -= count
-            if error is not None and submission.done is not None and not submission.done.done():
-                submission.done.set_exception(error)
+            if failure is not None:
+                saved = min(count, dead_lettered)
+                dead_lettered -= saved
+                submission.failure = failure
+                submission.dead_lettered += saved
+                submission.lost += count - saved
             if submission.remaining == 0:
                 self._pending_bytes -= submission.nbytes
                 size = len(submission.records)
                 event_seconds += (now - submission.arrived) * size
                 events += size
-                if submission.done is not None and not submission.done.done():
-                    submission.done.set_result(None)
+                done = submission.done
+                if done is not None and not done.done():
+                    if submission.failure is None:
+                        done.set_result(None)
+                    else:
+                        # Once all its batches ended, so the message can say
+                        # truthfully where every event of it went.
+                        done.set_exception(
+                            CommitFailedError(
+                                submission.failure,
+                                dead_lettered=submission.dead_lettered,
+                                lost=submission.lost,
+                            )
+                        )
                 if submission.wal_segment is not None and self._wal is not None:
                     # Stored or dead-lettered: the log no longer needs it.
                     self._wal.committed(submission.wal_segment)
-        if error is None and events:
+        if failure is None and events:
             self._observer.submissions_written(event_seconds, events)
 
-    def note_store_failure(self, error: Exception) -> None:
-        """A write (or the monitor's ping) failed."""
+    def note_store_failure(self, error: Exception, *, ping: bool = False) -> None:
+        """A write (or, with ping, the monitor's ping) failed."""
         state = self.store_state
         if state.healthy:
             logger.warning("store failing", extra={"error": str(error)})
             state.failing_since = time.monotonic()
         state.healthy = False
+        state.write_failed = state.write_failed or not ping
         state.detail = f"{type(error).__name__}: {error}"
 
-    def note_store_success(self) -> None:
-        """A write (or the monitor's ping) succeeded."""
+    def note_store_success(self, *, ping: bool = False) -> None:
+        """A write (or, with ping, the monitor's ping) succeeded.
+
+        A ping clears only failures of pings: after a failed write, the store
+        counts as failing until a write succeeds (a full disk passes a ping).
+        """
         state = self.store_state
         if self.broken:
             return  # keep the crash in store_detail: the pipeline writes nothing more
+        if ping and state.write_failed:
+            return
         if not state.healthy:
             logger.info("store writes succeed again")
         state.healthy = True
+        state.write_failed = False
         state.detail = "ok"
         state.failing_since = None

@@ -396,8 +396,21 @@ class AdEventServicer:
                 grpc.StatusCode.UNAVAILABLE, f"{error}; retry (the events were not accepted)"
             ) from error
         except CommitFailedError as error:
+            # Said only of what the dead-letter append really wrote.
+            if not error.lost:
+                where = f"they were dead-lettered ({error.dead_lettered} events)"
+            elif not error.dead_lettered:
+                where = (
+                    "the dead-letter file could not be written either: "
+                    f"{error.lost} events were lost"
+                )
+            else:
+                where = (
+                    f"{error.dead_lettered} events were dead-lettered and {error.lost} were lost "
+                    "(the dead-letter file could not take them)"
+                )
             raise RequestRefusedError(
                 grpc.StatusCode.UNAVAILABLE,
-                "the store refused the events past the retry bound; they were dead-lettered "
-                f"(retrying with the same event_ids is safe): {error}",
+                f"the store refused the events past the retry bound; {where} "
+                f"(retrying with the same event_ids is safe): {error.reason}",
             ) from error

@@ -242,7 +242,8 @@ class LoggingSettings(_Section):
 
 class HealthSettings(_Section):
     # gRPC health and /health turn NOT_SERVING once store writes or pings have
-    # failed for this long, and SERVING again at the first success.
+    # failed for this long, and SERVING again at the first success (after a
+    # failed write: the first successful write, a passing ping is not enough).
     store_down_after: Duration = Field(10.0, gt=0)
     # How often the store is pinged while it is failing or no writes succeed.
     store_check_interval: Duration = Field(1.0, gt=0)

@@ -7,7 +7,9 @@ or nothing was written lately, it pings the store every
 recovered one is noticed although Kubernetes stopped sending traffic to a
 NOT_SERVING pod. The store counts as down once it has failed for
 `health.store_down_after` without a success in between; the first success
-makes it SERVING again. Shutdown wins: ServingState ignores set_serving once
+makes it SERVING again. A ping only vouches for what pings fail on: after a
+failed write, only a successful write counts (a full disk still passes the file
+store's ping). Shutdown wins: ServingState ignores set_serving once
 begin_shutdown was called.
 """
 
@@ -79,12 +81,12 @@ class StoreMonitor:
                 await self._store.ping()
         except TimeoutError:
             self._pipeline.note_store_failure(
-                TimeoutError(f"ping: no answer within {self._ping_timeout}s")
+                TimeoutError(f"ping: no answer within {self._ping_timeout}s"), ping=True
             )
         except Exception as error:  # any failure means "down"; the monitor must keep going
-            self._pipeline.note_store_failure(error)
+            self._pipeline.note_store_failure(error, ping=True)
         else:
-            self._pipeline.note_store_success()
+            self._pipeline.note_store_success(ping=True)
 
     def should_serve(self, now: float) -> bool:
         pipeline = self._pipeline

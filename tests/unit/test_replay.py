@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
+from dead_letters import stored_record, stored_records
 from support import stored_events
 
 from aep.deadletter import DeadLetterQueue
 from aep.records import EventRecord
-from aep.replay import CLAIMED_DIR, REPLAYED_DIR, replay_dead_letters
+from aep.replay import CLAIMED_DIR, REJECTED_DIR, REPLAYED_DIR, replay_dead_letters
 from aep.settings import Settings, load_settings
+from aep.storage import EventStore, WriteResult
 
 
 def settings_for(tmp_path: Path, **environ: str) -> Settings:
@@ -30,10 +33,7 @@ def settings_for(tmp_path: Path, **environ: str) -> Settings:
 
 
 def records(start: int, count: int) -> list[EventRecord]:
-    return [
-        {"event_id": f"e{i}", "user_id": "u", "ad_id": "a", "event_type": "EVENT_TYPE_CLICK"}
-        for i in range(start, start + count)
-    ]
+    return stored_records(start, count)
 
 
 async def dead_letter(directory: Path, batch: list[EventRecord]) -> Path:
@@ -87,7 +87,7 @@ async def test_unreadable_lines_are_reported_and_the_rest_replayed(tmp_path: Pat
     code, output = await replay(settings)
     assert code == 1
     assert "3 events, 3 written" in output
-    assert "2 unreadable lines" in output
+    assert "2 lines not replayed" in output
     assert len(stored_events(tmp_path / "events")) == 3
 
 
@@ -161,3 +161,200 @@ async def test_concurrent_appends_during_replays_lose_nothing(tmp_path: Path) ->
 async def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
     code, _ = await replay(settings_for(tmp_path), tmp_path / "nope.jsonl")
     assert code == 1
+
+
+def entry_line(record: EventRecord) -> bytes:
+    """One dead-letter line as the server writes it."""
+    entry = {"reason": "StoreError: down", "failed_at": "2026-01-02T03:04:07.000000Z"}
+    return orjson.dumps({**entry, "attempts": 5, "event": record}) + b"\n"
+
+
+def rejected_lines(tmp_path: Path) -> list[bytes]:
+    return [
+        line
+        for path in sorted((tmp_path / "dlq" / REJECTED_DIR).glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+async def test_torn_fragments_in_the_middle_and_at_the_end_lose_no_complete_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file an append was cut short in (a crash, or an older server on a full disk)."""
+    settings = settings_for(tmp_path)
+    torn = entry_line(stored_record(90))[:57]
+    glued = entry_line(stored_record(91))[:120]
+    (tmp_path / "dlq").mkdir()
+    path = tmp_path / "dlq" / "dead-letter-20260102T030405Z-0badc0de.jsonl"
+    path.write_bytes(
+        entry_line(stored_record(0))
+        + torn
+        + b"\n"  # a torn line of its own
+        + entry_line(stored_record(1))
+        + glued  # the next entry glued onto a torn one: the entry is whole
+        + entry_line(stored_record(2))
+        + entry_line(stored_record(3))
+        + b"\x00\x00garbage\n"
+        + entry_line(stored_record(4))
+        + entry_line(stored_record(5))[:-30]  # a torn tail
+    )
+    code, output = await replay(settings)
+    stored = sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events"))
+    err = capsys.readouterr().err
+    print(f"torn fragments: stored={len(stored)} of 5 whole entries; rejected lines:\n{err}")
+    assert code == 1
+    assert stored == ["e0", "e1", "e2", "e3", "e4"]
+    assert "5 events, 5 written" in output
+    for line in (2, 4, 6, 8):
+        assert f".jsonl:{line}: " in err
+    assert rejected_lines(tmp_path) == [
+        torn,
+        glued,
+        b"\x00\x00garbage",
+        entry_line(stored_record(5))[:-30],
+    ]
+    assert (await replay(settings))[0] == 0  # nothing left to retry forever
+
+
+async def test_an_append_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
+    queue = DeadLetterQueue(tmp_path / "dlq")
+    await queue.append(records(0, 2), "down", attempts=5)
+    assert queue.path is not None
+    with queue.path.open("ab") as handle:  # a crash mid-append
+        handle.write(entry_line(stored_record(50))[:40])
+    await queue.append(records(2, 3), "down", attempts=5)
+    code, output = await replay(settings_for(tmp_path))
+    stored = sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events"))
+    assert stored == [f"e{i}" for i in range(5)]
+    assert code == 1  # the torn line is reported and kept
+    assert "1 lines not replayed" in output
+
+
+async def test_a_line_the_protobuf_store_cannot_encode_is_reported_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_for(tmp_path, AEP_DATABASE_FILE_FORMAT="protobuf")
+    bogus = entry_line(stored_record(3, bogus_field="x"))
+    (tmp_path / "dlq").mkdir()
+    path = tmp_path / "dlq" / "dead-letter-20260102T030405Z-0badc0de.jsonl"
+    path.write_bytes(
+        b"".join(entry_line(r) for r in records(0, 3))
+        + bogus
+        + b"".join(entry_line(r) for r in records(4, 2))
+    )
+    code, output = await replay(settings)
+    err = capsys.readouterr().err
+    assert code == 1, output
+    assert ".jsonl:4: " in err and "bogus_field" in err
+    stored = sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events"))
+    assert stored == ["e0", "e1", "e2", "e4", "e5"]
+    assert rejected_lines(tmp_path) == [bogus.rstrip(b"\n")]
+    again, again_output = await replay(settings)
+    assert again == 0, again_output
+    assert "0 of 0 files replayed" in again_output
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"event_id": "x"}, "missing user_id"),
+        (stored_record(1, user_id=7), "user_id"),
+        (stored_record(1, event_type="CLICK"), "event_type"),
+        (stored_record(1, event_type="EVENT_TYPE_UNSPECIFIED"), "event_type"),
+        (stored_record(1, timestamp="yesterday"), "timestamp"),
+        (stored_record(1, price_micros="12"), "price_micros"),
+        (stored_record(1, price_micros=2**63), "int64"),
+        (stored_record(1, attributes={"k": 1}), "attributes"),
+        (stored_record(1, bogus_field="x"), "bogus_field"),
+        (
+            {k: v for k, v in stored_record(1).items() if k != "received_at"},
+            "missing received_at",
+        ),
+    ],
+    ids=[
+        "id-only",
+        "user-id-type",
+        "event-type-name",
+        "event-type-unspecified",
+        "timestamp",
+        "price-type",
+        "price-range",
+        "attribute-type",
+        "unknown-key",
+        "no-received-at",
+    ],
+)
+async def test_records_not_in_the_stored_form_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], event: EventRecord, reason: str
+) -> None:
+    (tmp_path / "dlq").mkdir()
+    path = tmp_path / "dlq" / "dead-letter-20260102T030405Z-0badc0de.jsonl"
+    path.write_bytes(entry_line(stored_record(0)) + entry_line(event))
+    code, _ = await replay(settings_for(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert ".jsonl:2: " in err and reason in err, err
+    assert [e["event_id"] for e in stored_events(tmp_path / "events")] == ["e0"]
+    assert len(rejected_lines(tmp_path)) == 1
+
+
+async def test_older_entries_without_the_optional_fields_are_replayed_complete(
+    tmp_path: Path,
+) -> None:
+    required = ("event_id", "user_id", "ad_id", "event_type", "timestamp", "received_at")
+    old = {key: stored_record(0)[key] for key in required}
+    (tmp_path / "dlq").mkdir()
+    path = tmp_path / "dlq" / "dead-letter-20260102T030405Z-0badc0de.jsonl"
+    path.write_bytes(entry_line(old))
+    code, output = await replay(settings_for(tmp_path))
+    assert code == 0, output
+    (event,) = stored_events(tmp_path / "events")
+    assert event == {
+        **old,
+        "campaign_id": "",
+        "creative_id": "",
+        "placement_id": "",
+        "publisher_id": "",
+        "price_micros": 0,
+        "currency": "",
+        "attributes": {},
+    }
+
+
+async def test_a_batch_the_store_refuses_for_its_content_is_written_event_by_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a store raises besides StoreError costs only the events it is about."""
+    from aep import replay as replay_module
+    from aep.storage import create_store
+
+    class Picky:
+        """The real file store, refusing any batch that holds e3 (as a codec would)."""
+
+        def __init__(self, inner: EventStore) -> None:
+            self.inner = inner
+            self.name = inner.name
+
+        async def open(self) -> None:
+            await self.inner.open()
+
+        async def write_batch(self, batch: Sequence[EventRecord]) -> WriteResult:
+            if any(record["event_id"] == "e3" for record in batch):
+                raise OverflowError("cannot encode e3")
+            return await self.inner.write_batch(batch)
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+    monkeypatch.setattr(replay_module, "create_store", lambda *a, **k: Picky(create_store(*a, **k)))
+    await dead_letter(tmp_path / "dlq", records(0, 10))
+    code, output = await replay(settings_for(tmp_path))
+    assert code == 1
+    assert "10 events, 9 written" in output
+    assert ".jsonl:4: the file store cannot store it: OverflowError: cannot encode e3" in (
+        capsys.readouterr().err
+    )
+    stored = sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events"))
+    assert stored == sorted(f"e{i}" for i in range(10) if i != 3)
+    (kept,) = rejected_lines(tmp_path)
+    assert orjson.loads(kept)["event"]["event_id"] == "e3"

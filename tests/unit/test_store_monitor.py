@@ -177,3 +177,42 @@ async def test_drain_of_a_pipeline_that_never_started_dead_letters_the_queue(
     assert await pipeline.drain(1) is (queued == 0)
     assert stats.dead_lettered == queued
     assert pipeline.pending_events == 0
+
+
+async def test_a_ping_that_passes_while_writes_fail_does_not_keep_it_serving(
+    tmp_path: Path,
+) -> None:
+    """A full disk: the file store's ping (the directory is writable) passes, writes fail."""
+    store = PingableStore()
+    store.fail_next = 10**6
+    pipeline, _ = make_pipeline(store, tmp_path, size=1, attempts=10**6)
+    serving, task = await start_monitor(store, pipeline, down_after=0.2)
+    pipeline.submit(records(0, 1), 10)
+    await wait_until(lambda: not serving.serving, timeout_s=2)
+    assert store.pings > 0  # pinged meanwhile, and every ping passed
+    store.fail_next = 0
+    await wait_until(lambda: serving.serving and pipeline.pending_events == 0, timeout_s=5)
+    assert store.stored == ["e0"]
+    await stop(task, pipeline)
+
+
+async def test_after_writes_gave_up_only_a_write_makes_it_serving_again(tmp_path: Path) -> None:
+    store = PingableStore()
+    store.fail_next = 2
+    pipeline, stats = make_pipeline(store, tmp_path, size=1, attempts=2)
+    serving, task = await start_monitor(store, pipeline, down_after=0.2)
+    pipeline.submit(records(0, 1), 10)
+    await wait_until(lambda: stats.dead_lettered == 1, timeout_s=2)
+    await wait_until(lambda: not serving.serving, timeout_s=2)
+    pings = store.pings
+    await wait_until(lambda: store.pings >= pings + 5, timeout_s=2)
+    assert not serving.serving  # pings pass, no write since: still down
+    store.down = True  # a ping failure on top, then the pings pass again
+    await wait_until(lambda: store.pings >= pings + 8, timeout_s=2)
+    store.down = False
+    await wait_until(lambda: store.pings >= pings + 12, timeout_s=2)
+    assert not serving.serving
+    pipeline.submit(records(1, 1), 10)  # the store takes writes again
+    await wait_until(lambda: serving.serving, timeout_s=2)
+    assert pipeline.store_state.healthy
+    await stop(task, pipeline)
