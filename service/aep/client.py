@@ -533,9 +533,35 @@ def parser() -> argparse.ArgumentParser:
     return result
 
 
+def _check_files(args: argparse.Namespace) -> str | None:
+    """What is wrong with the file options, found before anything is sent."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "argument --tls-cert/--tls-key: give both, or neither"
+    if args.tls_cert is not None and args.tls_ca is None:
+        return "argument --tls-cert: TLS needs --tls-ca (the CA that signed the server)"
+    tls_files = (
+        ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+    )
+    for option, path in tls_files:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            return f"argument {option}: cannot read the file {path}"
+    if args.ids_out is not None:
+        try:
+            args.ids_out.write_text("")  # the ids are written after the run
+        except OSError as error:
+            return f"argument --ids-out: cannot write {args.ids_out}: {error.strerror}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     args.api_key = args.api_key or os.environ.get("AEP_API_KEY")
+    problem = _check_files(args)
+    if problem is not None:
+        cli.error(problem)
     sys.exit(asyncio.run(run(args)))
 
 

@@ -193,3 +193,25 @@ def test_help_shows_the_defaults() -> None:
         assert shown in help_text
     assert "(default: None)" not in help_text
     assert "(default: False)" not in help_text
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--tls-ca", "/nonexistent/ca.pem"], "--tls-ca"),
+        (["--ids-out", "/nonexistent/dir/ids.txt"], "--ids-out"),
+        (["--tls-cert", "cert.pem", "--tls-key", "key.pem"], "--tls-cert"),
+    ],
+)
+def test_a_file_option_that_cannot_work_is_a_usage_error_before_sending(
+    server: ServerProcess, args: list[str], option: str
+) -> None:
+    result = client("--server", server.address, "--mode", "batch", *args)
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    print(f"{' '.join(args)}: exit {result.returncode}: {last}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert last.startswith("ad-event-client: error:") and option in last
+    assert result.stdout == ""  # nothing was sent
+    assert server.stop() == 0
+    assert stored_events(server.events_dir) == []
