@@ -138,7 +138,15 @@ class Application:
                     *interceptors(settings.auth),
                 ],
             )
-            http_port = await self.http.start(settings.metrics.host, settings.metrics.port)
+            metrics = settings.metrics
+            try:
+                http_port = await self.http.start(metrics.host, metrics.port)
+            except OSError as error:
+                address = f"{metrics.host}:{metrics.port}"
+                # asyncio's message repeats the address; the errno's text does not.
+                errno = error.errno if isinstance(error.errno, int) else 0
+                reason = os.strerror(errno) if errno > 0 else error.strerror or str(error)
+                raise BindError(f"metrics.port: cannot listen on {address}: {reason}") from error
         except (BindError, OSError, SecurityConfigError) as error:
             logger.error("cannot listen", extra={"error": str(error)})
             await self.pipeline.drain(settings.shutdown.grace_period)

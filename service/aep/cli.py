@@ -5,24 +5,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from aep import __version__, replay
 from aep.settings import (
     CONFIG_PATH_ENV,
+    DURATION_FORMS,
+    SIZE_FORMS,
     ConfigError,
+    Settings,
     iter_env_names,
     load_settings,
     render_settings,
 )
 
+_USAGE = """\
+%(prog)s [-h] [--config PATH] [--print-config] [--version]
+       %(prog)s replay-dlq [--config PATH] [PATH ...]"""
+
 _EPILOG = """\
 configuration: defaults < YAML file (--config or {config_env}) < environment.
 Every key has an env var: AEP_ + the key path in upper case joined by single
 underscores, e.g. batch.flush_interval -> AEP_BATCH_FLUSH_INTERVAL=200ms.
-Durations: 500us, 200ms, 5s, 1m, 1h. Sizes: 65536, 64KiB, 4MiB.
+{forms}
 
-environment variables:
+environment variables (key = default):
 {env_names}
 
 exit codes: 0 stopped cleanly with everything acknowledged stored; 1 the
@@ -37,13 +46,30 @@ commands:
 """
 
 
+def _env_lines() -> str:
+    """One line per env var: its key and the default, in the form the config takes."""
+    defaults: Any = Settings().model_dump(mode="json")
+    lines = []
+    for name, path in iter_env_names():
+        default = defaults
+        for part in path:
+            default = default[part]
+        if default is None:
+            default = "unset"
+        elif isinstance(default, bool):
+            default = "true" if default else "false"  # as YAML and env vars write it
+        lines.append(f"  {name:<42} {'.'.join(path)} = {default}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    env_names = "\n".join(f"  {name:<42} {'.'.join(path)}" for name, path in iter_env_names())
+    forms = "\n".join(textwrap.wrap(f"{DURATION_FORMS} {SIZE_FORMS}", 78))
     parser = argparse.ArgumentParser(
         prog="ad-event-processor",
+        usage=_USAGE,
         description="Ingest ad events over gRPC, batch them and store them "
         "(JSON Lines files by default).",
-        epilog=_EPILOG.format(config_env=CONFIG_PATH_ENV, env_names=env_names),
+        epilog=_EPILOG.format(config_env=CONFIG_PATH_ENV, forms=forms, env_names=_env_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import sys
@@ -47,6 +48,7 @@ _EVENT_TYPES = (pb.EVENT_TYPE_IMPRESSION, pb.EVENT_TYPE_CLICK, pb.EVENT_TYPE_CON
 _ACK_MODES = {
     "server": pb.ACK_MODE_UNSPECIFIED,
     "accepted": pb.ACK_MODE_ACCEPTED,
+    "durable": pb.ACK_MODE_DURABLE,
     "committed": pb.ACK_MODE_COMMITTED,
 }
 
@@ -130,23 +132,25 @@ class Progress:
         self._started = time.monotonic()
         self._last = 0.0
 
-    def update(self, done: int) -> None:
+    def update(self, sent: int, accepted: int) -> None:
+        """`sent` events have had their answer, `accepted` of them were accepted."""
         if not self._enabled:
             return
         now = time.monotonic()
-        if now - self._last < (0.1 if self._tty else 5.0) and done < self._total:
+        if now - self._last < (0.1 if self._tty else 5.0) and sent < self._total:
             return
         self._last = now
-        rate = done / max(now - self._started, 1e-9)
+        rate = accepted / max(now - self._started, 1e-9)
+        counts = f"{sent}/{self._total} events sent, {accepted} accepted, {rate:,.0f} accepted/s"
         if self._tty:
             width = 30
-            filled = width * done // max(self._total, 1)
+            filled = width * sent // max(self._total, 1)
             bar = "#" * filled + "." * (width - filled)
-            self._stream.write(f"\r[{bar}] {done}/{self._total} events {rate:,.0f}/s")
-            if done >= self._total:
+            self._stream.write(f"\r[{bar}] {counts}")
+            if sent >= self._total:
                 self._stream.write("\n")
         else:
-            self._stream.write(f"progress: {done}/{self._total} events, {rate:,.0f} events/s\n")
+            self._stream.write(f"progress: {counts}\n")
         self._stream.flush()
 
 
@@ -207,8 +211,13 @@ class LoadClient:
             outcome.failure(error, count)
         outcome.latencies.append(time.perf_counter() - started)
 
-    async def stream(self, chunks: list[int], outcome: Outcome, keep_ids: bool) -> None:
-        """One StreamAdEvents call sending a chunk per entry of `chunks` (its size)."""
+    async def stream(
+        self, chunks: list[int], outcome: Outcome, keep_ids: bool, on_answer: Callable[[], None]
+    ) -> None:
+        """One StreamAdEvents call sending a chunk per entry of `chunks` (its size).
+
+        on_answer is called after each ack, and once more if the stream fails.
+        """
         call = self._stub.StreamAdEvents(None)  # requests are written with call.write
         sent_at: dict[int, float] = {}
 
@@ -231,21 +240,29 @@ class LoadClient:
                 outcome.latencies.append(time.perf_counter() - sent_at.pop(ack.sequence))
                 acknowledged += len(ack.results)
                 outcome.note_results(ack.results, keep_ids)
+                on_answer()
             await writer
         except grpc.aio.AioRpcError as error:
             writer.cancel()
             # Chunks without an ack were not accepted.
             outcome.failure(error, sum(chunks) - acknowledged)
+            on_answer()
 
 
 async def _run_streams(
-    client: LoadClient, total: int, chunk: int, streams: int, keep_ids: bool
+    client: LoadClient, total: int, chunk: int, streams: int, progress: Progress, keep_ids: bool
 ) -> tuple[Outcome, float]:
     outcome = Outcome()
     sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])
     shares = [sizes[index::streams] for index in range(streams)]
+
+    def on_answer() -> None:
+        progress.update(outcome.accepted + outcome.rejected, outcome.accepted)
+
     started = time.perf_counter()
-    await asyncio.gather(*(client.stream(share, outcome, keep_ids) for share in shares if share))
+    await asyncio.gather(
+        *(client.stream(share, outcome, keep_ids, on_answer) for share in shares if share)
+    )
     return outcome, time.perf_counter() - started
 
 
@@ -254,16 +271,14 @@ async def _run_sends(
 ) -> tuple[Outcome, float]:
     outcome = Outcome()
     remaining = total
-    sent = 0
 
     async def caller() -> None:
-        nonlocal remaining, sent
+        nonlocal remaining
         while remaining > 0:
             count = min(batch, remaining)
             remaining -= count
             await client.send(count, outcome, keep_ids)
-            sent += count
-            progress.update(sent)
+            progress.update(outcome.accepted + outcome.rejected, outcome.accepted)
 
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrent)))
@@ -326,7 +341,8 @@ def _report(
             f"{args.mode}: {outcome.accepted} accepted, {outcome.rejected} rejected, "
             f"{outcome.failed_rpcs} failed RPCs ({outcome.retries} retries) in {elapsed:.2f}s "
             f"= {summary['events_per_s']:,} events/s\n"
-            f"latency per RPC (ms): p50 {latency['p50']} p95 {latency['p95']} "
+            f"latency per {'chunk' if args.mode == 'stream' else 'RPC'} (ms): "
+            f"p50 {latency['p50']} p95 {latency['p95']} "
             f"p99 {latency['p99']} max {latency['max']}\n"
         )
         for error, count in sorted(outcome.errors.items(), key=lambda item: -item[1])[:10]:
@@ -395,14 +411,14 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             channel, _ACK_MODES[args.ack_mode], args.timeout, args.seed, args.max_retries
         )
         keep_ids = args.ids_out is not None
+        progress = Progress(args.events, sys.stderr, enabled=not args.quiet)
         if args.mode == "stream":
             outcome, elapsed = await _run_streams(
-                client, args.events, args.batch, args.concurrent, keep_ids
+                client, args.events, args.batch, args.concurrent, progress, keep_ids
             )
         else:
             batch = 1 if args.mode == "single" else args.batch
             concurrent = args.concurrent if args.mode == "load" else 1
-            progress = Progress(args.events, sys.stderr, enabled=not args.quiet)
             outcome, elapsed = await _run_sends(
                 client, args.events, batch, concurrent, progress, keep_ids
             )
@@ -419,26 +435,63 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
+
+
+def _non_negative(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds above 0")
+    return value
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
         prog="ad-event-client",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
+    result.add_argument("--server", default="localhost:8080", help="HOST:PORT")
     result.add_argument(
-        "--server", default="localhost:8080", help="HOST:PORT (default %(default)s)"
-    )
-    result.add_argument(
-        "--mode", choices=("single", "batch", "load", "stream", "health"), default="single"
+        "--mode",
+        choices=("single", "batch", "load", "stream", "health"),
+        default="single",
+        help="see the modes above",
     )
     result.add_argument("--events", type=_positive, default=100, help="events to send in all")
-    result.add_argument("--batch", type=_positive, default=100, help="events per batch RPC")
+    result.add_argument(
+        "--batch", type=_positive, default=100, help="events per batch RPC or stream chunk"
+    )
     result.add_argument(
         "--concurrent",
         type=_positive,
@@ -449,17 +502,23 @@ def parser() -> argparse.ArgumentParser:
         "--ack-mode",
         choices=tuple(_ACK_MODES),
         default="server",
-        help="guarantee to ask for (default: the server's ack.mode)",
+        help="guarantee to ask for; server: the server's ack.mode; durable needs the "
+        "server's wal.dir",
     )
-    result.add_argument("--timeout", type=float, default=10.0, help="per-RPC deadline, seconds")
     result.add_argument(
-        "--connect-timeout", type=float, default=5.0, help="seconds to wait for the server"
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="deadline of each RPC (single, batch, load, health), seconds",
+    )
+    result.add_argument(
+        "--connect-timeout", type=_seconds, default=5.0, help="seconds to wait for the server"
     )
     result.add_argument(
         "--max-retries",
-        type=int,
+        type=_non_negative,
         default=5,
-        help="retries of an RPC refused with RESOURCE_EXHAUSTED + RetryInfo (default 5)",
+        help="retries of an RPC refused with RESOURCE_EXHAUSTED + RetryInfo",
     )
     result.add_argument("--api-key", help="sent as x-api-key metadata (or $AEP_API_KEY)")
     result.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA to verify the server: TLS")
@@ -474,9 +533,35 @@ def parser() -> argparse.ArgumentParser:
     return result
 
 
+def _check_files(args: argparse.Namespace) -> str | None:
+    """What is wrong with the file options, found before anything is sent."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "argument --tls-cert/--tls-key: give both, or neither"
+    if args.tls_cert is not None and args.tls_ca is None:
+        return "argument --tls-cert: TLS needs --tls-ca (the CA that signed the server)"
+    tls_files = (
+        ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+    )
+    for option, path in tls_files:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            return f"argument {option}: cannot read the file {path}"
+    if args.ids_out is not None:
+        try:
+            args.ids_out.write_text("")  # the ids are written after the run
+        except OSError as error:
+            return f"argument --ids-out: cannot write {args.ids_out}: {error.strerror}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     args.api_key = args.api_key or os.environ.get("AEP_API_KEY")
+    problem = _check_files(args)
+    if problem is not None:
+        cli.error(problem)
     sys.exit(asyncio.run(run(args)))
 
 

@@ -6,15 +6,16 @@ underscores, behind `AEP_` (`batch.flush_interval` -> `AEP_BATCH_FLUSH_INTERVAL`
 ignored, because Kubernetes injects `<SERVICE>_PORT`-style variables for every
 Service in the namespace and a Service called "aep" must not break the pod.
 
-Durations are written `500us`, `200ms`, `5s`, `1m`, `1h` (a bare number means
-seconds); sizes `512`, `64KiB`, `4MiB`, `1GiB`.
+Durations and sizes are written as DURATION_FORMS and SIZE_FORMS say; the
+README and `--help` quote those two texts, so the three agree.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,9 +36,23 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "AEP_"
 CONFIG_PATH_ENV = "AEP_CONFIG"
 
+DURATION_FORMS = "Durations: 500us, 200ms, 5s, 1m, 1h; a bare number is seconds (5 = 5s)."
+SIZE_FORMS = (
+    "Sizes: bytes (65536) or a whole number with a unit: 64KB, 64MB, 1GB are powers"
+    " of 1000; 64KiB, 64MiB, 1GiB are powers of 1024 (units in any case)."
+)
 _DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h)?\s*$")
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 10**6}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -50,7 +65,7 @@ def parse_duration(value: Any) -> float:
     else:
         match = _DURATION_PATTERN.match(str(value))
         if not match:
-            raise ValueError(f"{value!r} is not a duration; write e.g. 200ms, 5s, 1m")
+            raise ValueError(f"{value!r} is not a duration. {DURATION_FORMS}")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
@@ -71,24 +86,39 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: Any) -> int:
     """`"4MiB"` -> 4194304 bytes."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 4MiB")
+        raise ValueError(f"{value!r} is not a size. {SIZE_FORMS}")
     if isinstance(value, int):
         size = value
     else:
         match = _SIZE_PATTERN.match(str(value))
         unit = match.group(2).lower() if match else None
         if not match or unit not in _SIZE_UNITS:
-            raise ValueError(f"{value!r} is not a size; write e.g. 65536, 64KiB, 4MiB")
+            raise ValueError(f"{value!r} is not a size. {SIZE_FORMS}")
         size = int(match.group(1)) * _SIZE_UNITS[unit]
     if size < 0:
         raise ValueError("a size cannot be negative")
     return size
 
 
+def format_size(size: int) -> str:
+    """Inverse of parse_size, for --print-config: the largest unit that is exact."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    for unit, factor in (("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 Duration = Annotated[
     float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    PlainSerializer(format_size, return_type=str, when_used="json"),
+]
 
 
 class _Section(BaseModel):
@@ -390,17 +420,65 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last one silently, so a second `server:` section would
+    drop the first without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it below, with its own message
+            if key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"line {mark.line + 1}: key {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where, then what."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        problem = error.problem or error.context or "cannot parse"
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
+
+
+def _read_yaml(path: Path, origin: str) -> dict[str, Any]:
+    """The file's top-level mapping; every way it can be unusable is a one-line ConfigError."""
+    where = f"{path}{origin}"
     try:
-        loaded = yaml.safe_load(path.read_text()) if path.exists() else None
+        raw = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ConfigError(f"{where}: config file not found") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"{where}: is a directory; give a YAML config file") from error
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read the config file: {error.strerror}") from error
+    try:
+        text = raw.decode("utf-8-sig")  # tolerates the byte order mark some editors write
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte {error.start}); save the config file as UTF-8"
+        ) from error
+    try:
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{where}: not valid YAML at {_yaml_problem(error)}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    for key in loaded:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: {key}: unknown key; sections are {_known(Settings)}")
     return loaded
 
 
@@ -409,23 +487,64 @@ def load_settings(
 ) -> Settings:
     """Defaults < YAML file (config_path or AEP_CONFIG) < AEP_* env vars."""
     environ = os.environ if environ is None else environ
+    named_by = ""  # how the file was named, when not by the caller
     if config_path is None and environ.get(CONFIG_PATH_ENV):
         config_path = Path(environ[CONFIG_PATH_ENV])
-    from_file = _read_yaml(config_path) if config_path is not None else {}
+        named_by = f"from {CONFIG_PATH_ENV}"
+    from_file = {}
+    file_origin = ""
+    if config_path is not None:
+        from_file = _read_yaml(config_path, f" ({named_by})" if named_by else "")
+        file_origin = f" (in {config_path}, {named_by})" if named_by else f" (in {config_path})"
     from_env, env_sources = _env_overrides(environ)
     try:
         return Settings(**_merge(from_file, from_env))
     except ValidationError as error:
-        raise ConfigError(_describe(error, env_sources)) from error
+        raise ConfigError(_describe(error, env_sources, file_origin)) from error
 
 
-def _describe(error: ValidationError, env_sources: Mapping[tuple[str, ...], str]) -> str:
+def _known(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _section_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The section model a key path leads to (Settings for the empty path)."""
+    model: type[BaseModel] = Settings
+    for part in path:
+        field = model.model_fields.get(part)
+        section = _section_type(field) if field is not None else None
+        if section is None:
+            return None
+        model = section
+    return model
+
+
+def _unknown_key(path: tuple[str, ...]) -> str:
+    parent = path[:-1]
+    section = _section_at(parent)
+    if section is None:
+        return "unknown key"
+    prefix = ".".join(parent) + "." if parent else ""
+    close = difflib.get_close_matches(path[-1], list(section.model_fields), n=1)
+    if close:
+        return f"unknown key; did you mean {prefix}{close[0]}?"
+    return f"unknown key; {prefix.rstrip('.') or 'the top level'} has {_known(section)}"
+
+
+def _describe(
+    error: ValidationError, env_sources: Mapping[tuple[str, ...], str], file_origin: str = ""
+) -> str:
     lines = []
     for problem in error.errors():
         path = tuple(str(part) for part in problem["loc"])
         key = ".".join(path) or "configuration"
-        origin = f" (from {env_sources[path]})" if path in env_sources else ""
-        message = problem["msg"].removeprefix("Value error, ")
+        origin = f" (from {env_sources[path]})" if path in env_sources else file_origin
+        if problem["type"] == "extra_forbidden":
+            message = _unknown_key(path)
+        elif problem["type"] == "model_type":
+            message = f"must be a mapping of keys, not {problem['input']!r}"
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
         if not path:  # a cross-field check; its message names its keys
             lines.append(message)
         else:

@@ -16,6 +16,7 @@ from aep.settings import (
     StartupPolicy,
     StoreType,
     format_duration,
+    format_size,
     iter_env_names,
     load_settings,
     parse_duration,
@@ -282,3 +283,135 @@ def test_max_event_age_is_bounded_so_a_missing_timestamp_stays_too_old() -> None
         ValidationSettings.model_validate({"max_event_age": f"{11 * 365 * 24}h"})
     ten_years = ValidationSettings.model_validate({"max_event_age": f"{10 * 365 * 24}h"})
     assert ten_years.max_event_age == 10 * 365 * 24 * 3600
+
+
+# A newcomer's broken config files: each must end with exit 2 and one line on
+# stderr naming the file and what is wrong with it, never a traceback.
+_BROKEN_CONFIGS: dict[str, tuple[bytes | None, str]] = {
+    "a-directory": (None, "is a directory"),
+    "latin1.yaml": ("batch:\n  size: 5 # caf\xe9\n".encode("latin-1"), "not UTF-8"),
+    "missing.yaml": (b"", "not found"),
+    "invalid.yaml": (b"server: [\n", "not valid YAML at line 2"),
+    "list.yaml": (b"- server\n- batch\n", "top level must be a mapping"),
+    "scalar.yaml": (b"hello\n", "top level must be a mapping"),
+    "unknown.yaml": (b"batch:\n  sise: 10\n", "batch.sise: unknown key; did you mean batch.size?"),
+    "int-key.yaml": (b"1: 2\n", "1: unknown key"),
+    "section.yaml": (b"batch: 5\n", "batch: must be a mapping of keys"),
+    "twice.yaml": (b"server:\n  port: 1\nserver:\n  port: 2\n", "'server' appears twice"),
+}
+
+
+def _write_broken_config(directory: Path, name: str) -> Path:
+    path = directory / name
+    content, _ = _BROKEN_CONFIGS[name]
+    if content is None:
+        path.mkdir()
+    elif name != "missing.yaml":
+        path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("how", ["--config", "AEP_CONFIG"])
+@pytest.mark.parametrize("name", sorted(_BROKEN_CONFIGS))
+def test_a_broken_config_file_exits_2_with_one_line_naming_it(
+    tmp_path: Path, name: str, how: str
+) -> None:
+    import os
+
+    path = _write_broken_config(tmp_path, name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEP_")}
+    if how == "--config":
+        result = _run_cli("--config", str(path), "--print-config", env=env)
+    else:
+        result = _run_cli("--print-config", env={**env, "AEP_CONFIG": str(path)})
+    print(f"{how} {name}: exit {result.returncode}: {result.stderr.strip()[-300:]}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    assert _BROKEN_CONFIGS[name][1] in lines[0]
+    if how == "AEP_CONFIG":
+        assert "AEP_CONFIG" in lines[0]
+
+
+def test_a_config_file_with_a_utf8_byte_order_mark_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "bom.yaml"
+    config.write_bytes(b"\xef\xbb\xbfbatch:\n  size: 7\n")
+    assert load_settings(config, environ={}).batch.size == 7
+
+
+def test_a_bad_value_from_the_file_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("batch:\n  flush_interval: soon\n")
+    with pytest.raises(ConfigError, match=r"batch\.flush_interval: .*\(in .*c\.yaml\)"):
+        load_settings(config, environ={})
+
+
+def test_a_bare_number_is_a_duration_in_seconds() -> None:
+    settings = load_settings(environ={"AEP_BATCH_FLUSH_INTERVAL": "5"})
+    assert settings.batch.flush_interval == 5.0
+    assert load_settings(environ={"AEP_BATCH_FLUSH_INTERVAL": "0.5"}).batch.flush_interval == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("65536", 65536),
+        ("2048B", 2048),
+        ("64KB", 64_000),
+        ("64MB", 64_000_000),
+        ("1GB", 1_000_000_000),
+        ("64KiB", 64 * 1024),
+        ("64MiB", 64 * 1024**2),
+        ("1GiB", 1024**3),
+        ("64 mib", 64 * 1024**2),
+    ],
+)
+def test_sizes_take_decimal_and_binary_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+    assert parse_size(format_size(size)) == size  # --print-config writes what it reads
+    assert load_settings(environ={"AEP_QUEUE_MAX_BYTES": text}).queue.max_bytes == size
+
+
+@pytest.mark.parametrize("text", ["64M", "64k", "1.5MiB", "lots", "-1"])
+def test_a_size_without_a_known_unit_says_how_to_write_one(text: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"AEP_WAL_SEGMENT_BYTES": text})
+    message = str(raised.value)
+    assert "wal.segment_bytes" in message and "AEP_WAL_SEGMENT_BYTES" in message
+    assert "bytes" in message and "MiB" in message and "MB" in message
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.replace("`", "").split())
+
+
+def test_readme_and_help_describe_durations_and_sizes_as_the_code_reads_them() -> None:
+    from aep.settings import DURATION_FORMS, SIZE_FORMS
+
+    readme = _plain((Path(__file__).parents[2] / "README.md").read_text())
+    help_text = _plain(_run_cli("--help").stdout)
+    for forms in (DURATION_FORMS, SIZE_FORMS):
+        assert _plain(forms) in readme
+        assert _plain(forms) in help_text
+    # The examples the text gives are ones the code takes.
+    assert parse_duration("5") == 5.0
+    for example in ("500us", "200ms", "5s", "1m", "1h"):
+        assert example in DURATION_FORMS
+        parse_duration(example)
+    for example, size in (("64KB", 64_000), ("64MiB", 64 * 1024**2), ("65536", 65536)):
+        assert example in SIZE_FORMS
+        assert parse_size(example) == size
+
+
+def test_help_shows_each_variable_with_its_default_and_the_replay_command() -> None:
+    result = _run_cli("--help")
+    assert result.returncode == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if "AEP_" in line[:6]}
+    assert "200ms" in lines["AEP_BATCH_FLUSH_INTERVAL"]
+    assert "8080" in lines["AEP_SERVER_PORT"]
+    assert "64MiB" in lines["AEP_QUEUE_MAX_BYTES"]
+    usage = result.stdout.split("\n\n", 1)[0]
+    assert "replay-dlq" in usage
+    assert "COMMAND ..." not in usage  # reads as if a command were required
