@@ -236,7 +236,8 @@ async def replay_dead_letters(
     named = list(paths)
     files, missing = find_dead_letter_files(named or [settings.dead_letter.dir])
     if named and missing:
-        print(f"replay-dlq: no such file or directory: {missing}", file=sys.stderr)
+        names = ", ".join(str(path) for path in missing)
+        print(f"replay-dlq: no such file or directory: {names}", file=sys.stderr)
         return EXIT_INCOMPLETE
     store = create_store(settings.database, worker_count=1)
     try:

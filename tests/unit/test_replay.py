@@ -158,9 +158,15 @@ async def test_concurrent_appends_during_replays_lose_nothing(tmp_path: Path) ->
     assert sorted(ids) == sorted(f"e{i}" for i in range(400))
 
 
-async def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
+async def test_a_missing_path_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _ = await replay(settings_for(tmp_path), tmp_path / "nope.jsonl")
     assert code == 1
+    # One line naming the path as the user typed it, not a Python list repr.
+    assert capsys.readouterr().err == (
+        f"replay-dlq: no such file or directory: {tmp_path / 'nope.jsonl'}\n"
+    )
 
 
 def entry_line(record: EventRecord) -> bytes:
