@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ServerProcess, stored_events, valid_event
+from support import ServerProcess, scrape, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
@@ -82,6 +82,7 @@ def test_sigkill_under_load_loses_no_durable_ack(tmp_path: Path) -> None:
     restarted = ServerProcess(tmp_path, {"AEP_WAL_DIR": env["AEP_WAL_DIR"]}).start()
     try:
         _wait_replayed(restarted, set(acknowledged))
+        dead_lettered = scrape(restarted.metrics_port).total("events_dead_lettered_total")
     finally:
         exit_code = restarted.stop()
     assert exit_code == 0, restarted.log()
@@ -91,7 +92,7 @@ def test_sigkill_under_load_loses_no_durable_ack(tmp_path: Path) -> None:
     duplicates = sum(count - 1 for count in counts.values())
     print(
         f"acknowledged={len(acknowledged)} stored={len(stored)} "
-        f"duplicates={duplicates} lost={len(lost)}"
+        f"duplicates={duplicates} dead-lettered={dead_lettered:g} lost={len(lost)}"
     )
     assert not lost
     assert duplicates == 0
