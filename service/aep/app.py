@@ -38,7 +38,7 @@ from aep.storage import StoreError, create_store
 from aep.store_monitor import StoreMonitor
 from aep.telemetry import Telemetry
 from aep.validation import EventValidator
-from aep.wal import Segment, WriteAheadLog, read_segment
+from aep.wal import REPLAY_BYTES_PER_EVENT, Segment, WriteAheadLog, read_segment
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
-# Replayed events have no request size; a typical event's wire size stands in.
-_REPLAY_BYTES_PER_EVENT = 200
 
 _MAX_OPEN_RETRY_DELAY_S = 5.0
 
@@ -123,6 +121,9 @@ class Application:
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
             self.stats.wal_segments_quarantined = self.wal.quarantined
+            self.stats.wal_damaged_records = self.wal.damaged_records
+            self.stats.wal_skipped_bytes = self.wal.skipped_bytes
+            self.stats.wal_backlog_events = sum(s.replay_events for s in leftovers)
             self.wal.start()
         if store_open:
             self._start_pipeline(leftovers)
@@ -227,6 +228,9 @@ class Application:
             # What was not replayed stays in its segment for the next start.
             self._replay_task.cancel()
         drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        # Events only in the log (replay interrupted or not started) are not drained.
+        wal_backlog = self.stats.wal_backlog_events
+        drained = drained and wal_backlog == 0
         if self.wal is not None:
             await self.wal.close()
         try:
@@ -248,6 +252,7 @@ class Application:
                 "dead_lettered": stats.dead_lettered,
                 "lost": stats.lost,
                 "in_flight": self.pipeline.pending_events,
+                "wal_backlog_events": wal_backlog,
                 "drained": drained,
             },
         )
@@ -263,15 +268,25 @@ class Application:
         """
         assert self.wal is not None
         pipeline = self.pipeline
+        stats = self.stats
         fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
         logger.info("replaying the write-ahead log", extra={"segments": len(leftovers)})
         events = 0
         for segment in leftovers:
             # One segment in memory at a time: bounded by wal.segment_bytes.
-            submissions, _ = await asyncio.to_thread(read_segment, segment.path)
+            try:
+                submissions, _ = await asyncio.to_thread(read_segment, segment.path)
+            except OSError as error:
+                # It stays in the log (and in the backlog) for the next start.
+                logger.error(
+                    "cannot read a write-ahead log segment to replay it",
+                    extra={"segment": str(segment.path), "error": str(error)},
+                )
+                continue
             self.wal.pin(segment)  # the hold
+            backlog = segment.replay_events  # of this segment, in stats.wal_backlog_events
             for records in submissions:
-                nbytes = _REPLAY_BYTES_PER_EVENT * len(records)
+                nbytes = REPLAY_BYTES_PER_EVENT * len(records)
                 while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
                     await pipeline.wait_for_room(len(records), nbytes, 0.1)
                     await asyncio.sleep(0.01)
@@ -281,8 +296,12 @@ class Application:
                 except AdmissionError:
                     self.wal.committed(segment)  # undo the pin; the hold keeps the segment
                     return
-                self.stats.replayed += len(records)
+                submitted = min(backlog, len(records))
+                backlog -= submitted
+                stats.wal_backlog_events -= submitted
+                stats.replayed += len(records)
                 events += len(records)
+            stats.wal_backlog_events -= backlog
             self.wal.committed(segment)  # release the hold
         logger.info("write-ahead log replayed", extra={"events": events})
 

@@ -37,7 +37,7 @@ from aep.responses import batch_response, stream_ack
 from aep.settings import AckMode, ServerSettings
 from aep.stats import EVENT_TYPE_COUNT, IngestStats
 from aep.validation import EventValidator, Verdicts
-from aep.wal import WalError, WriteAheadLog
+from aep.wal import REPLAY_BYTES_PER_EVENT, WalError, WriteAheadLog
 
 _ACK_FROM_SETTING = {
     AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
@@ -283,8 +283,10 @@ class AdEventServicer:
                 if self._serving.serving
                 else pb.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
             ),
-            pending_events=pipeline.pending_events,
-            pending_bytes=pipeline.pending_bytes,
+            # The write-ahead log's backlog from earlier runs is pending too.
+            pending_events=pipeline.pending_events + self._stats.wal_backlog_events,
+            pending_bytes=pipeline.pending_bytes
+            + self._stats.wal_backlog_events * REPLAY_BYTES_PER_EVENT,
             store_type=self._store_type,
             store_healthy=store.healthy,
             store_detail=store.detail,

@@ -38,5 +38,11 @@ class IngestStats:
     lost: int = 0
     batches_written: int = 0
     write_failures: int = 0
-    # Write-ahead log segments found with a corrupt tail at start-up (renamed *.corrupt).
+    # Found in the write-ahead log at start-up: segments with damage (set aside
+    # in quarantine/ once replayed), damaged stretches skipped, and their bytes.
     wal_segments_quarantined: int = 0
+    wal_damaged_records: int = 0
+    wal_skipped_bytes: int = 0
+    # Events earlier runs left in the write-ahead log and not yet re-submitted;
+    # outside the equation until replayed (they were received by another process).
+    wal_backlog_events: int = 0

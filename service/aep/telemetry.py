@@ -269,15 +269,30 @@ class _Metrics:
                 lambda: [(stats.lost, {})],
             ),
             "wal_segments_quarantined": (
-                "Write-ahead log segments found with a corrupt tail at start-up and renamed "
-                "*.corrupt (their readable records were replayed)",
+                "Write-ahead log segments found damaged at start-up (every intact record "
+                "replayed, then the segment moved to quarantine/)",
                 lambda: [(stats.wal_segments_quarantined, {})],
+            ),
+            "wal_damaged_records": (
+                "Damaged stretches of write-ahead log segments skipped at start-up (a run of "
+                "adjacent damaged records counts once; their events were not replayed)",
+                lambda: [(stats.wal_damaged_records, {})],
+            ),
+            "wal_skipped_bytes": (
+                "Bytes of write-ahead log segments skipped at start-up as damaged",
+                lambda: [(stats.wal_skipped_bytes, {})],
             ),
         }
         for name, (description, read) in counters.items():
             self.meter.create_observable_counter(
                 name, callbacks=[_observe(read)], description=description
             )
+        self.meter.create_observable_gauge(
+            "wal_backlog_events",
+            callbacks=[_observe(lambda: [(stats.wal_backlog_events, {})])],
+            description="Events earlier runs left in the write-ahead log, not yet replayed "
+            "(not part of pipeline_pending_events)",
+        )
 
     def watch(self, pipeline: Pipeline) -> None:
         store = self.store

@@ -11,20 +11,34 @@ orjson array of stored-form records. A segment is rotated at
 `wal.segment_bytes` and deleted once every submission in it was written to
 the store (or dead-lettered). At start-up the remaining segments are replayed
 into the pipeline; stores are idempotent by event_id, so events written
-before the crash are counted as duplicates, not stored twice. A record whose
-checksum or length does not hold ends the readable part of its segment (a
-crash mid-append leaves such a tail); the segment is then renamed to
-`*.corrupt` (quarantined) with a log line and a counter, never a crash loop.
+before the crash are counted as duplicates, not stored twice.
+
+Faults:
+- A write or fsync that fails cuts the segment back to its size before the
+  write, so that later appends follow the last good record; when even that
+  fails, the next append goes to a new segment. The callers of the failed
+  group get WalError (UNAVAILABLE); the writer keeps going.
+- A rotation that cannot create the new segment (ENOSPC, EMFILE) fails that
+  group the same way and is tried again with the next one.
+- A record whose length or checksum does not hold (a torn tail, flipped
+  bytes, a zeroed stretch) hides nothing after it: reading resyncs on the next
+  offset holding a whole valid record. The damage is counted and logged once
+  per segment; the segment keeps its name until everything readable in it was
+  stored, then moves to `quarantine/` for inspection. Segments an earlier
+  version renamed `*.corrupt` are replayed the same way.
+- Files in the folder that are not segments are left alone with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -34,8 +48,19 @@ from aep.records import EventRecord
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
-_SEGMENT_GLOB = "wal-*.log"
 _MAX_RECORD_BYTES = 256 * 1024 * 1024
+# The shortest payload an append writes: an empty JSON array.
+_MIN_PAYLOAD_BYTES = 2
+# `*.corrupt`: quarantined by earlier versions before their replay, which may
+# not have finished.
+_SEGMENT_NAME = re.compile(r"wal-(\d+)\.(?:log|corrupt)")
+QUARANTINE_DIR = "quarantine"
+# Replayed events have no request size; a typical event's wire size stands in.
+REPLAY_BYTES_PER_EVENT = 200
+# Damage ranges named in the one log line per segment.
+_LOGGED_DAMAGE_RANGES = 20
+# New segment names tried past ones taken by stray files.
+_NAME_ATTEMPTS = 1000
 
 
 class WalError(Exception):
@@ -50,8 +75,32 @@ class Segment:
     # Submissions appended (or replayed) from this segment and not yet stored.
     pending: int = 0
     sealed: bool = False
-    # Quarantined (corrupt tail): kept for inspection after its records are stored.
+    # Found damaged at start-up: moved to quarantine/ once its records are stored.
     keep: bool = False
+    # Events an earlier run left in it, to replay (counted at start-up).
+    replay_events: int = 0
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stretch of a segment that holds no valid record."""
+
+    offset: int
+    length: int
+
+
+@dataclass
+class SegmentScan:
+    records: list[list[EventRecord]] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        return sum(len(records) for records in self.records)
+
+    @property
+    def skipped_bytes(self) -> int:
+        return sum(d.length for d in self.damage)
 
 
 @dataclass
@@ -64,30 +113,64 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_segment(path: Path) -> tuple[list[list[EventRecord]], bool]:
-    """The records of a segment in order, and whether it ended cleanly."""
+def _record_at(data: bytes, position: int) -> tuple[list[EventRecord], int] | None:
+    """The record framed at `position` and the offset after it, or None."""
+    start = position + _HEADER.size
+    if start + _MIN_PAYLOAD_BYTES > len(data):
+        return None
+    length, checksum = _HEADER.unpack_from(data, position)
+    end = start + length
+    if not _MIN_PAYLOAD_BYTES <= length <= _MAX_RECORD_BYTES or end > len(data):
+        return None
+    # Cheap before the checksum: every payload is a JSON array.
+    if data[start] != 0x5B or data[end - 1] != 0x5D:  # "[" and "]"
+        return None
+    payload = memoryview(data)[start:end]
+    if zlib.crc32(payload) != checksum:
+        return None
+    try:
+        decoded = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(decoded, list):
+        return None
+    return decoded, end
+
+
+def scan_segment(path: Path) -> SegmentScan:
+    """Every valid record of a segment in order, and the damaged stretches between.
+
+    After a record that does not hold, reading goes on at the next offset
+    where a whole valid record starts: its length fits in the segment, its
+    payload is a JSON array with the right crc32. Candidates are found with a
+    search for the payload's "[", so a damaged stretch is crossed at C speed.
+    """
     data = path.read_bytes()
-    records: list[list[EventRecord]] = []
+    scan = SegmentScan()
     position = 0
+    damaged_from: int | None = None
     while position < len(data):
-        if position + _HEADER.size > len(data):
-            return records, False
-        length, checksum = _HEADER.unpack_from(data, position)
-        start = position + _HEADER.size
-        payload = data[start : start + length]
-        if length > _MAX_RECORD_BYTES or len(payload) != length:
-            return records, False
-        if zlib.crc32(payload) != checksum:
-            return records, False
-        try:
-            decoded = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return records, False
-        if not isinstance(decoded, list):
-            return records, False
-        records.append(decoded)
-        position = start + length
-    return records, True
+        found = _record_at(data, position)
+        if found is not None:
+            if damaged_from is not None:
+                scan.damage.append(Damage(damaged_from, position - damaged_from))
+                damaged_from = None
+            records, position = found
+            scan.records.append(records)
+            continue
+        if damaged_from is None:
+            damaged_from = position
+        bracket = data.find(b"[", position + 1 + _HEADER.size)
+        position = len(data) if bracket < 0 else bracket - _HEADER.size
+    if damaged_from is not None:
+        scan.damage.append(Damage(damaged_from, len(data) - damaged_from))
+    return scan
+
+
+def read_segment(path: Path) -> tuple[list[list[EventRecord]], bool]:
+    """The valid records of a segment in order, and whether it had no damage."""
+    scan = scan_segment(path)
+    return scan.records, not scan.damage
 
 
 class WriteAheadLog:
@@ -96,50 +179,98 @@ class WriteAheadLog:
     def __init__(self, directory: Path, segment_bytes: int) -> None:
         self._directory = directory
         self._segment_bytes = segment_bytes
-        self._segments: dict[int, Segment] = {}
+        self._segments: dict[Path, Segment] = {}
         self._current: Segment | None = None
         self._fd: int | None = None
+        # The current segment may end in bytes of a failed write: rotate first.
+        self._rotate_before_next = False
+        # The last append failed (logged once per run of failures).
+        self._failing = False
         self._queue: list[_Append] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        # Found at start-up: segments with damage, damaged stretches, their bytes.
         self.quarantined = 0
+        self.damaged_records = 0
+        self.skipped_bytes = 0
         self.fsyncs = 0
 
     # -- start-up ----------------------------------------------------------
     def open(self) -> list[Segment]:
         """Create the folder; return the segments earlier runs left, to replay (oldest first).
 
-        Each segment is read once here to check it, but not kept: the replay reads
-        one segment at a time (read_segment), so memory stays bounded by
-        wal.segment_bytes however much the log holds.
+        Each segment is read once here to check it and count its events, but
+        not kept: the replay reads one segment at a time (read_segment), so
+        memory stays bounded by wal.segment_bytes however much the log holds.
         """
         self._directory.mkdir(parents=True, exist_ok=True)
         leftovers: list[Segment] = []
         last_sequence = 0
-        for path in sorted(self._directory.glob(_SEGMENT_GLOB)):
-            sequence = int(path.stem.split("-", 1)[1])
-            last_sequence = max(last_sequence, sequence)
-            records, clean = read_segment(path)
-            segment = Segment(sequence, path, path.stat().st_size, sealed=True)
-            if not clean:
-                quarantine = path.with_suffix(".corrupt")
-                path.rename(quarantine)
-                segment.path = quarantine
-                segment.keep = True
-                self.quarantined += 1
-                logger.error(
-                    "write-ahead log segment has a corrupt tail; replaying its readable part "
-                    "and quarantining it",
-                    extra={"segment": str(quarantine), "readable_records": len(records)},
+        found: list[tuple[int, Path]] = []
+        for path in self._directory.iterdir():
+            name = _SEGMENT_NAME.fullmatch(path.name)
+            if name is None:
+                if path.name.startswith("wal-"):
+                    logger.warning(
+                        "not a write-ahead log segment name; leaving the file alone",
+                        extra={"path": str(path)},
+                    )
+                continue
+            sequence = int(name.group(1))
+            last_sequence = max(last_sequence, sequence)  # never reuse a name, even a stray's
+            if not path.is_file():
+                logger.warning(
+                    "named like a write-ahead log segment but not a file; leaving it alone",
+                    extra={"path": str(path)},
                 )
-            if records:
-                self._segments[sequence] = segment
+                continue
+            found.append((sequence, path))
+        for sequence, path in sorted(found):
+            try:
+                segment = self._check(sequence, path)
+            except OSError as error:
+                # Left where it is for the next start; not a reason to refuse this one.
+                logger.error(
+                    "cannot read a write-ahead log segment; skipping it this time",
+                    extra={"segment": str(path), "error": str(error)},
+                )
+                continue
+            if segment is not None:
                 leftovers.append(segment)
-            elif clean:
-                path.unlink()
-        self._open_segment(last_sequence + 1)
+        self._current, self._fd = self._create_segment(last_sequence + 1)
         return leftovers
+
+    def _check(self, sequence: int, path: Path) -> Segment | None:
+        """The segment to replay, or None when it holds nothing (then it is removed)."""
+        scan = scan_segment(path)
+        segment = Segment(
+            sequence, path, path.stat().st_size, sealed=True, replay_events=scan.events
+        )
+        if scan.damage:
+            segment.keep = True
+            self.quarantined += 1
+            self.damaged_records += len(scan.damage)
+            self.skipped_bytes += scan.skipped_bytes
+            logger.error(
+                "write-ahead log segment is damaged; replaying every intact record, the "
+                "damaged stretches are skipped",
+                extra={
+                    "segment": str(path),
+                    "readable_records": len(scan.records),
+                    "damaged_records": len(scan.damage),
+                    "skipped_bytes": scan.skipped_bytes,
+                    "damage": [
+                        {"offset": d.offset, "length": d.length}
+                        for d in scan.damage[:_LOGGED_DAMAGE_RANGES]
+                    ],
+                },
+            )
+        if not scan.records:
+            self._retire(segment)
+            return None
+        self._segments[path] = segment
+        return segment
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._run_writer(), name="wal-writer")
@@ -171,16 +302,16 @@ class WriteAheadLog:
                 await self._wakeup.wait()
                 continue
             group, self._queue = self._queue, []
-            segment = self._segment_for(sum(len(a.payload) for a in group))
             data = b"".join(frame(a.payload) for a in group)
             try:
-                await asyncio.to_thread(self._write, data)
-            except OSError as error:
-                failure = WalError(f"write-ahead log write failed: {error}")
-                for item in group:
-                    if not item.done.done():
-                        item.done.set_exception(failure)
+                segment = self._segment_for(len(data))
+                await asyncio.to_thread(self._write, segment, data)
+            except Exception as error:  # the writer must outlive any failure
+                self._fail(group, error)
                 continue
+            if self._failing:
+                self._failing = False
+                logger.info("write-ahead log appends succeed again")
             segment.size += len(data)
             segment.pending += len(group)
             for item in group:
@@ -189,42 +320,116 @@ class WriteAheadLog:
                 else:
                     item.done.set_result(segment)
 
-    def _write(self, data: bytes) -> None:
+    def _fail(self, group: list[_Append], error: Exception) -> None:
+        """The group is not in the log: its callers get WalError (UNAVAILABLE)."""
+        if not isinstance(error, OSError):
+            logger.error("write-ahead log append failed unexpectedly", exc_info=error)
+        elif not self._failing:
+            logger.error(
+                "write-ahead log appends fail; durable calls get UNAVAILABLE until they work",
+                extra={"error": str(error)},
+            )
+        self._failing = True
+        failure = WalError(f"write-ahead log write failed: {error}")
+        for item in group:
+            if not item.done.done():
+                item.done.set_exception(failure)
+
+    def _write(self, segment: Segment, data: bytes) -> None:
+        """Write and fsync; on failure the segment is cut back to what it was."""
         fd = self._fd
         assert fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            try:
+                self._truncate(fd, segment.size)
+            except OSError as cut_error:
+                # Bytes of the failed write stay at the end: later appends go to
+                # a new segment, and the replay skips them as damage.
+                self._rotate_before_next = True
+                logger.error(
+                    "write-ahead log: cannot cut a failed write back; the next append "
+                    "starts a new segment",
+                    extra={"segment": str(segment.path), "error": str(cut_error)},
+                )
+            raise
         self.fsyncs += 1
 
+    def _truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+
     def _segment_for(self, size: int) -> Segment:
+        """The segment this write goes to; rotates first when due (raises OSError if it cannot)."""
         current = self._current
         assert current is not None
-        if current.size and current.size + size > self._segment_bytes:
+        if self._rotate_before_next or (current.size and current.size + size > self._segment_bytes):
+            new, fd = self._create_segment(current.sequence + 1)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):  # everything in it was fsynced
+                    os.close(self._fd)
+            self._current, self._fd = new, fd
+            self._rotate_before_next = False
             current.sealed = True
-            self._open_segment(current.sequence + 1)
             self._maybe_delete(current)
-        assert self._current is not None
-        return self._current
+            return new
+        return current
 
-    def _open_segment(self, sequence: int) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        path = self._directory / f"wal-{sequence:012d}.log"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        directory_fd = os.open(self._directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
-        self._current = Segment(sequence, path)
-        self._segments[sequence] = self._current
+    def _create_segment(self, sequence: int) -> tuple[Segment, int]:
+        """A new, empty segment file (its directory entry fsynced) and its descriptor."""
+        for attempt in range(_NAME_ATTEMPTS):
+            path = self._directory / f"wal-{sequence + attempt:012d}.log"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:
+                continue  # a stray file (or folder) holds the name
+            try:
+                directory_fd = os.open(self._directory, os.O_RDONLY)
+                try:
+                    os.fsync(directory_fd)
+                finally:
+                    os.close(directory_fd)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+            segment = Segment(sequence + attempt, path)
+            self._segments[path] = segment
+            return segment, fd
+        raise OSError(f"no free segment name from wal-{sequence:012d}.log on")
 
     def _maybe_delete(self, segment: Segment) -> None:
-        if segment.sealed and segment.pending <= 0 and not segment.keep:
+        if segment.sealed and segment.pending <= 0:
+            self._retire(segment)
+
+    def _retire(self, segment: Segment) -> None:
+        """Everything readable in the segment is stored: delete it, or set a damaged one aside."""
+        self._segments.pop(segment.path, None)
+        if not segment.keep:
             segment.path.unlink(missing_ok=True)
-            self._segments.pop(segment.sequence, None)
+            return
+        target = self._directory / QUARANTINE_DIR / segment.path.name
+        try:
+            target.parent.mkdir(exist_ok=True)
+            segment.path.rename(target)
+        except OSError as error:
+            # Left in place it is replayed again at the next start: duplicates, no loss.
+            logger.error(
+                "cannot move a damaged write-ahead log segment to quarantine/",
+                extra={"segment": str(segment.path), "error": str(error)},
+            )
+            return
+        logger.warning(
+            "damaged write-ahead log segment replayed; kept for inspection",
+            extra={"segment": str(target)},
+        )
+        segment.path = target
 
     # -- state and shutdown ---------------------------------------------------------
     async def close(self) -> None:
@@ -235,7 +440,8 @@ class WriteAheadLog:
             await self._writer
         current = self._current
         if self._fd is not None:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
         if current is not None:
             current.sealed = True
