@@ -527,8 +527,19 @@ class Pipeline:
                             )
                         )
                 if submission.wal_segment is not None and self._wal is not None:
-                    # Stored or dead-lettered: the log no longer needs it.
-                    self._wal.committed(submission.wal_segment)
+                    if submission.lost:
+                        # The log holds the last copy of these acknowledged
+                        # events: keep their segment for the next start's replay.
+                        logger.critical(
+                            "events kept in the write-ahead log for the next start",
+                            extra={
+                                "events": submission.lost,
+                                "segment": str(submission.wal_segment.path),
+                            },
+                        )
+                    else:
+                        # Stored or dead-lettered: the log no longer needs it.
+                        self._wal.committed(submission.wal_segment)
         if failure is None and events:
             self._observer.submissions_written(event_seconds, events)
 

@@ -13,6 +13,7 @@ from aep.records import EventRecord
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
 from aep.stats import IngestStats
 from aep.storage.base import StoreError, WriteResult
+from aep.wal import WriteAheadLog, read_segment
 
 
 class FakeStore:
@@ -224,3 +225,46 @@ async def test_drain_timeout_dead_letters_what_is_left(tmp_path: Path) -> None:
     assert sorted(dead) == sorted(f"e{i}" for i in range(23))
     assert stats.dead_lettered == 23
     assert pipeline.pending_events == 0
+
+
+async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_log(
+    tmp_path: Path,
+) -> None:
+    """The write-ahead log holds the last copy of durably acknowledged events: when
+    neither the store nor the dead-letter file took them, their segment is kept so
+    that the next start replays them, instead of being deleted as "committed"."""
+    store = FakeStore()
+    store.fail_next = 3
+    stats = IngestStats()
+    (tmp_path / "dlq").write_text("a file where the dead-letter folder should be")
+    wal = WriteAheadLog(tmp_path / "wal", segment_bytes=1024)
+    assert wal.open() == []
+    wal.start()
+    pipeline = Pipeline(
+        store,
+        stats,
+        DeadLetterQueue(tmp_path / "dlq"),
+        batch=BatchSettings(size=4, flush_interval=60.0, worker_pool_size=1),
+        queue=QueueSettings(max_events=100, max_bytes=10**6),
+        retry=RetrySettings(max_attempts=3, initial_backoff=0.001, max_backoff=0.01),
+        wal=wal,
+    )
+    pipeline.start()
+    acked = records(0, 4)
+    pipeline.reserve(4, 40)
+    segment = await wal.append(acked)  # the durable ack is given here
+    pipeline.submit(acked, 40, reserved=True, wal_segment=segment)
+    await wait_until(lambda: stats.lost == 4)
+    await pipeline.drain(5)
+    await wal.close()
+
+    reopened = WriteAheadLog(tmp_path / "wal", segment_bytes=1024)
+    leftovers = reopened.open()
+    replayable = [
+        str(record["event_id"])
+        for leftover in leftovers
+        for submission in read_segment(leftover.path)[0]
+        for record in submission
+    ]
+    print(f"acknowledged=4 stored=0 dead-lettered=0 lost=4 kept in the log={len(replayable)}")
+    assert replayable == ["e0", "e1", "e2", "e3"]
