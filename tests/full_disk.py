@@ -45,20 +45,40 @@ class SmallDisk:
         with contextlib.suppress(FileNotFoundError):
             self.filler.unlink()
 
+    def fill_inodes(self) -> list[Path]:
+        """Create empty files until no inode is left (a tmpfs mounted with nr_inodes).
+
+        Creating a file then fails with ENOSPC, while writes to open files still work.
+        """
+        created: list[Path] = []
+        while True:
+            path = self.root / f"inode-filler-{len(created)}"
+            try:
+                path.touch(exist_ok=False)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                return created
+            created.append(path)
+
     def available(self) -> int:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
 
 @contextlib.contextmanager
-def small_tmpfs(directory: Path, size: str = "4m") -> Iterator[SmallDisk]:
-    """Mount a tmpfs of `size` at directory; unmounted (and its data gone) afterwards."""
+def small_tmpfs(
+    directory: Path, size: str = "4m", nr_inodes: int | None = None
+) -> Iterator[SmallDisk]:
+    """Mount a tmpfs of `size` (and `nr_inodes` files) at directory.
+
+    Unmounted, and its data gone, afterwards.
+    """
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
-    )
+    options = f"size={size}" + (f",nr_inodes={nr_inodes}" if nr_inodes is not None else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
     try:
         yield SmallDisk(directory)
     finally:

@@ -21,7 +21,7 @@ import grpc
 import orjson
 import pytest
 from support import ServerProcess, scrape, stored_events, valid_event
-from tmpfs import fill_bytes, fill_inodes, mounted_tmpfs
+from full_disk import small_tmpfs
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
@@ -147,15 +147,15 @@ def killed_with_a_log(tmp_path: Path, wal_dir: Path, batches: int) -> Sent:
 
 def test_acks_after_the_wal_disk_was_full_survive_a_kill(tmp_path: Path) -> None:
     """A write that fails part-way leaves no garbage before the appends that follow it."""
-    with mounted_tmpfs(tmp_path / "wal-disk", size="4m") as disk:
-        wal_dir = disk / "wal"
+    with small_tmpfs(tmp_path / "wal-disk", size="4m") as disk:
+        wal_dir = disk.root / "wal"
         server = ServerProcess(tmp_path / "server", {"AEP_WAL_DIR": str(wal_dir), **_NO_FLUSH})
         server.start()
         try:
             sent = send_durable(server, "before", 30, Sent())
-            fill_bytes(disk / "ballast")
+            disk.fill()
             while_full = send_durable(server, "full", 20, Sent())
-            (disk / "ballast").unlink()
+            disk.free()
             after = send_durable(server, "after", 30, Sent())
         finally:
             server.signal(signal.SIGKILL)
@@ -264,13 +264,13 @@ def test_a_replay_interrupted_by_sigterm_goes_on_at_the_next_start(tmp_path: Pat
 
 def test_rotation_out_of_inodes_fails_only_those_appends(tmp_path: Path) -> None:
     """The writer survives a segment it cannot create; calls get UNAVAILABLE, not a hang."""
-    with mounted_tmpfs(tmp_path / "wal-disk", size="4m", nr_inodes=64) as disk:
-        wal_dir = disk / "wal"
+    with small_tmpfs(tmp_path / "wal-disk", size="4m", nr_inodes=64) as disk:
+        wal_dir = disk.root / "wal"
         env = {"AEP_WAL_DIR": str(wal_dir), "AEP_WAL_SEGMENT_BYTES": "4096", **_NO_FLUSH}
         server = ServerProcess(tmp_path / "server", env).start()
         try:
             sent = send_durable(server, "before", 10, Sent())  # a segment per batch
-            ballast = fill_inodes(disk)
+            ballast = disk.fill_inodes()
             started = time.monotonic()
             while_full = send_durable(server, "full", 5, Sent())
             seconds_full = time.monotonic() - started

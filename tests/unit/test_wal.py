@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from tmpfs import fill_bytes, fill_inodes, mounted_tmpfs
+from full_disk import small_tmpfs
 
 from aep.records import EventRecord
 from aep.wal import WalError, WriteAheadLog, frame, read_segment, scan_segment
@@ -257,17 +257,17 @@ async def test_appends_after_stray_files_go_to_a_new_segment(tmp_path: Path) -> 
 async def test_a_failed_append_on_a_full_disk_leaves_the_segment_as_it_was(
     tmp_path: Path,
 ) -> None:
-    with mounted_tmpfs(tmp_path / "disk", size="4m") as disk:
-        wal = WriteAheadLog(disk / "wal", segment_bytes=1 << 30)
+    with small_tmpfs(tmp_path / "disk", size="4m") as disk:
+        wal = WriteAheadLog(disk.root / "wal", segment_bytes=1 << 30)
         wal.open()
         wal.start()
         segment = await wal.append(events(0, 10))
         before = segment.path.read_bytes()
-        fill_bytes(disk / "ballast")
+        disk.fill()
         with pytest.raises(WalError):
             await wal.append(events(10, 500))  # more than the page the segment still has
         assert segment.path.read_bytes() == before
-        (disk / "ballast").unlink()
+        disk.free()
         after = await wal.append(events(510, 10))
         assert after is segment
         await wal.close()
@@ -285,19 +285,19 @@ class _TruncateFails(WriteAheadLog):
 async def test_when_the_cut_back_fails_the_next_append_goes_to_a_new_segment(
     tmp_path: Path,
 ) -> None:
-    with mounted_tmpfs(tmp_path / "disk", size="4m") as disk:
-        wal = _TruncateFails(disk / "wal", segment_bytes=1 << 30)
+    with small_tmpfs(tmp_path / "disk", size="4m") as disk:
+        wal = _TruncateFails(disk.root / "wal", segment_bytes=1 << 30)
         wal.open()
         wal.start()
         first = await wal.append(events(0, 10))
-        fill_bytes(disk / "ballast")
+        disk.fill()
         with pytest.raises(WalError):
             await wal.append(events(10, 500))
-        (disk / "ballast").unlink()
+        disk.free()
         second = await wal.append(events(510, 10))
         assert second is not first
         # The process dies here; the next start reads both, past the garbage.
-        leftovers = WriteAheadLog(disk / "wal", segment_bytes=1 << 30).open()
+        leftovers = WriteAheadLog(disk.root / "wal", segment_bytes=1 << 30).open()
         assert [s.sequence for s in leftovers] == [first.sequence, second.sequence]
         assert _ids(first.path)[:10] == [f"e{i}" for i in range(10)]
         assert _ids(second.path) == [f"e{i}" for i in range(510, 520)]
@@ -307,12 +307,12 @@ async def test_when_the_cut_back_fails_the_next_append_goes_to_a_new_segment(
 
 
 async def test_rotation_out_of_inodes_fails_only_that_group(tmp_path: Path) -> None:
-    with mounted_tmpfs(tmp_path / "disk", size="4m", nr_inodes=16) as disk:
-        wal = WriteAheadLog(disk / "wal", segment_bytes=4096)
+    with small_tmpfs(tmp_path / "disk", size="4m", nr_inodes=16) as disk:
+        wal = WriteAheadLog(disk.root / "wal", segment_bytes=4096)
         wal.open()
         wal.start()
         first = await wal.append(events(0, 200))  # over segment_bytes: the next one rotates
-        ballast = fill_inodes(disk)
+        ballast = disk.fill_inodes()
         for attempt in range(3):
             with pytest.raises(WalError, match="No space left"):
                 await asyncio.wait_for(wal.append(events(100 + attempt, 1)), 5)
@@ -323,7 +323,7 @@ async def test_rotation_out_of_inodes_fails_only_that_group(tmp_path: Path) -> N
         await asyncio.wait_for(wal.close(), 5)
         for path in ballast:
             path.unlink()
-        leftovers = WriteAheadLog(disk / "wal", segment_bytes=4096).open()
+        leftovers = WriteAheadLog(disk.root / "wal", segment_bytes=4096).open()
         assert [_ids(s.path) for s in leftovers] == [
             [f"e{i}" for i in range(200)],
             ["e200"],
