@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -316,7 +317,8 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
     """The google.rpc.RetryInfo delay of a status, if it carries one."""
     from google.rpc import error_details_pb2, status_pb2
 
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    metadata: Any = error.trailing_metadata() or ()  # (key, value) pairs at run time
+    for key, value in metadata:
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
