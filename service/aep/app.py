@@ -88,7 +88,12 @@ class Application:
             wal=self.wal,
         )
         self.telemetry.watch(self.pipeline)
-        self.http = HttpEndpoints(self.serving, self.telemetry.render)
+        self.http = HttpEndpoints(
+            self.serving,
+            self.telemetry.render,
+            max_connections=settings.metrics.max_connections,
+            idle_timeout=settings.metrics.idle_timeout,
+        )
         self.monitor = StoreMonitor(
             self.store,
             self.pipeline,

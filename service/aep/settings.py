@@ -285,6 +285,13 @@ class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9464, ge=1, le=65535)
+    # Open HTTP connections at most: sockets on this port must not use up the
+    # file descriptors gRPC needs. Past it, the oldest connection still waiting
+    # for its request is closed (or, with none, the new one).
+    max_connections: int = Field(64, ge=1)
+    # A connection is closed when its request head has not arrived within this
+    # time of the connect (idle or sent slowly), or its response is not read within it.
+    idle_timeout: Duration = Field(10.0, gt=0)
 
 
 class ShutdownSettings(_Section):

@@ -150,6 +150,28 @@ async def test_a_redis_refusing_writes_fails_ping_and_writes_and_recovers(
     assert redis_backend.read_ids() == [f"e{i}" for i in range(5)]
 
 
+async def test_racing_writes_of_the_same_ids_to_a_refusing_redis_both_fail(
+    redis_backend: Backend, admin: redis.Redis
+) -> None:
+    """The append script checks and sets the dedupe key atomically with the XADD, so a
+    concurrent write of the same ids cannot be told "duplicate" for a failing one."""
+    store = await redis_backend.open_store(writers=2)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        results = await asyncio.gather(
+            store.write_batch(events(0, 5)), store.write_batch(events(0, 5)), return_exceptions=True
+        )
+    finally:
+        admin.config_set("maxmemory", "0")
+    try:
+        again = await store.write_batch(events(0, 5))
+    finally:
+        await store.close()
+    assert all(isinstance(result, StoreError) for result in results), results
+    assert (again.written, again.duplicates) == (5, 0)
+
+
 async def test_a_redis_that_stops_answering_fails_ping_within_the_connect_timeout(
     tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from full_disk import small_tmpfs
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from support import stored_events
 
 from aep.records import EventRecord
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
-from aep.storage.base import StoreError
+from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
 
 
@@ -288,3 +289,78 @@ def test_binary_records_hold_exactly_what_each_record_says(records: list[EventRe
         assert stored == pb.StoredAdEvent(**record)
     assert position == len(data)
     assert [r["event_id"] for r in ProtobufCodec.decode(data)] == [r["event_id"] for r in records]
+
+
+def _large_batch(start: int, count: int, size: int) -> list[EventRecord]:
+    """Events with the ids of batch(start, count), each padded to about `size` bytes."""
+    return [{**record, "attributes": {"pad": "x" * size}} for record in batch(start, count)]
+
+
+async def _write_concurrently(
+    store: FileStore, first: list[EventRecord], second: list[EventRecord]
+) -> list[WriteResult | BaseException]:
+    """Two writes racing like two pipeline writers: the second starts while the first is
+    in its worker thread."""
+    import asyncio
+
+    return list(
+        await asyncio.gather(
+            store.write_batch(first), store.write_batch(second), return_exceptions=True
+        )
+    )
+
+
+def _outcome(result: WriteResult | BaseException) -> str:
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}"
+    return f"written={result.written} duplicates={result.duplicates}"
+
+
+async def test_a_retry_racing_a_failing_write_is_not_a_duplicate(tmp_path: Path) -> None:
+    """Disk full: the first write fails with ENOSPC; a concurrent retry of the same ids
+    must fail too (it is not answered "duplicate" for events that were never written)."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        store = await open_store(disk.root / "events", writers=2)
+        disk.fill()
+        first, second = await _write_concurrently(store, batch(0, 10), batch(0, 10))
+        stored = len(stored_events(disk.root / "events"))
+        await store.close()
+    duplicates = 0 if isinstance(second, BaseException) else second.duplicates
+    print(
+        f"racing retry on a full disk: first {_outcome(first)}, second {_outcome(second)}; "
+        f"acknowledged={0 if isinstance(second, BaseException) else 10} stored={stored} "
+        f"duplicates={duplicates} lost={duplicates - stored if duplicates > stored else 0}"
+    )
+    assert isinstance(first, StoreError), first
+    assert isinstance(second, StoreError), f"the retry was answered {_outcome(second)}"
+    assert stored == 0
+
+
+async def test_a_retry_racing_a_failing_write_writes_the_events_itself(tmp_path: Path) -> None:
+    """The first write does not fit the space left and fails; the retry of the same ids
+    (small enough to fit) waits for it, then writes them: nothing is counted duplicate."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        store = await open_store(disk.root / "events", writers=2)
+        disk.fill(leave_bytes=64 * 1024)
+        first, second = await _write_concurrently(store, _large_batch(0, 10, 100_000), batch(0, 10))
+        ids = sorted(str(e["event_id"]) for e in stored_events(disk.root / "events"))
+        await store.close()
+    print(
+        f"racing retry, first too big for the disk: first {_outcome(first)}, "
+        f"second {_outcome(second)}; stored={len(ids)}"
+    )
+    assert isinstance(first, StoreError), first
+    assert not isinstance(second, BaseException), second
+    assert (second.written, second.duplicates) == (10, 0)
+    assert ids == sorted(f"e{i}" for i in range(10))
+
+
+async def test_a_retry_racing_a_successful_write_is_a_duplicate(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, writers=2)
+    first, second = await _write_concurrently(store, batch(0, 10), batch(5, 10))
+    await store.close()
+    assert not isinstance(first, BaseException) and not isinstance(second, BaseException)
+    assert (first.written, first.duplicates) == (10, 0)
+    assert (second.written, second.duplicates) == (5, 5)
+    ids = [str(e["event_id"]) for e in stored_events(tmp_path)]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(15))

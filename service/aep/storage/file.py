@@ -15,7 +15,9 @@ Idempotency: an event_id written within `dedupe_window` (at most
 `dedupe_max_ids` ids) is not written again. At start-up the ids in files
 modified within the window are read back, so the guarantee holds across
 restarts and crashes too. Older ids are forgotten: a replay of an event from
-longer ago than the window is written again.
+longer ago than the window is written again. An id counts as a duplicate only
+once its write succeeded: a batch holding an id that another write is still
+writing waits for that write, and writes the id itself if that write failed.
 """
 
 from __future__ import annotations
@@ -208,9 +210,6 @@ class RecentIds:
         self._batches.append((at, event_ids))
         self._evict(at)
 
-    def forget(self, event_ids: Iterable[str]) -> None:
-        self._ids.difference_update(event_ids)
-
     def _evict(self, now: float) -> None:
         horizon = now - self._window
         batches = self._batches
@@ -308,6 +307,8 @@ class FileStore:
         ]
         self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
         self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)
+        # event_id -> the end of the write that is storing it now.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._codec = CODECS[settings.format]
 
     @property
@@ -336,27 +337,71 @@ class FileStore:
             self._recent.add_batch(ids, modified)
 
     async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
-        recent = self._recent
-        fresh_ids = [record["event_id"] for record in records]
-        fresh: Sequence[EventRecord] = records
-        if not recent.isdisjoint(fresh_ids) or len(set(fresh_ids)) != len(fresh_ids):
-            fresh, fresh_ids = recent.new_only(records)
+        fresh, fresh_ids = await self._new_records(records)
         if not fresh:
             return WriteResult(written=0, duplicates=len(records))
-        # Claim the ids before the write so a concurrent writer cannot write them too.
-        recent.add_batch(fresh_ids, time.time())
-        # Encoded here, not in the worker thread: encoding holds the GIL, and a
-        # CPU-bound thread would make the event loop wait for it.
-        data = self._codec.encode(fresh)
-        writer = await self._free.get()
+        # Claimed until the write ends, so a concurrent batch with these ids
+        # waits for it instead of writing them too or calling them duplicates.
+        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        in_flight = self._in_flight
+        for event_id in fresh_ids:
+            in_flight[event_id] = claim
         try:
-            await asyncio.to_thread(writer.append, data)
+            # Encoded here, not in the worker thread: encoding holds the GIL, and a
+            # CPU-bound thread would make the event loop wait for it.
+            data = self._codec.encode(fresh)
+            writer = await self._free.get()
+        except BaseException:
+            self._release(fresh_ids, claim)
+            raise
+        append = asyncio.ensure_future(asyncio.to_thread(writer.append, data))
+        # The bookkeeping runs when the thread ends, even if this call is
+        # cancelled first: the writer is not reused and the ids are not released
+        # while the thread may still be writing them.
+        append.add_done_callback(
+            lambda done: self._appended(done, writer, fresh_ids, claim),
+        )
+        try:
+            await asyncio.shield(append)
         except OSError as error:
-            recent.forget(fresh_ids)
             raise StoreError(f"file store: writing {writer.path}: {error}") from error
-        finally:
-            self._free.put_nowait(writer)
         return WriteResult(written=len(fresh), duplicates=len(records) - len(fresh))
+
+    async def _new_records(
+        self, records: Sequence[EventRecord]
+    ) -> tuple[Sequence[EventRecord], list[str]]:
+        """The records to write: not written recently, not taken by an earlier record,
+        after waiting for the writes still in flight of any of their ids."""
+        recent = self._recent
+        in_flight = self._in_flight
+        while True:
+            fresh_ids = [record["event_id"] for record in records]
+            fresh: Sequence[EventRecord] = records
+            if not recent.isdisjoint(fresh_ids) or len(set(fresh_ids)) != len(fresh_ids):
+                fresh, fresh_ids = recent.new_only(records)
+            if not in_flight or in_flight.keys().isdisjoint(fresh_ids):
+                return fresh, fresh_ids
+            claims = {in_flight[event_id] for event_id in fresh_ids if event_id in in_flight}
+            await asyncio.wait(claims)
+
+    def _appended(
+        self,
+        append: asyncio.Future[None],
+        writer: _SegmentWriter,
+        event_ids: list[str],
+        claim: asyncio.Future[None],
+    ) -> None:
+        self._free.put_nowait(writer)
+        if not append.cancelled() and append.exception() is None:
+            self._recent.add_batch(event_ids, time.time())
+        self._release(event_ids, claim)
+
+    def _release(self, event_ids: list[str], claim: asyncio.Future[None]) -> None:
+        in_flight = self._in_flight
+        for event_id in event_ids:
+            if in_flight.get(event_id) is claim:
+                del in_flight[event_id]
+        claim.set_result(None)
 
     async def ping(self) -> None:
         if not os.access(self._directory, os.W_OK):
