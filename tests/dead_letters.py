@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 
 
 def stored_record(index: int, **overrides: object) -> EventRecord:

@@ -192,8 +192,8 @@ def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
 
 def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, object]]:
     """The records the server stores for these valid events (each with its event_id set)."""
+    from aep.events.validation import EventValidator
     from aep.settings import ValidationSettings
-    from aep.validation import EventValidator
 
     validator = EventValidator(ValidationSettings())
     records = []
@@ -222,7 +222,7 @@ class Scrape:
         return {labels[label]: value for labels, value in self.samples.get(name, [])}
 
     def conservation(self) -> dict[str, float]:
-        """The terms of aep.stats' equation, read from exported metrics."""
+        """The terms of aep.pipeline.ledger' equation, read from exported metrics."""
         return {
             "received": self.total("events_received_total"),
             "replayed": self.total("events_replayed_total"),

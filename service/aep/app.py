@@ -25,20 +25,20 @@ import time
 import grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from aep.deadletter import DeadLetterQueue
-from aep.health import ServingState
-from aep.http_server import HttpEndpoints
-from aep.pipeline import AdmissionError, Pipeline
-from aep.security import SecurityConfigError, interceptors, server_credentials
-from aep.server import AD_EVENT_SERVICE_NAME, BindError, build_server
-from aep.servicer import AdEventServicer
+from aep.events.validation import EventValidator
+from aep.ingest.security import SecurityConfigError, interceptors, server_credentials
+from aep.ingest.server import AD_EVENT_SERVICE_NAME, BindError, build_server
+from aep.ingest.servicer import AdEventServicer
+from aep.observability.health import ServingState
+from aep.observability.http_endpoints import HttpEndpoints
+from aep.observability.store_monitor import StoreMonitor
+from aep.observability.telemetry import Telemetry
+from aep.pipeline.core import AdmissionError, Pipeline
+from aep.pipeline.dead_letters import DeadLetterQueue
+from aep.pipeline.ledger import IngestStats
+from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, Segment, WriteAheadLog, read_segment
 from aep.settings import Settings, StartupPolicy
-from aep.stats import IngestStats
 from aep.storage import StoreError, create_store
-from aep.store_monitor import StoreMonitor
-from aep.telemetry import Telemetry
-from aep.validation import EventValidator
-from aep.wal import REPLAY_BYTES_PER_EVENT, Segment, WriteAheadLog, read_segment
 
 logger = logging.getLogger(__name__)
 

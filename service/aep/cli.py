@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from aep import __version__, replay
+from aep import __version__
 from aep.settings import (
     CONFIG_PATH_ENV,
     DURATION_FORMS,
@@ -20,6 +20,7 @@ from aep.settings import (
     load_settings,
     render_settings,
 )
+from aep.tools import dead_letter_replay as replay
 
 _USAGE = """\
 %(prog)s [-h] [--config PATH] [--print-config] [--version]
@@ -119,11 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(render_settings(settings))
         return
     if args.command == "replay-dlq":
-        from aep.replay import replay_dead_letters
+        from aep.tools.dead_letter_replay import replay_dead_letters
 
         sys.exit(asyncio.run(replay_dead_letters(settings, args.paths)))
     from aep.app import serve
-    from aep.logs import configure_logging
+    from aep.observability.logs import configure_logging
 
     configure_logging(settings.logging)
     sys.exit(asyncio.run(serve(settings)))

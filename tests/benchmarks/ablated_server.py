@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aep import cli
+from aep.events.schema import EventRecord
+from aep.events.validation import EventValidator, Verdicts
+from aep.ingest.servicer import AdEventServicer, Context
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord
-from aep.servicer import AdEventServicer, Context
-from aep.validation import EventValidator, Verdicts
 
 
 def take_out_everything() -> None:

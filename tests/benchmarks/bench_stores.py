@@ -31,8 +31,8 @@ from backends import Backend
 from servers import MongoServer, RedisServer
 from support import stored_forms, valid_event
 
+from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord, format_epoch
 
 
 def make_events(count: int, run: str) -> list[EventRecord]:

@@ -632,7 +632,7 @@ def test_tls_without_client_auth_sets_no_client_ca(helm: Helm, tmp_path: Path) -
 
 
 def test_helm_test_pod_passes_tls_and_api_key_to_the_client(helm: Helm) -> None:
-    from aep.client import parser
+    from aep.tools.client import parser
 
     manifests = render(helm, scenario("secure"))
     (pod,) = manifests.of_kind("Pod")

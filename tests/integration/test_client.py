@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def client(*args: str, quiet: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aep.client", *(["--quiet"] if quiet else []), *args],
+        [sys.executable, "-m", "aep.tools.client", *(["--quiet"] if quiet else []), *args],
         capture_output=True,
         text=True,
         timeout=120,

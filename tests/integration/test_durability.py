@@ -113,7 +113,7 @@ def test_durable_ack_is_refused_without_a_log(server: ServerProcess) -> None:
 
 
 def test_a_corrupt_log_tail_is_counted_replayed_then_quarantined(tmp_path: Path) -> None:
-    from aep.wal import frame
+    from aep.pipeline.wal import frame
 
     wal = tmp_path / "wal"
     wal.mkdir()

@@ -195,7 +195,7 @@ def test_client_sends_the_api_key(keyed_server: ServerProcess) -> None:
     command = [
         sys.executable,
         "-m",
-        "aep.client",
+        "aep.tools.client",
         "--quiet",
         "--server",
         keyed_server.address,

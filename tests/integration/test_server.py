@@ -449,7 +449,7 @@ def test_queue_full_carries_retry_info_and_the_client_retries(tmp_path: Path) ->
             [
                 sys.executable,
                 "-m",
-                "aep.client",
+                "aep.tools.client",
                 "--quiet",
                 "--json",
                 "--server",

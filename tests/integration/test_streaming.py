@@ -106,7 +106,7 @@ def test_client_stream_mode(server: ServerProcess, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "aep.client",
+            "aep.tools.client",
             "--quiet",
             "--json",
             "--server",

@@ -16,10 +16,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from support import free_port, valid_event
 
 from aep.app import EXIT_OK, Application
+from aep.observability.telemetry import span_exporter_from_environment
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
 from aep.settings import load_settings
-from aep.telemetry import span_exporter_from_environment
 
 pytestmark = pytest.mark.integration
 

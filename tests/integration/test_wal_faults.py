@@ -294,7 +294,7 @@ def test_rotation_out_of_inodes_fails_only_those_appends(tmp_path: Path) -> None
 
 
 def test_stray_files_in_the_wal_folder_do_not_stop_the_server(tmp_path: Path) -> None:
-    from aep.wal import frame
+    from aep.pipeline.wal import frame
 
     wal_dir = tmp_path / "wal"
     wal_dir.mkdir()

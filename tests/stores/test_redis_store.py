@@ -15,7 +15,7 @@ from backends import Backend
 from servers import RedisServer
 from test_store_contract import events
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 from aep.storage import StoreError
 from aep.storage.redis import counter_key, dedupe_key
 

@@ -13,7 +13,7 @@ import pytest
 from backends import Backend
 from support import free_port, stored_forms, valid_event
 
-from aep.records import EventRecord, format_epoch
+from aep.events.schema import EventRecord, format_epoch
 from aep.storage import EventStore, StoreError
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import io
 
-from aep.client import Progress, percentile
+from aep.tools.client import Progress, percentile
 
 
 class FakeTerminal(io.StringIO):

@@ -13,11 +13,11 @@ from full_disk import SmallDisk, small_tmpfs
 from support import stored_events
 from test_pipeline import FakeStore
 
-from aep.deadletter import DeadLetterQueue, DeadLetterWriteError
-from aep.pipeline import CommitFailedError, Pipeline
-from aep.replay import replay_dead_letters
+from aep.pipeline.core import CommitFailedError, Pipeline
+from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
+from aep.pipeline.ledger import IngestStats
 from aep.settings import BatchSettings, QueueSettings, RetrySettings, load_settings
-from aep.stats import IngestStats
+from aep.tools.dead_letter_replay import replay_dead_letters
 
 
 @pytest.fixture

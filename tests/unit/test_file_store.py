@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from support import stored_events
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records

@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from aep.ids import EventIdGenerator
+from aep.events.ids import EventIdGenerator
 
 
 def test_ids_are_uuid7_unique_and_time_ordered() -> None:

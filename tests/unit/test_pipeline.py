@@ -7,13 +7,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from aep.deadletter import DeadLetterQueue
-from aep.pipeline import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
+from aep.pipeline.core import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
+from aep.pipeline.dead_letters import DeadLetterQueue
+from aep.pipeline.ledger import IngestStats
+from aep.pipeline.wal import WriteAheadLog, read_segment
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
-from aep.stats import IngestStats
 from aep.storage.base import StoreError, WriteResult
-from aep.wal import WriteAheadLog, read_segment
 
 
 class FakeStore:

@@ -4,10 +4,10 @@ import datetime
 
 from support import valid_event
 
+from aep.events.schema import EventRecord, format_timestamp
+from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord, format_timestamp
 from aep.settings import ValidationSettings
-from aep.validation import EventValidator
 
 
 def to_record(event: pb.AdEvent, event_id: str, received_at: str) -> EventRecord:

@@ -12,11 +12,16 @@ import pytest
 from dead_letters import stored_record, stored_records
 from support import stored_events
 
-from aep.deadletter import DeadLetterQueue
-from aep.records import EventRecord
-from aep.replay import CLAIMED_DIR, REJECTED_DIR, REPLAYED_DIR, replay_dead_letters
+from aep.events.schema import EventRecord
+from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.settings import Settings, load_settings
 from aep.storage import EventStore, WriteResult
+from aep.tools.dead_letter_replay import (
+    CLAIMED_DIR,
+    REJECTED_DIR,
+    REPLAYED_DIR,
+    replay_dead_letters,
+)
 
 
 def settings_for(tmp_path: Path, **environ: str) -> Settings:
@@ -331,8 +336,8 @@ async def test_a_batch_the_store_refuses_for_its_content_is_written_event_by_eve
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever a store raises besides StoreError costs only the events it is about."""
-    from aep import replay as replay_module
     from aep.storage import create_store
+    from aep.tools import dead_letter_replay as replay_module
 
     class Picky:
         """The real file store, refusing any batch that holds e3 (as a codec would)."""

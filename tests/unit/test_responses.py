@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aep.events.validation import Verdicts
+from aep.ingest.responses import batch_response, stream_ack
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.responses import batch_response, stream_ack
-from aep.validation import Verdicts
 
 event_ids = st.one_of(
     st.uuids().map(str),  # 36 bytes: the cached path
@@ -80,7 +80,7 @@ def test_a_batch_of_server_ids_takes_the_cached_path() -> None:
 
 
 def test_results_past_the_cached_indexes_are_serialised_too() -> None:
-    from aep import responses
+    from aep.ingest import responses
 
     count = responses._MAX_CACHED_INDEX + 5
     records = [{"event_id": f"0192f3a4-5b6c-7d8e-9f01-{index:012x}"} for index in range(count)]

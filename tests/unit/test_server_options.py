@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from aep.server import _channel_options
+from aep.ingest.server import _channel_options
 from aep.settings import load_settings
 
 

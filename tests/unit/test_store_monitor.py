@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from test_pipeline import FakeStore, make_pipeline, records, wait_until
 
-from aep.health import ServingState
-from aep.pipeline import Pipeline
+from aep.observability.health import ServingState
+from aep.observability.store_monitor import StoreMonitor
+from aep.pipeline.core import Pipeline
 from aep.settings import HealthSettings
 from aep.storage.base import StoreError
-from aep.store_monitor import StoreMonitor
 
 
 class PingableStore(FakeStore):
@@ -159,9 +159,9 @@ async def test_a_crashed_pipeline_task_is_not_serving(tmp_path: Path) -> None:
 async def test_drain_of_a_pipeline_that_never_started_dead_letters_the_queue(
     tmp_path: Path, queued: int
 ) -> None:
-    from aep.deadletter import DeadLetterQueue
+    from aep.pipeline.dead_letters import DeadLetterQueue
+    from aep.pipeline.ledger import IngestStats
     from aep.settings import BatchSettings, QueueSettings, RetrySettings
-    from aep.stats import IngestStats
 
     stats = IngestStats()
     pipeline = Pipeline(

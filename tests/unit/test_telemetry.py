@@ -4,10 +4,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aep.pipeline import PipelineObserver
+from aep.observability.telemetry import SECONDS_BUCKETS, Telemetry, WindowedMean, received_by_type
+from aep.pipeline.core import PipelineObserver
+from aep.pipeline.ledger import IngestStats
 from aep.settings import MetricsSettings, load_settings
-from aep.stats import IngestStats
-from aep.telemetry import SECONDS_BUCKETS, Telemetry, WindowedMean, received_by_type
 
 
 def test_the_windowed_mean_reports_the_last_complete_window_weighted_by_events() -> None:
@@ -81,7 +81,7 @@ def test_rpc_durations_render_as_the_opentelemetry_exporter_renders_a_histogram(
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from aep.telemetry import RpcDurations
+    from aep.observability.telemetry import RpcDurations
 
     sdk_registry = CollectorRegistry()
     provider = MeterProvider(

@@ -5,9 +5,9 @@ import time
 import pytest
 from support import now_timestamp, valid_event
 
+from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
-from aep.validation import EventValidator
 
 VALIDATOR = EventValidator(
     ValidationSettings(

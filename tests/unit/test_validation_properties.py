@@ -8,9 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
-from aep.validation import EventValidator
 
 VALIDATOR = EventValidator(
     ValidationSettings(

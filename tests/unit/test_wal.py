@@ -14,8 +14,8 @@ import orjson
 import pytest
 from full_disk import small_tmpfs
 
-from aep.records import EventRecord
-from aep.wal import WalError, WriteAheadLog, frame, read_segment, scan_segment
+from aep.events.schema import EventRecord
+from aep.pipeline.wal import WalError, WriteAheadLog, frame, read_segment, scan_segment
 
 
 def events(start: int, count: int) -> list[EventRecord]:
@@ -183,7 +183,7 @@ def test_a_damaged_segment_is_replayed_counted_and_logged_once(
     (tmp_path / "wal-000000000001.log").write_bytes(bytes(damaged))
     (tmp_path / "wal-000000000002.log").write_bytes(frame(_payload(100, 5)))
     wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
-    with caplog.at_level(logging.WARNING, logger="aep.wal"):
+    with caplog.at_level(logging.WARNING, logger="aep.pipeline.wal"):
         leftovers = wal.open()
     assert [s.path.name for s in leftovers] == ["wal-000000000001.log", "wal-000000000002.log"]
     assert [s.replay_events for s in leftovers] == [20, 5]
@@ -229,7 +229,7 @@ def test_stray_files_in_the_directory_are_skipped_with_a_warning(
     (tmp_path / "wal-000000000009.log").mkdir()
     (tmp_path / "wal-000000000003.log").write_bytes(frame(_payload(1, 2)))
     wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
-    with caplog.at_level(logging.WARNING, logger="aep.wal"):
+    with caplog.at_level(logging.WARNING, logger="aep.pipeline.wal"):
         leftovers = wal.open()
     assert [_ids(s.path) for s in leftovers] == [["e1", "e2"]]
     warned = " ".join(r.getMessage() + str(r.__dict__.get("path")) for r in caplog.records)
@@ -333,7 +333,7 @@ async def test_rotation_out_of_inodes_fails_only_that_group(tmp_path: Path) -> N
 _OUT_OF_DESCRIPTORS = """
 import asyncio, json, os, resource, sys
 from pathlib import Path
-from aep.wal import WalError, WriteAheadLog
+from aep.pipeline.wal import WalError, WriteAheadLog
 
 async def main():
     wal = WriteAheadLog(Path(sys.argv[1]), segment_bytes=4096)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 
 
 @dataclass(frozen=True, slots=True)

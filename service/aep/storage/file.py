@@ -33,11 +33,11 @@ from pathlib import Path
 import orjson
 from google.protobuf.message import DecodeError
 
+from aep.events.schema import EVENT_TYPE_NAMES, EventRecord
+from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EVENT_TYPE_NAMES, EventRecord
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
-from aep.varint import encode_varint
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 

@@ -34,7 +34,7 @@ from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 from aep.settings import MongoStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 

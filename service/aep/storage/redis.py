@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 from aep.settings import RedisStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aep.health import ServingState
+from aep.observability.health import ServingState
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One JSON object per line: {"reason", "failed_at", "attempts", "event": <stored form>},
 in `<dead_letter.dir>/dead-letter-<UTC start>-<random>.jsonl`, fsynced per append.
-`ad-event-processor replay-dlq` (aep.replay) sends them to the store again.
+`ad-event-processor replay-dlq` (aep.tools.dead_letter_replay) sends them to the store again.
 
 An append that fails part-way (ENOSPC, EIO) is cut back to its last whole line
 and fsynced, and DeadLetterWriteError says how many of its events made it: the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from aep.records import EventRecord, format_epoch
+from aep.events.schema import EventRecord, format_epoch
 
 DEAD_LETTER_PATTERN = "dead-letter-*.jsonl"
 

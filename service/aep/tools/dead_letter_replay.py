@@ -6,7 +6,7 @@ For each dead-letter file (by default every `dead-letter-*.jsonl` in
 1. claim it: rename it into `<dir>/replaying/`. A running server appends to a
    new file from then on, and an append that was under way finishes first
    (both sides lock the file), so nothing lands in a file after it was read;
-2. read each line's `event` and check it is in the stored form (aep.records:
+2. read each line's `event` and check it is in the stored form (aep.events.schema:
    the required keys with their types, no unknown key; missing optional keys
    get their defaults). A torn line (an append cut short by a crash, or by a
    full disk before appends were cut back) is skipped; a whole entry glued
@@ -48,8 +48,8 @@ from typing import TextIO
 
 import orjson
 
-from aep.deadletter import DEAD_LETTER_PATTERN, lock_claimed
-from aep.records import EventRecord, as_stored_form
+from aep.events.schema import EventRecord, as_stored_form
+from aep.pipeline.dead_letters import DEAD_LETTER_PATTERN, lock_claimed
 from aep.settings import RetrySettings, Settings
 from aep.storage import EventStore, StoreError, WriteResult, create_store
 

@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from aep.health import ServingState
+from aep.ingest.reflection import enable_reflection
+from aep.ingest.servicer import AdEventServicer
+from aep.observability.health import ServingState
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.reflection import enable_reflection
-from aep.servicer import AdEventServicer
 from aep.settings import ServerSettings
 
 AD_EVENT_SERVICE = pb.DESCRIPTOR.services_by_name["AdEventService"]
@@ -53,14 +53,14 @@ def _ad_event_handler(servicer: AdEventServicer) -> grpc.GenericRpcHandler[Any, 
         ),
         "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
             servicer.unary(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
-            # Serialised by the servicer (aep.responses).
+            # Serialised by the servicer (aep.ingest.responses).
         ),
         "HealthCheck": grpc.unary_unary_rpc_method_handler(
             servicer.unary(pb.HealthCheckRequest, servicer.HealthCheck),
             response_serializer=pb.HealthCheckResponse.SerializeToString,
         ),
         "StreamAdEvents": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamAdEvents,  # serialised by the servicer (aep.responses)
+            servicer.StreamAdEvents,  # serialised by the servicer (aep.ingest.responses)
         ),
     }
     missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()

@@ -1,6 +1,6 @@
 """OpenTelemetry: metrics for Prometheus at GET /metrics, and traces over OTLP.
 
-Metrics. The hot path only bumps plain integers (aep.stats.IngestStats); the
+Metrics. The hot path only bumps plain integers (aep.pipeline.ledger.IngestStats); the
 counters and gauges here are observable, read at scrape time, so they cost
 the ingest path nothing. Histograms are recorded per store write and per
 batch through the SDK, never per event. The RPC duration histogram is the
@@ -10,7 +10,7 @@ keep the reference design's (`events_received_total`,
 `events_processed_total`, `batches_processed_total`, `processing_errors_total`,
 `average_processing_latency`); every label has a small fixed set of values.
 /metrics is rendered on the event loop, where all counters change, so one
-scrape sees the conservation equation of aep.stats hold exactly.
+scrape sees the conservation equation of aep.pipeline.ledger hold exactly.
 
 Traces. Off (nothing installed, nothing recorded) unless an OTLP endpoint is
 configured with the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; then every
@@ -44,10 +44,10 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from prometheus_client.core import HistogramMetricFamily
 
 from aep import __version__
-from aep.pipeline import Pipeline, PipelineObserver
+from aep.pipeline.core import Pipeline, PipelineObserver
+from aep.pipeline.ledger import IngestStats
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import MetricsSettings
-from aep.stats import IngestStats
 
 SERVICE_NAME = "ad-event-processor"
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import orjson
 
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
 
 logger = logging.getLogger(__name__)
 

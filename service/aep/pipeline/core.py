@@ -24,12 +24,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aep.deadletter import DeadLetterQueue, DeadLetterWriteError
-from aep.records import EventRecord
+from aep.events.schema import EventRecord
+from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
+from aep.pipeline.ledger import IngestStats
+from aep.pipeline.wal import Segment, WriteAheadLog
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
-from aep.stats import IngestStats
 from aep.storage.base import EventStore
-from aep.wal import Segment, WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class CommitFailedError(Exception):
 
 
 class PipelineObserver:
-    """What the pipeline reports while it works; aep.telemetry implements it.
+    """What the pipeline reports while it works; aep.observability.telemetry implements it.
 
     The defaults do nothing, so the pipeline runs (and is tested) without
     telemetry. Calls happen per submission or per batch, never per event.

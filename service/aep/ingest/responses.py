@@ -10,9 +10,9 @@ serialisation (tests/unit/test_responses.py).
 
 from __future__ import annotations
 
+from aep.events.validation import Verdicts
+from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.validation import Verdicts
-from aep.varint import encode_varint
 
 _LENGTH_DELIMITED = 2
 _VARINT = 0

@@ -22,22 +22,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
-from aep.health import ServingState
-from aep.ids import EventIdGenerator
-from aep.pipeline import (
+from aep.events.ids import EventIdGenerator
+from aep.events.schema import EventRecord, format_epoch
+from aep.events.validation import EventValidator, Verdicts
+from aep.ingest.responses import batch_response, stream_ack
+from aep.observability.health import ServingState
+from aep.pipeline.core import (
     AdmissionError,
     CommitFailedError,
     Pipeline,
     PipelineClosedError,
     QueueFullError,
 )
+from aep.pipeline.ledger import EVENT_TYPE_COUNT, IngestStats
+from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, WalError, WriteAheadLog
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EventRecord, format_epoch
-from aep.responses import batch_response, stream_ack
 from aep.settings import AckMode, ServerSettings
-from aep.stats import EVENT_TYPE_COUNT, IngestStats
-from aep.validation import EventValidator, Verdicts
-from aep.wal import REPLAY_BYTES_PER_EVENT, WalError, WriteAheadLog
 
 _ACK_FROM_SETTING = {
     AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
@@ -191,7 +191,7 @@ class AdEventServicer:
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
     async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
-        """Answers a serialised SendAdEventBatchResponse (see aep.responses)."""
+        """Answers a serialised SendAdEventBatchResponse (see aep.ingest.responses)."""
         events = request.events
         count = len(events)
         self._check_batch_length(count)
@@ -211,7 +211,7 @@ class AdEventServicer:
     ) -> AsyncIterator[bytes]:
         """Acks in chunk order; a reader task feeds a bounded queue of pending acks.
 
-        Yields serialised StreamAdEventsResponses (see aep.responses).
+        Yields serialised StreamAdEventsResponses (see aep.ingest.responses).
         """
         acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aep.events.schema import EVENT_TYPE_NAMES, EventRecord, second_prefix
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.records import EVENT_TYPE_NAMES, EventRecord, second_prefix
 from aep.settings import ValidationSettings, format_duration
 
 _KNOWN_EVENT_TYPES = frozenset(

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import yaml
 
+from aep.ingest.servicer import RequestRefusedError
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.servicer import RequestRefusedError
 from aep.settings import AuthSettings, TlsSettings
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["AdEventService"]

@@ -1,7 +1,7 @@
 """Protobuf's base-128 varint, for the bytes this service frames by hand.
 
 Used for the file store's length-delimited records and the hand-serialised
-responses (aep.responses).
+responses (aep.ingest.responses).
 """
 
 from __future__ import annotations

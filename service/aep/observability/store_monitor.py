@@ -19,8 +19,8 @@ import asyncio
 import logging
 import time
 
-from aep.health import ServingState
-from aep.pipeline import Pipeline
+from aep.observability.health import ServingState
+from aep.pipeline.core import Pipeline
 from aep.settings import HealthSettings
 from aep.storage.base import EventStore
 

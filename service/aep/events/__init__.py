@@ -1,0 +1,1 @@
+"""The stored event: its schema, validation, server ids and wire helpers."""

@@ -1,0 +1,1 @@
+"""The gRPC face: server, AdEventService servicer, responses, reflection, security."""
