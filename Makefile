@@ -105,8 +105,9 @@ format: deps
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
 
-## sync-dashboards: copy dashboards/*.json and the alert rules into the chart (tests check the copies)
+## sync-dashboards: copy dashboards/*.json and the alert rules into the chart and its subcharts (tests check the copies)
 sync-dashboards:
-	rm -f charts/ad-event-processor/dashboards/*.json
-	cp dashboards/*.json charts/ad-event-processor/dashboards/
+	rm -f charts/ad-event-processor/charts/grafana/dashboards/*.json
+	cp dashboards/*.json charts/ad-event-processor/charts/grafana/dashboards/
 	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/files/alerts.yaml
+	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/charts/prometheus/files/alerts.yaml

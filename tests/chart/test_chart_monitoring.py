@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from chart_render import CHART, KIND_VALUES, REPO, SCENARIOS, Helm, render
+from chart_render import CHART, KIND_VALUES, REPO, Helm, render
 from prometheus_process import (
     PROMETHEUS_HINT,
     PrometheusApi,
@@ -30,8 +30,11 @@ from support import ServerProcess, require_tool
 
 FULLNAME = "aep-ad-event-processor"
 ALERTS = CHART / "files" / "alerts.yaml"
+SOURCE_ALERTS = REPO / "dashboards" / "alerts" / "ad-event-processor.rules.yaml"
 DASHBOARDS = REPO / "dashboards"
-CHART_DASHBOARDS = CHART / "dashboards"
+# The chart's copies: the PrometheusRule's, the bundled Prometheus', the bundled Grafana's.
+ALERT_COPIES = (ALERTS, CHART / "charts" / "prometheus" / "files" / "alerts.yaml")
+CHART_DASHBOARDS = CHART / "charts" / "grafana" / "dashboards"
 
 
 @pytest.fixture
@@ -58,27 +61,30 @@ def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
 
 
 def _prometheus_config(helm: Helm, values_files: tuple[Path, ...]) -> tuple[dict[str, Any], str]:
-    data = render(helm, values_files).get("ConfigMap", f"{FULLNAME}-prometheus")["data"]
-    return yaml.safe_load(data["prometheus.yml"]), data["alerts.yaml"]
+    manifests = render(helm, values_files)
+    config = manifests.get("ConfigMap", "aep-prometheus")["data"]["prometheus.yml"]
+    rules = manifests.get("ConfigMap", "aep-prometheus-rules")["data"]
+    return yaml.safe_load(config), rules["alerts.yaml"]
 
 
 def _server_job(config: dict[str, Any]) -> dict[str, Any]:
     return next(job for job in config["scrape_configs"] if job["job_name"] == "ad-event-processor")
 
 
+# The renders with the bundled Prometheus: the defaults, and scenarios that change its config.
 @pytest.mark.parametrize(
     "values_files",
-    [(path,) for path in SCENARIOS if "prometheus:" in path.read_text()] + [(KIND_VALUES,)],
-    ids=lambda files: files[0].name,
+    [(), (CHART / "ci" / "full-stack-values.yaml",), (KIND_VALUES,)],
+    ids=["defaults", "full-stack", "kind"],
 )
 def test_bundled_prometheus_config_passes_promtool(
     helm: Helm, promtool: str, values_files: tuple[Path, ...], tmp_path: Path
 ) -> None:
     config, alerts = _prometheus_config(helm, values_files)
     (tmp_path / "alerts.yaml").write_text(alerts)
-    # The pod mounts the ConfigMap at /etc/prometheus: point at the same files here.
-    assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
-    config["rule_files"] = [str(tmp_path / "alerts.yaml")]
+    # The pod mounts the rules ConfigMap at /etc/prometheus/rules: the same files here.
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yaml"]
+    config["rule_files"] = [str(tmp_path / "*.yaml")]
     # Debian's promtool has no Kubernetes discovery: check the rest of the job
     # with a static target (test_objects checks the discovery block itself).
     jobs = config["scrape_configs"]
@@ -149,6 +155,14 @@ def test_prometheus_rule_groups_pass_promtool(helm: Helm, promtool: str, tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_chart_alert_rules_are_the_synced_copies() -> None:
+    for copy in ALERT_COPIES:
+        assert copy.read_bytes() == SOURCE_ALERTS.read_bytes(), (
+            f"{copy.relative_to(REPO)} differs from {SOURCE_ALERTS.relative_to(REPO)}: "
+            "run make sync-dashboards"
+        )
+
+
 def test_chart_dashboards_are_the_synced_copies() -> None:
     sources = sorted(path.name for path in DASHBOARDS.glob("*.json"))
     assert sources, "dashboards/ has no dashboard"
@@ -157,7 +171,7 @@ def test_chart_dashboards_are_the_synced_copies() -> None:
     )
     for name in sources:
         assert (CHART_DASHBOARDS / name).read_bytes() == (DASHBOARDS / name).read_bytes(), (
-            f"charts/ad-event-processor/dashboards/{name} differs from dashboards/{name}: "
+            f"{CHART_DASHBOARDS.relative_to(REPO)}/{name} differs from dashboards/{name}: "
             "run make sync-dashboards"
         )
 
@@ -195,9 +209,9 @@ def test_notes_show_port_forward_and_grpcurl(helm: Helm) -> None:
     notes = _notes(helm)
     assert f"kubectl -n ads port-forward svc/{FULLNAME} 8080:8080 9464:9464" in notes
     assert "grpcurl -plaintext localhost:8080 list" in notes
-    assert f"port-forward svc/{FULLNAME}-prometheus 9090:9090" in notes
-    assert f"port-forward svc/{FULLNAME}-grafana 3000:3000" in notes
-    assert f"get secret {FULLNAME}-grafana -o jsonpath='{{.data.admin-password}}'" in notes
+    assert "port-forward svc/aep-prometheus 9090:9090" in notes
+    assert "port-forward svc/aep-grafana 3000:3000" in notes
+    assert "get secret aep-grafana -o jsonpath='{.data.admin-password}'" in notes
 
 
 def _grpcurl_commands(notes: str) -> list[list[str]]:
