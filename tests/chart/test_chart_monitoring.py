@@ -1,4 +1,5 @@
-"""The chart's Prometheus config and rules (checked by promtool), its dashboards, and NOTES.txt.
+"""The chart's Prometheus config and rules (checked by promtool), its dashboards, and NOTES.txt
+(whose grpcurl commands tests/integration/test_grpcurl.py runs with the real grpcurl).
 
 promtool comes with Debian's prometheus package (.ci/system-deps installs it);
 without it these tests skip locally and fail in CI.
@@ -8,13 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 from chart_render import CHART, KIND_VALUES, REPO, Helm, render
@@ -25,7 +23,6 @@ from prometheus_process import (
     pod_meta_labels,
     running_prometheus,
 )
-from reflection_client import ReflectionClient
 from support import ServerProcess, require_tool
 
 FULLNAME = "aep-ad-event-processor"
@@ -212,61 +209,3 @@ def test_notes_show_port_forward_and_grpcurl(helm: Helm) -> None:
     assert "port-forward svc/aep-prometheus 9090:9090" in notes
     assert "port-forward svc/aep-grafana 3000:3000" in notes
     assert "get secret aep-grafana -o jsonpath='{.data.admin-password}'" in notes
-
-
-def _grpcurl_commands(notes: str) -> list[list[str]]:
-    """The grpcurl lines of NOTES.txt, as argument lists, with $(date ...) run."""
-    text = notes.replace("\\\n", " ")
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = text.replace("$(date -u +%Y-%m-%dT%H:%M:%SZ)", now)
-    return [
-        shlex.split(line.strip())
-        for line in text.splitlines()
-        if line.strip().startswith("grpcurl ")
-    ]
-
-
-def test_notes_grpcurl_commands_work_through_reflection(helm: Helm, server: ServerProcess) -> None:
-    """Runs each grpcurl command of NOTES.txt as grpcurl would: reflection only, JSON in and out."""
-    commands = _grpcurl_commands(_notes(helm))
-    assert len(commands) == 4
-    with grpc.insecure_channel(server.address) as channel:
-        client = ReflectionClient(channel)
-        for command in commands:
-            assert command[:2] == ["grpcurl", "-plaintext"]
-            args = command[2:]
-            body = "{}"
-            if args[0] == "-d":
-                body, args = args[1], args[2:]
-            assert args[0] == "localhost:8080"
-            verb = args[1:]
-            if verb == ["list"]:
-                assert "adevents.v1.AdEventService" in client.list_services()
-            elif verb[0] == "describe":
-                assert "SendAdEvent" in client.describe_service(verb[1])
-            elif verb[0] == "grpc.health.v1.Health/Check":
-                assert client.call(verb[0], body) == {"status": "SERVING"}
-            else:
-                assert verb[0] == "adevents.v1.AdEventService/SendAdEvent"
-                response = client.call(verb[0], body)
-                assert response["event_id"]
-    server.stop()
-    stored = [
-        line for path in server.events_dir.glob("*.jsonl") for line in path.read_text().splitlines()
-    ]
-    assert len(stored) == 1
-    assert json.loads(stored[0])["event_type"] == "EVENT_TYPE_CLICK"
-
-
-def test_notes_grpcurl_commands_use_tls_and_the_api_key_when_on(helm: Helm) -> None:
-    notes = _notes(helm, "secure")
-    commands = _grpcurl_commands(notes)
-    assert len(commands) == 4
-    for command in commands:
-        assert "-plaintext" not in command
-        assert command[command.index("-cacert") + 1] == "ca.crt"
-        assert command[command.index("-servername") + 1] == FULLNAME
-        assert {"-cert", "-key"} <= set(command)
-    send = next(c for c in commands if c[-1] == "adevents.v1.AdEventService/SendAdEvent")
-    assert send[send.index("-H") + 1] == "x-api-key: $AEP_API_KEY"
-    assert "get secret aep-server-tls -o jsonpath='{.data.ca\\.crt}'" in notes
