@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from chart_render import CHART, Helm, Manifests, container, render, render_error, selects
+from manifest_validation import validate_document
 
 from aep.settings import Settings, StoreType, load_settings
 
@@ -172,6 +173,21 @@ def test_dependencies_build_offline(newest_helm: Helm, tmp_path: Path) -> None:
     statuses = {line.split()[0]: line.split()[-1] for line in listed if line.strip()}
     assert statuses == dict.fromkeys(SUBCHARTS, "unpacked")
     assert sorted(p.name for p in (copy / "charts").iterdir()) == sorted(SUBCHARTS)
+
+
+@pytest.mark.parametrize("name", SUBCHARTS)
+def test_each_subchart_lints_and_renders_on_its_own(
+    newest_helm: Helm, name: str, tmp_path: Path
+) -> None:
+    folder = CHART / "charts" / name
+    linted = newest_helm.run("lint", "--strict", str(folder), check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    rendered = newest_helm.run("template", "aep", str(folder), "--kube-version", "1.37.0")
+    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    assert docs
+    for doc in docs:
+        validate_document(doc, "1.37.0")
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == name
 
 
 @pytest.mark.parametrize("name", SUBCHARTS)
