@@ -207,7 +207,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", *extension, cwd=folder,
         )  # fmt: skip
-    (folder / "api-keys.yaml").write_text(f"- name: docs\n  key: {API_KEY}\n")
+    (folder / "api-keys.yaml").write_text(
+        f"- name: docs\n  key: {API_KEY}\n  roles: [ingest, read]\n"
+    )
     return folder
 
 
