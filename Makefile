@@ -12,7 +12,7 @@ TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflectio
 
 .PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts \
 	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
-	sync-dashboards
+	sync-dashboards chart-readme
 
 $(BIN)/ad-event-processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,8 +105,17 @@ format: deps
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
 
-## sync-dashboards: copy dashboards/*.json and the alert rules into the chart (tests check the copies)
+## chart-readme: regenerate the values tables of the chart's READMEs from the ## @param comments of its values.yaml files
+chart-readme: helm
+	@for chart in charts/ad-event-processor charts/ad-event-processor/charts/*; do \
+	  .ci/tools/readme-generator/node_modules/.bin/readme-generator \
+	    --values $$chart/values.yaml --readme $$chart/README.md >/dev/null || exit 1; \
+	  echo "$$chart/README.md"; \
+	done
+
+## sync-dashboards: copy dashboards/*.json and the alert rules into the chart and its subcharts (tests check the copies)
 sync-dashboards:
-	rm -f charts/ad-event-processor/dashboards/*.json
-	cp dashboards/*.json charts/ad-event-processor/dashboards/
+	rm -f charts/ad-event-processor/charts/grafana/dashboards/*.json
+	cp dashboards/*.json charts/ad-event-processor/charts/grafana/dashboards/
 	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/files/alerts.yaml
+	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/charts/prometheus/files/alerts.yaml

@@ -47,7 +47,7 @@ pod=$(kubectl --context "$context" -n "$namespace" get pods \
 kubectl --context "$context" -n "$namespace" port-forward "pod/$pod" \
   "$grpc_port:8080" "$metrics_port:9464" >/dev/null &
 pids+=($!)
-kubectl --context "$context" -n "$namespace" port-forward "svc/$fullname-prometheus" \
+kubectl --context "$context" -n "$namespace" port-forward "svc/$release-prometheus" \
   "$prometheus_port:9090" >/dev/null &
 pids+=($!)
 for port in "$grpc_port" "$metrics_port" "$prometheus_port"; do

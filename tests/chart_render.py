@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ad-event-processor"
 SCENARIOS = sorted(CHART.glob("ci/*-values.yaml"))
 KIND_VALUES = REPO / "k8s" / "kind-values.yaml"
-KUBE_VERSIONS = ("1.29.0", "1.34.0")
+# The ends of what the chart is validated for: its kubeVersion's lower bound
+# (Chart.yaml) and the newest schemas kubernetes-validate carries.
+KUBE_VERSIONS = ("1.27.0", "1.37.0")
 RELEASE = "aep"
 NAMESPACE = "ads"
 
@@ -190,16 +192,20 @@ class Manifests:
 
     @property
     def server(self) -> Doc:
-        """The server's Deployment (component=server)."""
-        return self.workload("server")
+        """The server's Deployment or StatefulSet (component=server)."""
+        for doc in self.workloads():
+            if doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == (
+                "server"
+            ):
+                return doc
+        raise AssertionError("no workload with component=server")
 
-    def workload(self, component: str) -> Doc:
-        for doc in self.docs:
-            if doc["kind"] in ("Deployment", "StatefulSet"):
-                labels = doc["spec"]["template"]["metadata"]["labels"]
-                if labels.get("app.kubernetes.io/component") == component:
-                    return doc
-        raise AssertionError(f"no workload with component={component}")
+    def workload(self, app: str) -> Doc:
+        """The workload of a subchart, by its pods' app.kubernetes.io/name (redis, grafana...)."""
+        for doc in self.workloads():
+            if doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == app:
+                return doc
+        raise AssertionError(f"no workload with app.kubernetes.io/name={app}")
 
     def workloads(self) -> list[Doc]:
         return [doc for doc in self.docs if doc["kind"] in ("Deployment", "StatefulSet")]
@@ -211,6 +217,18 @@ class Manifests:
         ]
         specs += [(doc["metadata"]["name"], doc["spec"]) for doc in self.of_kind("Pod")]
         return specs
+
+    def pod_labels(self) -> list[tuple[str, dict[str, str]]]:
+        """(name, labels) of the pods of every workload and of bare Pods."""
+        pods = [
+            (doc["metadata"]["name"], dict(doc["spec"]["template"]["metadata"]["labels"]))
+            for doc in self.workloads()
+        ]
+        pods += [
+            (doc["metadata"]["name"], dict(doc["metadata"]["labels"]))
+            for doc in self.of_kind("Pod")
+        ]
+        return pods
 
     def config_text(self) -> str:
         configmap = self.get("ConfigMap", f"{RELEASE}-ad-event-processor")

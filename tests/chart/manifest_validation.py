@@ -17,8 +17,15 @@ from kubernetes_validate.utils import SchemaNotFoundError
 
 MONITORING_API = "monitoring.coreos.com/v1"
 
-# A Prometheus duration such as 30s, 1m30s or 2h.
-_DURATION = {"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
+# A Prometheus duration such as 30s, 1m30s or 2h: the pattern of the
+# monitoring.coreos.com/v1 CRDs (each unit at most once, largest first).
+_DURATION = {
+    "type": "string",
+    "pattern": (
+        r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+        r"(([0-9]+)ms)?)$"
+    ),
+}
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 _METADATA = {
     "type": "object",

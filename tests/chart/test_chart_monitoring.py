@@ -1,4 +1,5 @@
-"""The chart's Prometheus config and rules (checked by promtool), its dashboards, and NOTES.txt.
+"""The chart's Prometheus config and rules (checked by promtool), its dashboards, and NOTES.txt
+(whose grpcurl commands tests/integration/test_grpcurl.py runs with the real grpcurl).
 
 promtool comes with Debian's prometheus package (.ci/system-deps installs it);
 without it these tests skip locally and fail in CI.
@@ -8,16 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
-from chart_render import CHART, KIND_VALUES, REPO, SCENARIOS, Helm, render
+from chart_render import CHART, KIND_VALUES, REPO, Helm, render
 from prometheus_process import (
     PROMETHEUS_HINT,
     PrometheusApi,
@@ -25,13 +23,15 @@ from prometheus_process import (
     pod_meta_labels,
     running_prometheus,
 )
-from reflection_client import ReflectionClient
 from support import ServerProcess, require_tool
 
 FULLNAME = "aep-ad-event-processor"
 ALERTS = CHART / "files" / "alerts.yaml"
+SOURCE_ALERTS = REPO / "dashboards" / "alerts" / "ad-event-processor.rules.yaml"
 DASHBOARDS = REPO / "dashboards"
-CHART_DASHBOARDS = CHART / "dashboards"
+# The chart's copies: the PrometheusRule's, the bundled Prometheus', the bundled Grafana's.
+ALERT_COPIES = (ALERTS, CHART / "charts" / "prometheus" / "files" / "alerts.yaml")
+CHART_DASHBOARDS = CHART / "charts" / "grafana" / "dashboards"
 
 
 @pytest.fixture
@@ -58,27 +58,30 @@ def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
 
 
 def _prometheus_config(helm: Helm, values_files: tuple[Path, ...]) -> tuple[dict[str, Any], str]:
-    data = render(helm, values_files).get("ConfigMap", f"{FULLNAME}-prometheus")["data"]
-    return yaml.safe_load(data["prometheus.yml"]), data["alerts.yaml"]
+    manifests = render(helm, values_files)
+    config = manifests.get("ConfigMap", "aep-prometheus")["data"]["prometheus.yml"]
+    rules = manifests.get("ConfigMap", "aep-prometheus-rules")["data"]
+    return yaml.safe_load(config), rules["alerts.yaml"]
 
 
 def _server_job(config: dict[str, Any]) -> dict[str, Any]:
     return next(job for job in config["scrape_configs"] if job["job_name"] == "ad-event-processor")
 
 
+# The renders with the bundled Prometheus: the defaults, and scenarios that change its config.
 @pytest.mark.parametrize(
     "values_files",
-    [(path,) for path in SCENARIOS if "prometheus:" in path.read_text()] + [(KIND_VALUES,)],
-    ids=lambda files: files[0].name,
+    [(), (CHART / "ci" / "full-stack-values.yaml",), (KIND_VALUES,)],
+    ids=["defaults", "full-stack", "kind"],
 )
 def test_bundled_prometheus_config_passes_promtool(
     helm: Helm, promtool: str, values_files: tuple[Path, ...], tmp_path: Path
 ) -> None:
     config, alerts = _prometheus_config(helm, values_files)
     (tmp_path / "alerts.yaml").write_text(alerts)
-    # The pod mounts the ConfigMap at /etc/prometheus: point at the same files here.
-    assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
-    config["rule_files"] = [str(tmp_path / "alerts.yaml")]
+    # The pod mounts the rules ConfigMap at /etc/prometheus/rules: the same files here.
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yaml"]
+    config["rule_files"] = [str(tmp_path / "*.yaml")]
     # Debian's promtool has no Kubernetes discovery: check the rest of the job
     # with a static target (test_objects checks the discovery block itself).
     jobs = config["scrape_configs"]
@@ -149,6 +152,14 @@ def test_prometheus_rule_groups_pass_promtool(helm: Helm, promtool: str, tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_chart_alert_rules_are_the_synced_copies() -> None:
+    for copy in ALERT_COPIES:
+        assert copy.read_bytes() == SOURCE_ALERTS.read_bytes(), (
+            f"{copy.relative_to(REPO)} differs from {SOURCE_ALERTS.relative_to(REPO)}: "
+            "run make sync-dashboards"
+        )
+
+
 def test_chart_dashboards_are_the_synced_copies() -> None:
     sources = sorted(path.name for path in DASHBOARDS.glob("*.json"))
     assert sources, "dashboards/ has no dashboard"
@@ -157,7 +168,7 @@ def test_chart_dashboards_are_the_synced_copies() -> None:
     )
     for name in sources:
         assert (CHART_DASHBOARDS / name).read_bytes() == (DASHBOARDS / name).read_bytes(), (
-            f"charts/ad-event-processor/dashboards/{name} differs from dashboards/{name}: "
+            f"{CHART_DASHBOARDS.relative_to(REPO)}/{name} differs from dashboards/{name}: "
             "run make sync-dashboards"
         )
 
@@ -195,64 +206,6 @@ def test_notes_show_port_forward_and_grpcurl(helm: Helm) -> None:
     notes = _notes(helm)
     assert f"kubectl -n ads port-forward svc/{FULLNAME} 8080:8080 9464:9464" in notes
     assert "grpcurl -plaintext localhost:8080 list" in notes
-    assert f"port-forward svc/{FULLNAME}-prometheus 9090:9090" in notes
-    assert f"port-forward svc/{FULLNAME}-grafana 3000:3000" in notes
-    assert f"get secret {FULLNAME}-grafana -o jsonpath='{{.data.admin-password}}'" in notes
-
-
-def _grpcurl_commands(notes: str) -> list[list[str]]:
-    """The grpcurl lines of NOTES.txt, as argument lists, with $(date ...) run."""
-    text = notes.replace("\\\n", " ")
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = text.replace("$(date -u +%Y-%m-%dT%H:%M:%SZ)", now)
-    return [
-        shlex.split(line.strip())
-        for line in text.splitlines()
-        if line.strip().startswith("grpcurl ")
-    ]
-
-
-def test_notes_grpcurl_commands_work_through_reflection(helm: Helm, server: ServerProcess) -> None:
-    """Runs each grpcurl command of NOTES.txt as grpcurl would: reflection only, JSON in and out."""
-    commands = _grpcurl_commands(_notes(helm))
-    assert len(commands) == 4
-    with grpc.insecure_channel(server.address) as channel:
-        client = ReflectionClient(channel)
-        for command in commands:
-            assert command[:2] == ["grpcurl", "-plaintext"]
-            args = command[2:]
-            body = "{}"
-            if args[0] == "-d":
-                body, args = args[1], args[2:]
-            assert args[0] == "localhost:8080"
-            verb = args[1:]
-            if verb == ["list"]:
-                assert "adevents.v1.AdEventService" in client.list_services()
-            elif verb[0] == "describe":
-                assert "SendAdEvent" in client.describe_service(verb[1])
-            elif verb[0] == "grpc.health.v1.Health/Check":
-                assert client.call(verb[0], body) == {"status": "SERVING"}
-            else:
-                assert verb[0] == "adevents.v1.AdEventService/SendAdEvent"
-                response = client.call(verb[0], body)
-                assert response["event_id"]
-    server.stop()
-    stored = [
-        line for path in server.events_dir.glob("*.jsonl") for line in path.read_text().splitlines()
-    ]
-    assert len(stored) == 1
-    assert json.loads(stored[0])["event_type"] == "EVENT_TYPE_CLICK"
-
-
-def test_notes_grpcurl_commands_use_tls_and_the_api_key_when_on(helm: Helm) -> None:
-    notes = _notes(helm, "secure")
-    commands = _grpcurl_commands(notes)
-    assert len(commands) == 4
-    for command in commands:
-        assert "-plaintext" not in command
-        assert command[command.index("-cacert") + 1] == "ca.crt"
-        assert command[command.index("-servername") + 1] == FULLNAME
-        assert {"-cert", "-key"} <= set(command)
-    send = next(c for c in commands if c[-1] == "adevents.v1.AdEventService/SendAdEvent")
-    assert send[send.index("-H") + 1] == "x-api-key: $AEP_API_KEY"
-    assert "get secret aep-server-tls -o jsonpath='{.data.ca\\.crt}'" in notes
+    assert "port-forward svc/aep-prometheus 9090:9090" in notes
+    assert "port-forward svc/aep-grafana 3000:3000" in notes
+    assert "get secret aep-grafana -o jsonpath='{.data.admin-password}'" in notes

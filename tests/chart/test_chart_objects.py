@@ -207,7 +207,7 @@ def test_hpa_custom_metric_and_behavior(helm: Helm) -> None:
 
 
 def test_without_autoscaling_there_is_no_hpa_and_replicas_are_set(helm: Helm) -> None:
-    manifests = render(helm, sets={"replicaCount": "3"})
+    manifests = render(helm, sets={"replicaCount": "3", "autoscaling.enabled": "false"})
     assert manifests.of_kind("HorizontalPodAutoscaler") == []
     assert manifests.server["spec"]["replicas"] == 3
 
@@ -259,7 +259,7 @@ def test_database_type_wires_the_bundled_store(
     )
     service = manifests.get("Service", url.hostname)
     assert url.port in [port["port"] for port in service["spec"]["ports"]]
-    statefulset = manifests.get("StatefulSet", f"{FULLNAME}-{name}")
+    statefulset = manifests.get("StatefulSet", f"aep-{name}")
     assert selects(
         service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"]
     )
@@ -279,7 +279,7 @@ def test_external_stores(helm: Helm, tmp_path: Path) -> None:
     redis = render(helm, scenario("external-redis"))
     settings = loaded_config(redis, tmp_path)
     assert settings.database.redis.url == "redis://redis.data.svc.cluster.local:6379/0"
-    assert redis.of_kind("StatefulSet") == []
+    assert redis.workloads() == [redis.server]
 
     mongodb = render(helm, scenario("external"))
     settings = loaded_config(mongodb, tmp_path)
@@ -292,7 +292,8 @@ def test_external_stores(helm: Helm, tmp_path: Path) -> None:
         "name": "ad-events-mongodb",
         "key": "uri",
     }
-    assert mongodb.of_kind("StatefulSet") == []
+    names = sorted(w["metadata"]["name"] for w in mongodb.workloads())
+    assert names == sorted(["aep-grafana", FULLNAME])
 
 
 def test_pdb(helm: Helm) -> None:
@@ -322,25 +323,27 @@ def test_network_policies(helm: Helm) -> None:
         "podSelector" in peer and selects(peer["podSelector"]["matchLabels"], prometheus_pod)
         for peer in metrics_rule["from"]
     )
-    redis_policy = manifests.get("NetworkPolicy", f"{FULLNAME}-redis")
+    redis_policy = manifests.get("NetworkPolicy", "aep-redis")
     (rule,) = redis_policy["spec"]["ingress"]
     server_pod = manifests.server["spec"]["template"]["metadata"]["labels"]
     assert selects(rule["from"][0]["podSelector"]["matchLabels"], server_pod)
     assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
-    assert manifests.find("NetworkPolicy", f"{FULLNAME}-mongodb") is None
+    redis_pod = manifests.workload("redis")["spec"]["template"]["metadata"]["labels"]
+    assert selects(redis_policy["spec"]["podSelector"]["matchLabels"], redis_pod)
+    assert manifests.find("NetworkPolicy", "aep-mongodb") is None
 
 
 def test_prometheus_discovers_the_server_pods_with_least_privilege(helm: Helm) -> None:
     manifests = render(helm, scenario("full-stack"))
-    config = yaml.safe_load(
-        manifests.get("ConfigMap", f"{FULLNAME}-prometheus")["data"]["prometheus.yml"]
-    )
+    config = yaml.safe_load(manifests.get("ConfigMap", "aep-prometheus")["data"]["prometheus.yml"])
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "ad-event-processor")
     (sd,) = job["kubernetes_sd_configs"]
     assert sd["role"] == "pod"
     assert sd["namespaces"]["names"] == [NAMESPACE]
     selector = dict(pair.split("=") for pair in sd["selectors"][0]["label"].split(","))
-    assert selector == manifests.server["spec"]["selector"]["matchLabels"]
+    # The server's pods and no other pod of the release (the helm test pod, the subcharts').
+    selected = [name for name, labels in manifests.pod_labels() if selects(selector, labels)]
+    assert selected == [FULLNAME]
     keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
     assert keep["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]
     server_ports = [
@@ -353,7 +356,7 @@ def test_prometheus_discovers_the_server_pods_with_least_privilege(helm: Helm) -
 
     deployment = manifests.workload("prometheus")
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    binding = manifests.get("RoleBinding", f"{FULLNAME}-prometheus")
+    binding = manifests.get("RoleBinding", "aep-prometheus")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
     ]
@@ -362,21 +365,24 @@ def test_prometheus_discovers_the_server_pods_with_least_privilege(helm: Helm) -
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
     ]
     assert manifests.of_kind("ClusterRole") == []
-    assert (
-        manifests.get("ConfigMap", f"{FULLNAME}-prometheus")["data"]["alerts.yaml"]
-        == (CHART / "files" / "alerts.yaml").read_text()
-    )
+    rules = manifests.get("ConfigMap", "aep-prometheus-rules")["data"]
+    assert rules == {"alerts.yaml": (CHART / "files" / "alerts.yaml").read_text()}
+    pod = deployment["spec"]["template"]["spec"]
+    mount = next(m for m in container(pod, "prometheus")["volumeMounts"] if m["name"] == "rules")
+    assert config["rule_files"] == [f"{mount['mountPath']}/*.yaml"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "rules")
+    assert volume["configMap"]["name"] == "aep-prometheus-rules"
 
 
 def test_grafana_gets_a_generated_password_datasource_and_dashboards(helm: Helm) -> None:
     manifests = render(helm, scenario("full-stack"))
-    secret = manifests.get("Secret", f"{FULLNAME}-grafana")
+    secret = manifests.get("Secret", "aep-grafana")
     password = base64.b64decode(secret["data"]["admin-password"]).decode()
     assert password != "admin"
     assert len(password) >= 24
     again = render(helm, scenario("full-stack"), sets={"podLabels.x": "y"})
     assert (
-        again.get("Secret", f"{FULLNAME}-grafana")["data"]["admin-password"]
+        again.get("Secret", "aep-grafana")["data"]["admin-password"]
         != secret["data"]["admin-password"]
     )
 
@@ -387,16 +393,16 @@ def test_grafana_gets_a_generated_password_datasource_and_dashboards(helm: Helm)
         ("GF_SECURITY_ADMIN_PASSWORD", "admin-password"),
     ):
         assert env[variable]["valueFrom"]["secretKeyRef"] == {
-            "name": f"{FULLNAME}-grafana",
+            "name": "aep-grafana",
             "key": key,
         }
 
-    provisioning = manifests.get("ConfigMap", f"{FULLNAME}-grafana")["data"]
+    provisioning = manifests.get("ConfigMap", "aep-grafana")["data"]
     (datasource,) = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
     url = urlparse(datasource["url"])
     prometheus = manifests.get("Service", url.hostname)
     assert url.port == prometheus["spec"]["ports"][0]["port"]
-    dashboards = manifests.get("ConfigMap", f"{FULLNAME}-grafana-dashboards")["data"]
+    dashboards = manifests.get("ConfigMap", "aep-grafana-dashboards")["data"]
     source = sorted(Path(CHART.parents[1], "dashboards").glob("*.json"))
     assert sorted(dashboards) == [path.name for path in source]
     for path in source:
@@ -409,7 +415,7 @@ def test_grafana_with_an_existing_secret_and_external_prometheus(helm: Helm) -> 
     grafana = container(manifests.workload("grafana")["spec"]["template"]["spec"], "grafana")
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in grafana["env"] if "valueFrom" in e}
     assert refs == {"grafana-admin"}
-    provisioning = manifests.get("ConfigMap", f"{FULLNAME}-grafana")["data"]
+    provisioning = manifests.get("ConfigMap", "aep-grafana")["data"]
     (datasource,) = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
     assert datasource["url"] == "http://prometheus-operated.monitoring.svc:9090"
 
@@ -484,7 +490,6 @@ def _mounts(pod: dict[str, object]) -> dict[str, dict[str, object]]:
 
 def test_wal_on_an_empty_dir_is_mounted_where_the_config_points(helm: Helm, tmp_path: Path) -> None:
     manifests = render(helm, sets={"wal.enabled": "true", "config.ack.mode": "durable"})
-    assert manifests.server["kind"] == "Deployment"
     settings = loaded_config(manifests, tmp_path)
     assert settings.ack.mode is AckMode.DURABLE
     assert settings.wal.dir is not None
@@ -493,9 +498,10 @@ def test_wal_on_an_empty_dir_is_mounted_where_the_config_points(helm: Helm, tmp_
     assert not mount.get("readOnly")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["emptyDir"] == {"sizeLimit": "1Gi"}
-    # The WAL is per pod: never on the data claim the replicas share.
+    # Not on the data claim, and no claim of its own.
     assert mount["name"] != "data"
-    assert manifests.of_kind("StatefulSet") == []
+    claims = manifests.server["spec"].get("volumeClaimTemplates", [])
+    assert [claim["metadata"]["name"] for claim in claims] == ["data"]
 
 
 def test_without_wal_there_is_no_wal_dir_or_volume(helm: Helm, tmp_path: Path) -> None:
@@ -509,7 +515,7 @@ def test_wal_on_claims_runs_a_stateful_set_with_a_claim_per_pod(helm: Helm, tmp_
     manifests = render(helm, scenario("wal"))
     server = manifests.server
     assert server["kind"] == "StatefulSet"
-    assert manifests.of_kind("Deployment") == []
+    assert FULLNAME not in {d["metadata"]["name"] for d in manifests.of_kind("Deployment")}
     settings = loaded_config(manifests, tmp_path)
     assert settings.ack.mode is AckMode.DURABLE
     assert settings.wal.segment_bytes == 16 * 1024**2
@@ -517,8 +523,11 @@ def test_wal_on_claims_runs_a_stateful_set_with_a_claim_per_pod(helm: Helm, tmp_
     mount = _mounts(pod)[str(settings.wal.dir)]
     # The mount comes from the claim template, not from a pod volume.
     assert mount["name"] not in {v["name"] for v in pod["volumes"]}
-    (claim,) = server["spec"]["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == mount["name"]
+    claims = {claim["metadata"]["name"]: claim for claim in server["spec"]["volumeClaimTemplates"]}
+    # Dead letters (data) and the log (wal): each pod has its own claim of each.
+    assert set(claims) == {"data", mount["name"]}
+    assert _mounts(pod)["/app/data"]["name"] == "data"
+    claim = claims[mount["name"]]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
     headless = manifests.get("Service", server["spec"]["serviceName"])
@@ -616,7 +625,15 @@ def test_tls_and_api_keys_come_from_secrets_mounted_read_only(
     configmaps = yaml.safe_dump([cm["data"] for cm in manifests.of_kind("ConfigMap")])
     for marker in ("BEGIN CERTIFICATE", "PRIVATE KEY", "x-api-key", "key: "):
         assert marker not in configmaps
-    assert manifests.of_kind("Secret") == []  # the chart makes none: they are the user's
+    # The chart makes none of them: they are the user's (Grafana's admin Secret is its own).
+    referenced = {
+        volume["secret"]["secretName"]
+        for _, pod in manifests.pod_specs()
+        for volume in pod.get("volumes", [])
+        if "secret" in volume
+    }
+    assert referenced
+    assert not referenced & {secret["metadata"]["name"] for secret in manifests.of_kind("Secret")}
 
 
 def test_tls_without_client_auth_sets_no_client_ca(helm: Helm, tmp_path: Path) -> None:
@@ -699,5 +716,9 @@ def test_network_policy_limits_grpc_and_metrics_sources(helm: Helm) -> None:
         grpc_rule["from"][-1]["podSelector"]["matchLabels"], test_pod["metadata"]["labels"]
     )
     assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    # namespaceSelector and podSelector in one peer: Prometheus pods of that namespace only.
-    assert metrics_rule["from"] == values["metricsFrom"]
+    # namespaceSelector and podSelector in one peer: Prometheus pods of that namespace
+    # only; then the bundled Prometheus.
+    assert metrics_rule["from"][: len(values["metricsFrom"])] == values["metricsFrom"]
+    prometheus_pod = manifests.workload("prometheus")["spec"]["template"]["metadata"]["labels"]
+    (bundled,) = metrics_rule["from"][len(values["metricsFrom"]) :]
+    assert selects(bundled["podSelector"]["matchLabels"], prometheus_pod)

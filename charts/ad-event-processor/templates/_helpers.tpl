@@ -24,8 +24,8 @@ If release name contains chart name it will be used as a full name.
 {{- end }}
 
 {{/*
-Name of a bundled component: <fullname>-<component>, within 63 characters.
-Usage: include "ad-event-processor.componentName" (list . "redis")
+Name of a component of the chart: <fullname>-<component>, within 63 characters.
+Usage: include "ad-event-processor.componentName" (list . "headless")
 */}}
 {{- define "ad-event-processor.componentName" -}}
 {{- $root := index . 0 }}
@@ -41,7 +41,8 @@ Create chart name and version as used by the chart label.
 {{- end }}
 
 {{/*
-Common labels of the server's objects.
+Common labels of the server's objects. The bundled Redis, MongoDB, Prometheus
+and Grafana are subcharts (charts/) with labels of their own.
 */}}
 {{- define "ad-event-processor.labels" -}}
 {{ include "ad-event-processor.commonLabels" . }}
@@ -58,8 +59,9 @@ app.kubernetes.io/part-of: {{ include "ad-event-processor.name" . }}
 {{- end }}
 
 {{/*
-Selector labels of the server's pods. The component label keeps the bundled
-Redis, MongoDB, Prometheus and Grafana pods out of the server's selectors.
+Selector labels of the server's pods. The component label keeps the helm test
+pod out of the server's selectors; Prometheus finds the server pods by
+instance and component alone (values.yaml, prometheus.scrapeConfigs).
 */}}
 {{- define "ad-event-processor.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ad-event-processor.name" . }}
@@ -68,8 +70,8 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/*
-Labels and selector labels of a bundled component.
-Usage: include "ad-event-processor.componentLabels" (list . "redis")
+Labels and selector labels of another component of this chart (the helm test pod).
+Usage: include "ad-event-processor.componentLabels" (list . "test")
 */}}
 {{- define "ad-event-processor.componentLabels" -}}
 {{ include "ad-event-processor.commonLabels" (index . 0) }}
@@ -115,10 +117,69 @@ Where the server keeps its files (a volume; the root filesystem is read-only).
 {{- define "ad-event-processor.clientTlsDir" -}}/etc/aep-client-tls{{- end }}
 
 {{/*
-"true" when the server runs as a StatefulSet (a write-ahead log claim per pod), else "".
+"true" when /app/data is on a claim per pod (persistence.claim=perPod), else "".
+*/}}
+{{- define "ad-event-processor.dataClaimPerPod" -}}
+{{- if and .Values.persistence.enabled (eq .Values.persistence.claim "perPod") }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the write-ahead log is on a claim per pod (wal.persistence.type=pvc), else "".
+*/}}
+{{- define "ad-event-processor.walClaimPerPod" -}}
+{{- if and .Values.wal.enabled (eq .Values.wal.persistence.type "pvc") }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the server runs as a StatefulSet (a claim per pod), else "".
 */}}
 {{- define "ad-event-processor.statefulSet" -}}
-{{- if and .Values.wal.enabled (eq .Values.wal.persistence.type "pvc") }}true{{ end }}
+{{- if or (include "ad-event-processor.dataClaimPerPod" .) (include "ad-event-processor.walClaimPerPod" .) }}true{{ end }}
+{{- end }}
+
+{{/*
+The server StatefulSet's volumeClaimTemplates (a YAML list): "data" with
+persistence.claim=perPod, "wal" with wal.persistence.type=pvc.
+*/}}
+{{- define "ad-event-processor.volumeClaimTemplates" -}}
+{{- $claims := list }}
+{{- if include "ad-event-processor.dataClaimPerPod" . }}
+{{- $claims = append $claims (list "data" .Values.persistence) }}
+{{- end }}
+{{- if include "ad-event-processor.walClaimPerPod" . }}
+{{- $claims = append $claims (list "wal" .Values.wal.persistence) }}
+{{- end }}
+{{- range $claim := $claims }}
+{{- $persistence := index $claim 1 }}
+- metadata:
+    name: {{ index $claim 0 }}
+    labels:
+      {{- include "ad-event-processor.selectorLabels" $ | nindent 6 }}
+  spec:
+    accessModes:
+      {{- toYaml $persistence.accessModes | nindent 6 }}
+    {{- with $persistence.storageClass }}
+    storageClassName: {{ . }}
+    {{- end }}
+    resources:
+      requests:
+        storage: {{ $persistence.size }}
+{{- else }}
+[]
+{{- end }}
+{{- end }}
+
+{{/*
+The server StatefulSet's persistentVolumeClaimRetentionPolicy. One StatefulSet
+has one policy: with both claims per pod, their two values must agree.
+*/}}
+{{- define "ad-event-processor.claimRetentionPolicy" -}}
+{{- $data := include "ad-event-processor.dataClaimPerPod" . }}
+{{- $wal := include "ad-event-processor.walClaimPerPod" . }}
+{{- if and $data $wal (ne (toYaml .Values.persistence.retentionPolicy) (toYaml .Values.wal.persistence.retentionPolicy)) }}
+{{- fail (printf "persistence.retentionPolicy (%s) and wal.persistence.retentionPolicy (%s) differ: both claims belong to one StatefulSet, which has one persistentVolumeClaimRetentionPolicy; set them alike" (toJson .Values.persistence.retentionPolicy) (toJson .Values.wal.persistence.retentionPolicy)) }}
+{{- end }}
+{{- toYaml (ternary .Values.persistence.retentionPolicy .Values.wal.persistence.retentionPolicy (not (empty $data))) }}
 {{- end }}
 
 {{- define "ad-event-processor.workloadKind" -}}
@@ -184,7 +245,7 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- $database := dict "type" .Values.database.type "file" (dict "dir" (printf "%s/events" $dataDir)) }}
 {{- if eq .Values.database.type "redis" }}
 {{- if .Values.redis.enabled }}
-{{- $_ := set $database "redis" (dict "url" (printf "redis://%s:6379/0" (include "ad-event-processor.componentName" (list . "redis")))) }}
+{{- $_ := set $database "redis" (dict "url" (printf "redis://%s:6379/0" (include "redis.fullname" .Subcharts.redis))) }}
 {{- else if .Values.externalRedis.url }}
 {{- $_ := set $database "redis" (dict "url" .Values.externalRedis.url) }}
 {{- else if not .Values.externalRedis.existingSecret }}
@@ -193,7 +254,7 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- end }}
 {{- if eq .Values.database.type "mongodb" }}
 {{- if .Values.mongodb.enabled }}
-{{- $_ := set $database "mongodb" (dict "uri" (printf "mongodb://%s:27017" (include "ad-event-processor.componentName" (list . "mongodb"))) "database" .Values.mongodb.database) }}
+{{- $_ := set $database "mongodb" (dict "uri" (printf "mongodb://%s:27017" (include "mongodb.fullname" .Subcharts.mongodb)) "database" .Subcharts.mongodb.Values.database) }}
 {{- else if or .Values.externalMongodb.uri .Values.externalMongodb.existingSecret }}
 {{- $mongodb := dict "database" .Values.externalMongodb.database }}
 {{- if .Values.externalMongodb.uri }}
@@ -235,9 +296,28 @@ Checks across values that the schema cannot express.
 {{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.shutdownGracePeriodSeconds | int) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + shutdownGracePeriodSeconds (%d), or the kubelet kills the server before it has drained" (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.shutdownGracePeriodSeconds | int)) }}
 {{- end }}
-{{- if and .Values.persistence.enabled (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
-{{- fail "persistence.enabled with more than one replica (or autoscaling) needs persistence.accessModes [ReadWriteMany] (or an existingClaim that allows it): replicas share the claim" }}
+{{- if and .Values.persistence.enabled (eq .Values.persistence.claim "shared") (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
+{{- fail "persistence.claim=shared with more than one replica (or autoscaling) needs persistence.accessModes [ReadWriteMany] (or an existingClaim that allows it): replicas share the claim. Or persistence.claim=perPod: a claim per pod" }}
 {{- end }}
+{{- if and .Values.persistence.enabled .Values.persistence.existingClaim (ne .Values.persistence.claim "shared") }}
+{{- fail "persistence.existingClaim is one claim for every replica: set persistence.claim=shared with it" }}
+{{- end }}
+{{- if and .Values.redis.enabled (ne .Values.database.type "redis") }}
+{{- fail (printf "redis.enabled deploys a Redis that the server does not use (database.type=%s): set redis.enabled=false" .Values.database.type) }}
+{{- end }}
+{{- if and .Values.mongodb.enabled (ne .Values.database.type "mongodb") }}
+{{- fail (printf "mongodb.enabled deploys a MongoDB that the server does not use (database.type=%s): set mongodb.enabled=false" .Values.database.type) }}
+{{- end }}
+{{- if and .Values.grafana.enabled (not .Values.grafana.prometheusUrl) }}
+{{- if not .Values.prometheus.enabled }}
+{{- fail "grafana.enabled needs prometheus.enabled=true or grafana.prometheusUrl (e.g. http://prometheus-operated.monitoring.svc:9090)" }}
+{{- end }}
+{{- $bundled := printf "http://%s:9090" (include "prometheus.fullname" .Subcharts.prometheus) }}
+{{- if ne (include "grafana.prometheusUrl" .Subcharts.grafana) $bundled }}
+{{- fail (printf "grafana.prometheusUrl: the bundled Prometheus is %s (prometheus.nameOverride/fullnameOverride): set grafana.prometheusUrl to it" $bundled) }}
+{{- end }}
+{{- end }}
+{{- $_ := include "ad-event-processor.claimRetentionPolicy" . }}
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage .Values.autoscaling.customMetric.enabled)) }}
 {{- fail "autoscaling.enabled needs at least one metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or customMetric" }}
 {{- end }}
@@ -262,24 +342,4 @@ Checks across values that the schema cannot express.
 {{- if and (eq (include "ad-event-processor.ackMode" .) "durable") (not .Values.wal.enabled) }}
 {{- fail "ack.mode durable needs the write-ahead log: set wal.enabled=true (wal.persistence.type=pvc keeps it across pod loss)" }}
 {{- end }}
-{{- end }}
-
-{{/*
-The Prometheus URL Grafana reads from.
-*/}}
-{{- define "ad-event-processor.prometheusUrl" -}}
-{{- if .Values.prometheus.enabled }}
-{{- printf "http://%s:9090" (include "ad-event-processor.componentName" (list . "prometheus")) }}
-{{- else if .Values.grafana.prometheusUrl }}
-{{- .Values.grafana.prometheusUrl }}
-{{- else }}
-{{- fail "grafana.enabled needs prometheus.enabled=true or grafana.prometheusUrl" }}
-{{- end }}
-{{- end }}
-
-{{/*
-The Secret with Grafana's admin credentials.
-*/}}
-{{- define "ad-event-processor.grafanaSecretName" -}}
-{{- default (include "ad-event-processor.componentName" (list . "grafana")) .Values.grafana.admin.existingSecret }}
 {{- end }}
