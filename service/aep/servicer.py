@@ -69,6 +69,13 @@ class RequestRefusedError(Exception):
 
     async def abort(self, context: Context) -> NoReturn:
         """End the RPC; with retry_after_s, the status carries google.rpc.RetryInfo."""
+        # grpc keeps the AbortError it raises on the call, in a reference cycle
+        # (handler frame -> context -> call -> AbortError -> traceback -> handler
+        # frame) that only the cyclic collector frees, and this exception becomes
+        # its __context__. Without a traceback or cause it no longer reaches the
+        # frames that hold the request, so the request's bytes are freed at once.
+        self.__traceback__ = None
+        self.__cause__ = self.__context__ = None
         if self.retry_after_s is None:
             await context.abort(self.code, self.message)
         delay = duration_pb2.Duration()
@@ -147,6 +154,7 @@ class AdEventServicer:
                 try:
                     return await method(self._decode(request_type, raw), len(raw))
                 except RequestRefusedError as refusal:
+                    del raw  # the abort's traceback keeps this frame (see abort)
                     await refusal.abort(context)
 
             return handle
@@ -159,6 +167,7 @@ class AdEventServicer:
                 response = await method(self._decode(request_type, raw), len(raw))
             except RequestRefusedError as refusal:
                 observe(name, refusal.code, time.perf_counter() - started)
+                del raw  # the abort's traceback keeps this frame (see abort)
                 await refusal.abort(context)
             except asyncio.CancelledError:
                 observe(name, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
@@ -243,8 +252,9 @@ class AdEventServicer:
         request_iterator: AsyncIterator[bytes],
         acks: asyncio.Queue[_Ack | _StreamEnd],
     ) -> None:
+        chunks = aiter(request_iterator)
         try:
-            async for raw in request_iterator:
+            async for raw in chunks:
                 started = time.perf_counter()
                 chunk = self._decode(pb.StreamAdEventsRequest, raw)
                 events = chunk.events
@@ -269,6 +279,12 @@ class AdEventServicer:
             await acks.put(_StreamEnd(refusal))
         else:
             await acks.put(_StreamEnd())
+        finally:
+            # grpc's request generator and the chunk it last yielded are in a
+            # reference cycle: closed, the chunk is freed now, not by the cyclic GC.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def HealthCheck(
         self, request: pb.HealthCheckRequest, wire_bytes: int
