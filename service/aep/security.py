@@ -155,7 +155,9 @@ def _refusal(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethod
 
     if method in _STREAM_METHODS:
         return grpc.stream_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    # Stream-unary (the same wire format): refused without waiting for the
+    # request, which a client may never finish sending (see aep.server).
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 if TYPE_CHECKING:  # generic only in the type stubs

@@ -117,6 +117,7 @@ class AdEventServicer:
         self._max_message_bytes = server.max_message_bytes
         self._max_unacked_chunks = server.stream_max_unacked_chunks
         self._backpressure_wait = server.stream_backpressure_wait
+        self._stream_idle_timeout = server.stream_idle_timeout or None
         self._default_ack = _ACK_FROM_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
@@ -253,8 +254,20 @@ class AdEventServicer:
         acks: asyncio.Queue[_Ack | _StreamEnd],
     ) -> None:
         chunks = aiter(request_iterator)
+        idle_timeout = self._stream_idle_timeout
         try:
-            async for raw in chunks:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        raw = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise RequestRefusedError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"no chunk for server.stream_idle_timeout={idle_timeout:g}s: "
+                        "the stream is ended; open a new one to send more",
+                    ) from None
                 started = time.perf_counter()
                 chunk = self._decode(pb.StreamAdEventsRequest, raw)
                 events = chunk.events

@@ -100,8 +100,14 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     max_message_bytes: ByteSize = Field(4 * 1024**2, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
-    # RPCs in progress at once (0: no limit); past it gRPC answers RESOURCE_EXHAUSTED.
+    # AdEventService calls in progress at once (0: no limit); past it a call gets
+    # RESOURCE_EXHAUSTED at once. Health checks and reflection are not counted.
     max_concurrent_rpcs: int = Field(1000, ge=0)
+    # A unary call whose request has not arrived whole after this long ends with
+    # DEADLINE_EXCEEDED, and a stream that sends no chunk for stream_idle_timeout
+    # too: a client that stops sending cannot hold its call forever. 0: no limit.
+    request_read_timeout: Duration = 30.0
+    stream_idle_timeout: Duration = 60.0
     keepalive_time: Duration = 30.0
     keepalive_timeout: Duration = 10.0
     # Bounded connection age makes clients reconnect, so new replicas behind a

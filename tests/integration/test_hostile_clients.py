@@ -8,10 +8,14 @@ frame that declares more bytes than it carries); they speak raw HTTP/2
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from raw_http2 import RawGrpcConnection, grpc_frame
 from support import ServerProcess, running_server, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
@@ -27,6 +31,150 @@ def rss_mb(server: ServerProcess) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        time.sleep(0.05)
+
+
+def probe_health_and_reflection(server: ServerProcess) -> float:
+    """Health/Check and a reflection listing, each with a 1 s deadline; the slower one's time."""
+    with grpc.insecure_channel(server.address) as channel:
+        started = time.monotonic()
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=1
+        )
+        health_s = time.monotonic() - started
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        started = time.monotonic()
+        (listing,) = list(
+            reflection(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=1)
+        )
+        reflection_s = time.monotonic() - started
+        names = {service.name for service in listing.list_services_response.service}
+        assert "adevents.v1.AdEventService" in names
+    return max(health_s, reflection_s)
+
+
+def one_more_call_is_refused(server: ServerProcess) -> grpc.RpcError:
+    """The AdEventService call past server.max_concurrent_rpcs: refused at once."""
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary(f"{SERVICE}/SendAdEvent", None, None)(
+            pb.SendAdEventRequest(event=valid_event()).SerializeToString(), timeout=2
+        )
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value
+    return raised.value
+
+
+def test_health_answers_beside_1000_idle_streams_which_the_server_ends(tmp_path: Path) -> None:
+    calls, per_connection, idle_timeout_s = 1000, 100, 5
+    with running_server(tmp_path, AEP_SERVER_STREAM_IDLE_TIMEOUT=f"{idle_timeout_s}s") as server:
+        connections = [RawGrpcConnection(server.grpc_port) for _ in range(calls // per_connection)]
+        try:
+            streams = []
+            for connection in connections:
+                for _ in range(per_connection):
+                    stream_id = connection.open_call(f"{SERVICE}/StreamAdEvents")
+                    chunk = pb.StreamAdEventsRequest(sequence=1, events=[valid_event()])
+                    connection.queue(stream_id, grpc_frame(chunk.SerializeToString()))
+                    streams.append((connection, stream_id))
+            opened = time.monotonic()
+
+            def all_acked() -> bool:
+                for connection in connections:
+                    connection.pump(0.01)
+                return all(c.streams[s].data_bytes > 0 for c, s in streams)
+
+            # Each stream got the ack of its one chunk: the server holds all of them.
+            wait_until(all_acked, 30, f"{calls} streams acknowledged")
+            slowest = probe_health_and_reflection(server)
+            refused = one_more_call_is_refused(server)
+            assert "server.max_concurrent_rpcs=1000" in (refused.details() or "")
+
+            def all_ended() -> bool:
+                for connection in connections:
+                    connection.pump(0.01)
+                return all(c.streams[s].closed for c, s in streams)
+
+            wait_until(all_ended, idle_timeout_s + 20, "the idle streams ended by the server")
+            ended_after = time.monotonic() - opened
+            statuses = {c.streams[s].grpc_status for c, s in streams}
+            messages = {c.streams[s].grpc_message for c, s in streams}
+        finally:
+            for connection in connections:
+                connection.close()
+        print(
+            f"{calls} idle streams: health and reflection answered in {slowest * 1000:.0f} ms; "
+            f"streams ended by the server after {ended_after:.1f}s (idle timeout "
+            f"{idle_timeout_s}s), statuses {statuses}"
+        )
+        assert statuses == {grpc.StatusCode.DEADLINE_EXCEEDED.value[0]}
+        assert any("server.stream_idle_timeout=5s" in message for message in messages)
+        probe_health_and_reflection(server)
+
+
+def test_health_answers_beside_1000_truncated_unary_calls_which_time_out(tmp_path: Path) -> None:
+    """Each call's frame declares 6 MB and carries 10 bytes, then the client stops sending."""
+    calls, per_connection, read_timeout_s = 1000, 100, 5
+    with running_server(tmp_path, AEP_SERVER_REQUEST_READ_TIMEOUT=f"{read_timeout_s}s") as server:
+        connections = [RawGrpcConnection(server.grpc_port) for _ in range(calls // per_connection)]
+        try:
+            streams = []
+            for connection in connections:
+                for _ in range(per_connection):
+                    stream_id = connection.open_call(f"{SERVICE}/SendAdEvent")
+                    connection.queue(stream_id, grpc_frame(b"\x0a" * 10, declared_length=6_000_000))
+                    streams.append((connection, stream_id))
+            opened = time.monotonic()
+
+            def limit_reached() -> bool:
+                for connection in connections:
+                    connection.pump(0.0)
+                try:
+                    one_more_call_is_refused(server)
+                except AssertionError:
+                    return False
+                return True
+
+            # The server holds all of them once one more AdEventService call is refused.
+            wait_until(limit_reached, 30, f"{calls} truncated calls held by the server")
+            slowest = probe_health_and_reflection(server)
+
+            def all_ended() -> bool:
+                for connection in connections:
+                    connection.pump(0.01)
+                return all(c.streams[s].closed for c, s in streams)
+
+            wait_until(all_ended, read_timeout_s + 20, "the truncated calls ended by the server")
+            ended_after = time.monotonic() - opened
+            statuses = {c.streams[s].grpc_status for c, s in streams}
+            messages = {c.streams[s].grpc_message for c, s in streams}
+        finally:
+            for connection in connections:
+                connection.close()
+        print(
+            f"{calls} truncated unary calls: health and reflection answered in "
+            f"{slowest * 1000:.0f} ms; calls ended by the server after {ended_after:.1f}s "
+            f"(read timeout {read_timeout_s}s), statuses {statuses}"
+        )
+        assert statuses == {grpc.StatusCode.DEADLINE_EXCEEDED.value[0]}
+        assert any("server.request_read_timeout=5s" in message for message in messages)
+        # The slots are free again.
+        with grpc.insecure_channel(server.address) as channel:
+            response = channel.unary_unary(
+                f"{SERVICE}/SendAdEvent", None, pb.SendAdEventResponse.FromString
+            )(pb.SendAdEventRequest(event=valid_event()).SerializeToString(), timeout=5)
+        assert response.status == pb.EVENT_STATUS_ACCEPTED
+        probe_health_and_reflection(server)
 
 
 def test_refused_large_requests_free_their_bytes_at_once(tmp_path: Path) -> None:
