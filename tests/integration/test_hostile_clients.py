@@ -65,14 +65,19 @@ def probe_health_and_reflection(server: ServerProcess) -> float:
     return max(health_s, reflection_s)
 
 
-def one_more_call_is_refused(server: ServerProcess) -> grpc.RpcError:
-    """The AdEventService call past server.max_concurrent_rpcs: refused at once."""
-    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as raised:
-        channel.unary_unary(f"{SERVICE}/SendAdEvent", None, None)(
-            pb.SendAdEventRequest(event=valid_event()).SerializeToString(), timeout=2
-        )
-    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value
-    return raised.value
+def one_more_call(server: ServerProcess) -> grpc.RpcError | None:
+    """An AdEventService call: past server.max_concurrent_rpcs, refused at once."""
+    with grpc.insecure_channel(server.address) as channel:
+        try:
+            channel.unary_unary(f"{SERVICE}/SendAdEvent", None, None)(
+                pb.SendAdEventRequest(event=valid_event()).SerializeToString(), timeout=2
+            )
+        except grpc.RpcError as error:
+            refusal = error
+        else:
+            return None
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refusal
+    return refusal
 
 
 def test_health_answers_beside_1000_idle_streams_which_the_server_ends(tmp_path: Path) -> None:
@@ -97,7 +102,8 @@ def test_health_answers_beside_1000_idle_streams_which_the_server_ends(tmp_path:
             # Each stream got the ack of its one chunk: the server holds all of them.
             wait_until(all_acked, 30, f"{calls} streams acknowledged")
             slowest = probe_health_and_reflection(server)
-            refused = one_more_call_is_refused(server)
+            refused = one_more_call(server)
+            assert refused is not None
             assert "server.max_concurrent_rpcs=1000" in (refused.details() or "")
 
             def all_ended() -> bool:
@@ -139,11 +145,7 @@ def test_health_answers_beside_1000_truncated_unary_calls_which_time_out(tmp_pat
             def limit_reached() -> bool:
                 for connection in connections:
                     connection.pump(0.0)
-                try:
-                    one_more_call_is_refused(server)
-                except AssertionError:
-                    return False
-                return True
+                return one_more_call(server) is not None
 
             # The server holds all of them once one more AdEventService call is refused.
             wait_until(limit_reached, 30, f"{calls} truncated calls held by the server")
