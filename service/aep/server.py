@@ -35,6 +35,11 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # that before it is read whole.
         ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
         ("grpc.max_send_message_length", 2 * settings.max_message_bytes),
+        # A fixed receive window per call (BDP probing would grow it to several
+        # MB): a client that sends while the server does not read, because it
+        # cannot deliver the acks, gets no further than this.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", settings.receive_window),
         ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
         ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
         ("grpc.keepalive_permit_without_calls", 1),

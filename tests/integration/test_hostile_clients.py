@@ -228,3 +228,97 @@ def test_refused_large_requests_free_their_bytes_at_once(tmp_path: Path) -> None
             f"warmed up {warm:.0f} MB, after {after:.0f} MB"
         )
         assert after - warm < 100
+
+
+def test_streams_whose_client_never_reads_acks_hold_bounded_memory(tmp_path: Path) -> None:
+    """Clients announce a receive window of 0 and keep sending chunks.
+
+    The server cannot deliver a single ack. It stops reading a stream once
+    server.stream_max_unacked_chunks acks wait (the ack write blocks), and
+    HTTP/2 flow control then holds the client back: what the server takes in
+    per stream is those chunks plus the stream's receive window.
+    """
+    streams, max_s = 20, 25
+    chunk = grpc_frame(
+        pb.StreamAdEventsRequest(
+            sequence=1, events=[valid_event(event_id=f"w{i}") for i in range(100)]
+        ).SerializeToString()
+    )
+    with running_server(tmp_path) as server:
+        idle = rss_mb(server)
+        connections = [
+            RawGrpcConnection(server.grpc_port, receive_window=0) for _ in range(streams)
+        ]
+        try:
+            calls = [(c, c.open_call(f"{SERVICE}/StreamAdEvents")) for c in connections]
+            queued = dict.fromkeys(range(streams), 0)
+
+            def taken_in() -> list[int]:
+                return [queued[i] - c.pending(s) for i, (c, s) in enumerate(calls)]
+
+            started = time.monotonic()
+            last_change, last_total, samples = started, -1, []
+            while time.monotonic() - started < max_s:
+                for index, (connection, stream_id) in enumerate(calls):
+                    if connection.pending(stream_id) < 2 * len(chunk):
+                        connection.queue(stream_id, chunk)
+                        queued[index] += len(chunk)
+                    connection.pump(0.0)
+                total = sum(taken_in())
+                now = time.monotonic()
+                if total != last_total:
+                    last_total, last_change = total, now
+                if not samples or now - samples[-1][0] >= 1:
+                    samples.append((now, rss_mb(server)))
+                if now - last_change > 3:  # the server has stopped taking data
+                    break
+            plateau_after = last_change - started
+            per_stream = max(taken_in())
+            rss = rss_mb(server)
+            assert not any(c.streams[s].closed for c, s in calls)  # still open, just stuck
+        finally:
+            for connection in connections:
+                connection.close()
+        print(
+            f"{streams} streams that never read: the server took in at most "
+            f"{per_stream / 1e6:.2f} MB per stream ({per_stream // len(chunk)} chunks of "
+            f"{len(chunk)} B), no more after {plateau_after:.1f}s; RSS idle {idle:.0f} MB, "
+            f"then {', '.join(f'{value:.0f}' for _, value in samples)} MB"
+        )
+        # 64 unacknowledged chunks, the ack being written, the chunk being read,
+        # plus the 64 KiB receive window: about 0.32 MB; before, gRPC's BDP
+        # probing grew the window to about 4.5 MB per stream.
+        assert per_stream < 1_000_000
+        assert rss - idle < 50
+
+
+def test_a_stream_stuck_on_undeliverable_acks_ends_with_its_connection(tmp_path: Path) -> None:
+    """The stream stays open while its client is connected, at most until
+    server.max_connection_age plus its grace, when the server closes the connection."""
+    age_s, grace_s = 2, 2
+    chunk = grpc_frame(
+        pb.StreamAdEventsRequest(sequence=1, events=[valid_event()] * 100).SerializeToString()
+    )
+    with (
+        running_server(
+            tmp_path,
+            AEP_SERVER_MAX_CONNECTION_AGE=f"{age_s}s",
+            AEP_SERVER_MAX_CONNECTION_AGE_GRACE=f"{grace_s}s",
+        ) as server,
+        RawGrpcConnection(server.grpc_port, receive_window=0) as connection,
+    ):
+        stream_id = connection.open_call(f"{SERVICE}/StreamAdEvents")
+        started = time.monotonic()
+        while connection.pump(0.01) and time.monotonic() - started < 30:
+            if connection.pending(stream_id) < 2 * len(chunk):
+                connection.queue(stream_id, chunk)
+        closed_after = time.monotonic() - started
+        print(
+            f"a stream that never reads acks: GOAWAY {connection.goaway_received}, "
+            f"connection closed by the server after {closed_after:.1f}s "
+            f"(max_connection_age {age_s}s + grace {grace_s}s)"
+        )
+        assert connection.connection_closed and connection.goaway_received
+        # gRPC adds up to 10 % jitter to the age; the grace is exact.
+        assert age_s + grace_s - 0.5 < closed_after < age_s * 1.1 + grace_s + 10
+        probe_health_and_reflection(server)
