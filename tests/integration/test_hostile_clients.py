@@ -257,7 +257,8 @@ def test_streams_whose_client_never_reads_acks_hold_bounded_memory(tmp_path: Pat
                 return [queued[i] - c.pending(s) for i, (c, s) in enumerate(calls)]
 
             started = time.monotonic()
-            last_change, last_total, samples = started, -1, []
+            last_change, last_total = started, -1
+            samples: list[tuple[float, float]] = []  # (time, RSS MB)
             while time.monotonic() - started < max_s:
                 for index, (connection, stream_id) in enumerate(calls):
                     if connection.pending(stream_id) < 2 * len(chunk):
