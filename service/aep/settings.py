@@ -130,14 +130,25 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     max_message_bytes: ByteSize = Field(4 * 1024**2, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
-    # RPCs in progress at once (0: no limit); past it gRPC answers RESOURCE_EXHAUSTED.
+    # AdEventService calls in progress at once (0: no limit); past it a call gets
+    # RESOURCE_EXHAUSTED at once. Health checks and reflection are not counted.
     max_concurrent_rpcs: int = Field(1000, ge=0)
+    # A unary call whose request has not arrived whole after this long ends with
+    # DEADLINE_EXCEEDED, and a stream that sends no chunk for stream_idle_timeout
+    # too: a client that stops sending cannot hold its call forever. 0: no limit.
+    request_read_timeout: Duration = 30.0
+    stream_idle_timeout: Duration = 60.0
     keepalive_time: Duration = 30.0
     keepalive_timeout: Duration = 10.0
     # Bounded connection age makes clients reconnect, so new replicas behind a
     # Kubernetes Service (an L4 load balancer) get their share of traffic.
     max_connection_age: Duration = 300.0
     max_connection_age_grace: Duration = 30.0
+    # HTTP/2 receive window of each call: what a client may send ahead of what
+    # the server has read. Fixed (gRPC's BDP probing, which grows it to several
+    # MB per call, is off), so a stream whose client never reads its acks holds
+    # at most this much unread data (besides its unacknowledged chunks).
+    receive_window: ByteSize = Field(64 * 1024, ge=16 * 1024, le=2**31 - 1)
     # StreamAdEvents flow control: chunks read but not yet acknowledged, per
     # stream; past it the server stops reading and HTTP/2 holds the client.
     stream_max_unacked_chunks: int = Field(64, ge=1)

@@ -195,7 +195,9 @@ def _refusal(method: str, refusal: RequestRefusedError) -> grpc.RpcMethodHandler
 
     if method in _STREAM_METHODS:
         return grpc.stream_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    # Stream-unary (the same wire format): refused without waiting for the
+    # request, which a client may never finish sending (see aep.server).
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 def _over_limit(principal: Principal, what: str) -> RequestRefusedError | None:

@@ -69,6 +69,13 @@ class RequestRefusedError(Exception):
 
     async def abort(self, context: Context) -> NoReturn:
         """End the RPC; with retry_after_s, the status carries google.rpc.RetryInfo."""
+        # grpc keeps the AbortError it raises on the call, in a reference cycle
+        # (handler frame -> context -> call -> AbortError -> traceback -> handler
+        # frame) that only the cyclic collector frees, and this exception becomes
+        # its __context__. Without a traceback or cause it no longer reaches the
+        # frames that hold the request, so the request's bytes are freed at once.
+        self.__traceback__ = None
+        self.__cause__ = self.__context__ = None
         if self.retry_after_s is None:
             await context.abort(self.code, self.message)
         delay = duration_pb2.Duration()
@@ -110,6 +117,7 @@ class AdEventServicer:
         self._max_message_bytes = server.max_message_bytes
         self._max_unacked_chunks = server.stream_max_unacked_chunks
         self._backpressure_wait = server.stream_backpressure_wait
+        self._stream_idle_timeout = server.stream_idle_timeout or None
         self._default_ack = _ACK_FROM_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
@@ -147,6 +155,7 @@ class AdEventServicer:
                 try:
                     return await method(self._decode(request_type, raw), len(raw))
                 except RequestRefusedError as refusal:
+                    del raw  # the abort's traceback keeps this frame (see abort)
                     await refusal.abort(context)
 
             return handle
@@ -159,6 +168,7 @@ class AdEventServicer:
                 response = await method(self._decode(request_type, raw), len(raw))
             except RequestRefusedError as refusal:
                 observe(name, refusal.code, time.perf_counter() - started)
+                del raw  # the abort's traceback keeps this frame (see abort)
                 await refusal.abort(context)
             except asyncio.CancelledError:
                 observe(name, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
@@ -243,8 +253,21 @@ class AdEventServicer:
         request_iterator: AsyncIterator[bytes],
         acks: asyncio.Queue[_Ack | _StreamEnd],
     ) -> None:
+        chunks = aiter(request_iterator)
+        idle_timeout = self._stream_idle_timeout
         try:
-            async for raw in request_iterator:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        raw = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise RequestRefusedError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"no chunk for server.stream_idle_timeout={idle_timeout:g}s: "
+                        "the stream is ended; open a new one to send more",
+                    ) from None
                 started = time.perf_counter()
                 chunk = self._decode(pb.StreamAdEventsRequest, raw)
                 events = chunk.events
@@ -269,6 +292,12 @@ class AdEventServicer:
             await acks.put(_StreamEnd(refusal))
         else:
             await acks.put(_StreamEnd())
+        finally:
+            # grpc's request generator and the chunk it last yielded are in a
+            # reference cycle: closed, the chunk is freed now, not by the cyclic GC.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def HealthCheck(
         self, request: pb.HealthCheckRequest, wire_bytes: int
