@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
 	tests/prometheus_process.py
 
-.PHONY: deps system-deps proto run test test-unit test-integration test-observability alerts \
+.PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
 	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
@@ -43,6 +43,7 @@ run: deps
 test: deps system-deps helm
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## test-unit: the unit tests only (no servers)
 test-unit: deps
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
@@ -98,10 +99,12 @@ lint: deps
 	MYPYPATH=service:tests:tests/chart $(BIN)/mypy --explicit-package-bases $(TYPED_TESTS)
 	MYPYPATH=service:tests:e2e $(BIN)/mypy --explicit-package-bases e2e
 
+## format: ruff format and ruff check --fix
 format: deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## clean: remove .venv, caches and ./data
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
 
@@ -119,3 +122,7 @@ sync-dashboards:
 	cp dashboards/*.json charts/ad-event-processor/charts/grafana/dashboards/
 	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/files/alerts.yaml
 	cp dashboards/alerts/ad-event-processor.rules.yaml charts/ad-event-processor/charts/prometheus/files/alerts.yaml
+
+## help: list the targets with what each does
+help:
+	@grep -E '^## [a-z-]+:' $(firstword $(MAKEFILE_LIST)) | sed 's/^## //'

@@ -210,3 +210,17 @@ def test_shell_scripts_parse(script: str) -> None:
     result = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (REPO / script).stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_make_help_lists_every_target() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    shown = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), "help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    listed = {line.split(":", 1)[0] for line in shown.splitlines()}
+    assert targets - listed == set(), "targets without a '## name: what it does' line"
+    assert "help" in listed

@@ -390,7 +390,7 @@ def _plain(text: str) -> str:
 def test_readme_and_help_describe_durations_and_sizes_as_the_code_reads_them() -> None:
     from aep.settings import DURATION_FORMS, SIZE_FORMS
 
-    readme = _plain((Path(__file__).parents[2] / "README.md").read_text())
+    readme = _plain((Path(__file__).parents[2] / "docs" / "configuration.md").read_text())
     help_text = _plain(_run_cli("--help").stdout)
     for forms in (DURATION_FORMS, SIZE_FORMS):
         assert _plain(forms) in readme
