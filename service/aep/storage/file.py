@@ -45,7 +45,7 @@ from aep.events.schema import (
 )
 from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
+from aep.settings import DatabaseSettings, FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
@@ -336,6 +336,10 @@ class FileStore:
         # event_id -> the end of the write that is storing it now.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._codec = CODECS[settings.format]
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> FileStore:
+        return cls(settings.file, writer_count=worker_count)
 
     @property
     def name(self) -> str:

@@ -35,7 +35,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from aep.events.schema import KEY_FIELD, EventRecord, FieldKind, stored_names
-from aep.settings import MongoStoreSettings
+from aep.settings import DatabaseSettings, MongoStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 
 DUPLICATE_KEY = 11000
@@ -67,6 +67,14 @@ class MongoStore:
         self._operation_timeout = operation_timeout
         self._client: AsyncMongoClient[Document] | None = None
         self._collection: AsyncCollection[Document] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> MongoStore:
+        return cls(
+            settings.mongodb,
+            connect_timeout=settings.connect_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
 
     @property
     def name(self) -> str:

@@ -35,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from aep.events.schema import STORED_FIELDS, EventRecord, FieldKind
-from aep.settings import RedisStoreSettings
+from aep.settings import DatabaseSettings, RedisStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 
 # KEYS: [stream, dedupe key per event..., counter hash per distinct minute...]
@@ -131,6 +131,14 @@ class RedisStore:
         self._append: AsyncScript | None = None
         self._window = max(1, round(settings.dedupe_window))
         self._counters_ttl = max(1, round(settings.counters_ttl))
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> RedisStore:
+        return cls(
+            settings.redis,
+            connect_timeout=settings.connect_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
 
     @property
     def name(self) -> str:
