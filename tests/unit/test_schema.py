@@ -159,3 +159,11 @@ def test_stored_form_fills_in_each_optional_field(missing: str) -> None:
     assert list(stored) == list(STORED_FIELD_NAMES)
     [field] = [field for field in STORED_FIELDS if field.name == missing]
     assert stored[missing] == field.default_value()
+
+
+def test_every_kind_is_checked_on_read_back_and_has_a_redis_text_form() -> None:
+    from aep.events import schema
+    from aep.storage import redis
+
+    assert set(schema._KIND_PROBLEMS) == set(FieldKind)
+    assert set(redis._TEXT_OF_KIND) == set(FieldKind)

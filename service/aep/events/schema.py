@@ -108,7 +108,6 @@ def format_epoch(epoch_seconds: float) -> str:
     return f"{second_prefix(whole)}.{int((epoch_seconds - whole) * 1e6):06d}Z"
 
 
-_STORED_EVENT_TYPES = frozenset(VALID_EVENT_TYPE_NAMES.values())
 _RFC3339_MICROS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
@@ -154,9 +153,10 @@ def _text_problem(key: str, value: object) -> str | None:
 
 
 def _event_type_problem(key: str, value: object) -> str | None:
-    if value in _STORED_EVENT_TYPES:
+    valid = VALID_EVENT_TYPE_NAMES.values()
+    if value in valid:
         return None
-    return f"{key} {value!r} is not one of {sorted(_STORED_EVENT_TYPES)}"
+    return f"{key} {value!r} is not one of {sorted(valid)}"
 
 
 def _int64_problem(key: str, value: object) -> str | None:
