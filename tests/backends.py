@@ -12,6 +12,7 @@ import orjson
 from servers import MongoServer, RedisServer
 from support import stored_events
 
+from aep.events.schema import FieldKind, stored_names
 from aep.settings import (
     DatabaseSettings,
     FileStoreSettings,
@@ -21,6 +22,7 @@ from aep.settings import (
 )
 from aep.storage import EventStore, create_store
 
+STRING_MAP_FIELDS = stored_names(FieldKind.STRING_MAP)
 STORE_KINDS = ["file", "redis", "mongodb"]
 NETWORK_STORE_KINDS = ["redis", "mongodb"]
 
@@ -110,8 +112,9 @@ def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
     records = []
     for _entry_id, fields in entries:
         record: dict[str, Any] = dict(fields)
-        if "attributes" in record:
-            record["attributes"] = orjson.loads(record["attributes"])
+        for name in STRING_MAP_FIELDS:  # JSON text fields
+            if name in record:
+                record[name] = orjson.loads(record[name])
         records.append(record)
     return records
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from aep.events.event_types import VALID_EVENT_TYPE_NAMES
+from aep.events.schema import KEY_FIELD, STORED_FIELDS, EventRecord, FieldKind
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.storage.file import read_records
 
@@ -75,6 +77,31 @@ def valid_event(**overrides: object) -> pb.AdEvent:
     }
     fields.update(overrides)
     return pb.AdEvent(**fields)  # type: ignore[arg-type]
+
+
+# A value of each kind of stored field that differs from the kind's default, so
+# a field a codec or a store drops shows in a round trip. A new kind fails here
+# (KeyError) until it has a sample.
+_SAMPLE_OF_KIND: dict[FieldKind, Callable[[str, int], object]] = {
+    FieldKind.ID: lambda name, position: f"{name}-{position}",
+    FieldKind.TEXT: lambda name, position: "EUR",  # also a valid currency
+    FieldKind.EVENT_TYPE: lambda name, position: VALID_EVENT_TYPE_NAMES[
+        max(VALID_EVENT_TYPE_NAMES)
+    ],
+    FieldKind.TIMESTAMP: lambda name, position: f"2026-11-26T19:00:00.{position:06d}Z",
+    FieldKind.INT64: lambda name, position: 1_250_000 + position,
+    FieldKind.STRING_MAP: lambda name, position: {"os": "ios", name: str(position)},
+}
+
+
+def full_stored_record(event_id: str = "full") -> EventRecord:
+    """A stored-form record with every field of the schema set, none to its default."""
+    record: EventRecord = {
+        field.name: _SAMPLE_OF_KIND[field.kind](field.name, position)
+        for position, field in enumerate(STORED_FIELDS, start=1)
+    }
+    record[KEY_FIELD] = event_id
+    return record
 
 
 def stored_events(directory: Path) -> list[dict[str, object]]:

@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 import orjson
 
-from aep.events.schema import EVENT_TYPE_NAMES, format_epoch, format_timestamp
+from aep.events.event_types import EVENT_TYPE_NAMES
+from aep.events.schema import format_epoch, format_timestamp
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]

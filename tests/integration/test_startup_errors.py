@@ -10,6 +10,7 @@ from support import ServerProcess
 
 pytestmark = pytest.mark.integration
 
+EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
 
 
@@ -38,3 +39,20 @@ def test_a_busy_port_names_its_key_and_address(tmp_path: Path, busy: str) -> Non
     assert exit_code == EXIT_STARTUP_FAILED
     assert error_lines, log
     assert f"{key}: cannot listen on 127.0.0.1:{port}" in error_lines[0]
+
+
+def test_an_unknown_store_type_names_the_key_and_the_known_types(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, env_overrides={"AEP_DATABASE_TYPE": "kafkaa"})
+    server.start(wait=False)
+    try:
+        exit_code = server.wait_exit(timeout_s=30)
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    log = server.log()
+    print(f"AEP_DATABASE_TYPE=kafkaa: exit {exit_code}: {log.strip()}")
+    assert exit_code == EXIT_CONFIG_ERROR
+    assert "database.type" in log and "AEP_DATABASE_TYPE" in log
+    for known in ("file", "redis", "mongodb"):
+        assert f"'{known}'" in log

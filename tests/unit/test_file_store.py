@@ -10,9 +10,10 @@ from full_disk import small_tmpfs
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from support import stored_events
+from support import full_stored_record, stored_events
 
-from aep.events.schema import EventRecord
+from aep.events.event_types import VALID_EVENT_TYPE_NAMES
+from aep.events.schema import STORED_FIELD_NAMES, STORED_FIELDS, EventRecord, FieldKind
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
@@ -162,27 +163,15 @@ async def test_lines_are_the_stored_form(tmp_path: Path) -> None:
 async def test_both_formats_round_trip_and_dedupe_across_restarts(
     tmp_path: Path, file_format: FileFormat
 ) -> None:
-    full: EventRecord = {
-        "event_id": "full",
-        "user_id": "u",
-        "ad_id": "a",
-        "event_type": "EVENT_TYPE_CONVERSION",
-        "timestamp": "2026-11-26T19:00:00.000001Z",
-        "received_at": "2026-11-26T19:00:00.000002Z",
-        "campaign_id": "c",
-        "creative_id": "cr",
-        "placement_id": "pl",
-        "publisher_id": "pub",
-        "price_micros": 1_250_000,
-        "currency": "EUR",
-        "attributes": {"os": "ios"},
-    }
+    """Every field of the schema, each set to a value other than its default."""
+    full = full_stored_record()
     store = await open_store(tmp_path, format=file_format)
     await store.write_batch([full])
     await store.close()
     [path] = tmp_path.glob("events-*")
     assert path.suffix == (".jsonl" if file_format is FileFormat.JSONL else ".binpb")
     assert read_records(path) == [full]
+    assert list(read_records(path)[0]) == list(STORED_FIELD_NAMES)
     restarted = await open_store(tmp_path, format=file_format)
     again = await restarted.write_batch([full])
     await restarted.close()
@@ -245,24 +234,17 @@ def test_records_not_starting_with_event_id_still_get_a_line_each() -> None:
 
 
 any_text = st.text(st.characters(codec="utf-8"), max_size=12)  # no lone surrogates
+# Any value of each kind the binary format can hold (a new kind fails: KeyError).
+value_of_kind: dict[FieldKind, st.SearchStrategy[object]] = {
+    FieldKind.ID: any_text,
+    FieldKind.TEXT: any_text,
+    FieldKind.EVENT_TYPE: st.sampled_from(list(VALID_EVENT_TYPE_NAMES.values())),
+    FieldKind.TIMESTAMP: any_text,
+    FieldKind.INT64: st.integers(0, 2**63 - 1),
+    FieldKind.STRING_MAP: st.dictionaries(any_text, any_text, max_size=3),
+}
 stored_form = st.fixed_dictionaries(
-    {
-        "event_id": any_text,
-        "user_id": any_text,
-        "ad_id": any_text,
-        "event_type": st.sampled_from(
-            ["EVENT_TYPE_IMPRESSION", "EVENT_TYPE_CLICK", "EVENT_TYPE_CONVERSION"]
-        ),
-        "timestamp": any_text,
-        "received_at": any_text,
-        "campaign_id": any_text,
-        "creative_id": any_text,
-        "placement_id": any_text,
-        "publisher_id": any_text,
-        "price_micros": st.integers(0, 2**63 - 1),
-        "currency": any_text,
-        "attributes": st.dictionaries(any_text, any_text, max_size=3),
-    }
+    {field.name: value_of_kind[field.kind] for field in STORED_FIELDS}
 )
 # Not exactly the stored form: some keys missing, or the event type as a number.
 other_record = st.one_of(

@@ -12,18 +12,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aep.events.schema import EVENT_TYPE_NAMES, EventRecord, second_prefix
+from aep.events.event_types import VALID_EVENT_TYPE_NAMES
+from aep.events.schema import OPTIONAL_STORED_FIELDS, EventRecord, FieldKind, second_prefix
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings, format_duration
 
-_KNOWN_EVENT_TYPES = frozenset(
-    value.number for value in pb.EventType.DESCRIPTOR.values if value.number != 0
-)
-_VALID_TYPE_NAMES = {
-    number: name for number, name in EVENT_TYPE_NAMES.items() if number in _KNOWN_EVENT_TYPES
-}
 _CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
-_OPTIONAL_IDS = ("campaign_id", "creative_id", "placement_id", "publisher_id")
+_OPTIONAL_IDS = tuple(field.name for field in OPTIONAL_STORED_FIELDS if field.kind is FieldKind.ID)
 
 
 @dataclass(slots=True)
@@ -78,7 +73,7 @@ class EventValidator:
         max_id = self._max_id
         oldest = now - self._max_age
         newest = now + self._max_skew
-        type_names = _VALID_TYPE_NAMES
+        type_names = VALID_EVENT_TYPE_NAMES
         type_slots = len(by_type)
         currency_ok = _CURRENCY_PATTERN.fullmatch
         prefix_seconds = -1
@@ -126,6 +121,8 @@ class EventValidator:
             if seconds != prefix_seconds:  # a request's events mostly share their second
                 prefix_seconds = seconds
                 prefix = second_prefix(seconds)
+            # STORED_FIELDS in its order, written out for speed (the hot path); a
+            # test holds this record to the schema field for field.
             record = {
                 "event_id": event_id,
                 "user_id": user_id,
@@ -183,8 +180,8 @@ class EventValidator:
         if len(ad_id) > max_id:
             return f"ad_id: longer than {max_id} characters"
         event_type = event.event_type
-        if event_type not in _KNOWN_EVENT_TYPES:
-            if event_type == 0:
+        if event_type not in VALID_EVENT_TYPE_NAMES:
+            if event_type == pb.EVENT_TYPE_UNSPECIFIED:
                 return "event_type: required (EVENT_TYPE_UNSPECIFIED is not allowed)"
             return f"event_type: unknown value {event_type}"
         if not event.HasField("timestamp"):

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
 from aep.ingest.reflection import enable_reflection
@@ -158,30 +160,33 @@ def _limited(handler: Handler, limit: _CallLimit) -> Handler:
     return grpc.stream_stream_rpc_method_handler(stream_call, deserializer, serializer)
 
 
+def _serialize(response: bytes | Message) -> bytes:
+    # Some RPCs answer bytes the servicer serialised itself (aep.ingest.responses).
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
+
+
 def _ad_event_handler(
     servicer: AdEventServicer, settings: ServerSettings
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    # Raw bytes in (no request_deserializer): the servicer decodes and answers
-    # malformed input with INVALID_ARGUMENT.
-    handlers = {
-        "SendAdEvent": grpc.unary_unary_rpc_method_handler(
-            servicer.unary(pb.SendAdEventRequest, servicer.SendAdEvent),
-            response_serializer=pb.SendAdEventResponse.SerializeToString,
-        ),
-        "SendAdEventBatch": grpc.unary_unary_rpc_method_handler(
-            servicer.unary(pb.SendAdEventBatchRequest, servicer.SendAdEventBatch),
-            # Serialised by the servicer (aep.ingest.responses).
-        ),
-        "HealthCheck": grpc.unary_unary_rpc_method_handler(
-            servicer.unary(pb.HealthCheckRequest, servicer.HealthCheck),
-            response_serializer=pb.HealthCheckResponse.SerializeToString,
-        ),
-        "StreamAdEvents": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamAdEvents,  # serialised by the servicer (aep.ingest.responses)
-        ),
-    }
-    missing = {method.name for method in AD_EVENT_SERVICE.methods} - handlers.keys()
-    assert not missing, f"AdEventService methods without a handler: {missing}"
+    """A handler per method of the service descriptor: the servicer's method of that
+    name, by the method's kind. Raw bytes in (no request_deserializer): the servicer
+    decodes and answers malformed input with INVALID_ARGUMENT."""
+    handlers: dict[str, Handler] = {}
+    for method in AD_EVENT_SERVICE.methods:
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour, response_serializer=_serialize
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            request_type = message_factory.GetMessageClass(method.input_type)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                servicer.unary(request_type, behaviour), response_serializer=_serialize
+            )
+        else:
+            raise NotImplementedError(f"{method.full_name}: one-sided streaming is not served")
     limit = _CallLimit(settings.max_concurrent_rpcs)
     read_timeout = settings.request_read_timeout or None
     return grpc.method_handlers_generic_handler(

@@ -240,7 +240,7 @@ class AdEventServicer:
                         await refusal.abort(context)
                 if self._observe_rpc is not None:
                     seconds = time.perf_counter() - started
-                    self._observe_rpc("StreamAdEvents", grpc.StatusCode.OK, seconds)
+                    self._observe_rpc(self.StreamAdEvents.__name__, grpc.StatusCode.OK, seconds)
                 yield response
         finally:
             if not reader.done():

@@ -44,9 +44,9 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from prometheus_client.core import HistogramMetricFamily
 
 from aep import __version__
+from aep.events.event_types import EVENT_TYPE_SHORT_NAMES
 from aep.pipeline.core import Pipeline, PipelineObserver
 from aep.pipeline.ledger import IngestStats
-from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import MetricsSettings
 
 SERVICE_NAME = "ad-event-processor"
@@ -67,11 +67,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (
 # Label values of events_received_total{event_type}: the enum number's short
 # name; "unknown" holds unspecified or unknown numbers and events of requests
 # refused as a whole.
-EVENT_TYPE_LABELS: dict[int, str] = {
-    value.number: value.name.removeprefix("EVENT_TYPE_").lower()
-    for value in pb.EventType.DESCRIPTOR.values
-    if value.number != 0
-}
+EVENT_TYPE_LABELS: dict[int, str] = EVENT_TYPE_SHORT_NAMES
 UNKNOWN_EVENT_TYPE = "unknown"
 
 # The window of average_processing_latency (the reference design's gauge).

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.events.event_types import EVENT_TYPE_COUNT as EVENT_TYPE_COUNT  # for the servicer
 
 # received_by_type is indexed by the EventType number; events of other numbers
 # (and of requests refused whole) are counted in `received` only.
-EVENT_TYPE_COUNT = max(value.number for value in pb.EventType.DESCRIPTOR.values) + 1
 
 
 @dataclass(slots=True)

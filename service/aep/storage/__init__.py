@@ -1,31 +1,73 @@
-"""Event stores behind one interface (EventStore), one module per backend."""
+"""Event stores behind one interface (EventStore), one module per backend.
+
+STORE_BACKENDS maps each database.type to its backend class. A backend's
+module is imported only when its type is selected: the network stores'
+client libraries take long to import, and a deployment uses one store.
+"""
 
 from __future__ import annotations
 
-from aep.settings import DatabaseSettings, StoreType
-from aep.storage.base import EventStore, StoreError, WriteResult
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-__all__ = ["EventStore", "StoreError", "WriteResult", "create_store"]
+from aep.settings import ConfigError, DatabaseSettings, StoreType
+from aep.storage.base import EventStore, StoreBackend, StoreError, WriteResult
+
+__all__ = [
+    "STORE_BACKENDS",
+    "EventStore",
+    "StoreBackend",
+    "StoreError",
+    "UnknownStoreTypeError",
+    "WriteResult",
+    "backend_class",
+    "create_store",
+]
+
+
+class UnknownStoreTypeError(ConfigError):
+    """database.type names no backend; the message lists the ones there are."""
+
+
+def _file_store() -> type[StoreBackend]:
+    from aep.storage.file import FileStore
+
+    return FileStore
+
+
+def _redis_store() -> type[StoreBackend]:
+    from aep.storage.redis import RedisStore
+
+    return RedisStore
+
+
+def _mongo_store() -> type[StoreBackend]:
+    from aep.storage.mongodb import MongoStore
+
+    return MongoStore
+
+
+# database.type -> the backend class (loaded on first use).
+STORE_BACKENDS: Mapping[str, Callable[[], type[StoreBackend]]] = MappingProxyType(
+    {
+        StoreType.FILE.value: _file_store,
+        StoreType.REDIS.value: _redis_store,
+        StoreType.MONGODB.value: _mongo_store,
+    }
+)
+
+
+def backend_class(store_type: str) -> type[StoreBackend]:
+    """The class of the store database.type names; refuses a name it does not know."""
+    load = STORE_BACKENDS.get(store_type)
+    if load is None:
+        raise UnknownStoreTypeError(
+            f"database.type: {store_type!r} is not a store type; "
+            f"known: {', '.join(sorted(STORE_BACKENDS))}"
+        )
+    return load()
 
 
 def create_store(settings: DatabaseSettings, *, worker_count: int) -> EventStore:
     """The store database.type selects, not yet opened."""
-    if settings.type is StoreType.FILE:
-        from aep.storage.file import FileStore
-
-        return FileStore(settings.file, writer_count=worker_count)
-    if settings.type is StoreType.REDIS:
-        from aep.storage.redis import RedisStore
-
-        return RedisStore(
-            settings.redis,
-            connect_timeout=settings.connect_timeout,
-            operation_timeout=settings.operation_timeout,
-        )
-    from aep.storage.mongodb import MongoStore
-
-    return MongoStore(
-        settings.mongodb,
-        connect_timeout=settings.connect_timeout,
-        operation_timeout=settings.operation_timeout,
-    )
+    return backend_class(settings.type).from_settings(settings, worker_count=worker_count)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aep.events.schema import EventRecord
+from aep.settings import DatabaseSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,15 @@ class EventStore(Protocol):
 
     async def close(self) -> None:
         """Flush and release everything; called once, after the last write."""
+
+
+class StoreBackend(Protocol):
+    """A store class: builds its store, not yet opened, from the database settings."""
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> EventStore:
+        """worker_count: the batch writers that will call write_batch concurrently."""
+        ...
 
 
 def redact_credentials(url: str) -> str:

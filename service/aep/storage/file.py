@@ -27,25 +27,36 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 from google.protobuf.message import DecodeError
 
-from aep.events.schema import EVENT_TYPE_NAMES, EventRecord
+from aep.events.event_types import EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS
+from aep.events.schema import (
+    KEY_FIELD,
+    STORED_FIELD_NAMES,
+    STORED_FIELDS,
+    EventRecord,
+    FieldKind,
+    stored_names,
+)
 from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
-from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
+from aep.settings import DatabaseSettings, FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
-# Between two records in orjson's compact encoding of a list of them. It cannot
-# occur inside a string: there every '"' is escaped, and a string ending in
-# "},{" is followed by one of ,:}] and never by 'event_id'.
-_RECORD_BOUNDARY = b'},{"event_id":'
+# Between two records in orjson's compact encoding of a list of them (the key
+# field comes first in every record). It cannot occur inside a string: there
+# every '"' is escaped, and a string ending in "},{" is followed by one of ,:}]
+# and never by the key field's name.
+_RECORD_BOUNDARY = b'},{"%s":' % KEY_FIELD.encode()
+_LINE_BOUNDARY = b'}\n{"%s":' % KEY_FIELD.encode()
 
 
 class JsonLinesCodec:
@@ -58,10 +69,10 @@ class JsonLinesCodec:
         if not records:
             return b""
         joined = orjson.dumps(records)
-        lines = joined[1:-1].replace(_RECORD_BOUNDARY, b'}\n{"event_id":')
+        lines = joined[1:-1].replace(_RECORD_BOUNDARY, _LINE_BOUNDARY)
         if lines.count(b"\n") == len(records) - 1:
             return lines + b"\n"
-        # Records whose first key is not event_id (never from this service).
+        # Records whose first key is not the key field (never from this service).
         return b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
 
     @staticmethod
@@ -76,10 +87,35 @@ class JsonLinesCodec:
                 yield record
 
 
-_EVENT_TYPE_NUMBERS = {
-    name: pb.EventType.ValueType(number) for number, name in EVENT_TYPE_NAMES.items()
-}
-_STORED_FIELD_COUNT = len(pb.StoredAdEvent.DESCRIPTOR.fields)
+_STORED_FIELD_COUNT = len(STORED_FIELDS)
+_MAP_FIELDS = stored_names(FieldKind.STRING_MAP)
+_EVENT_TYPE_FIELDS = stored_names(FieldKind.EVENT_TYPE)
+_CopyFields = Callable[[pb.StoredAdEvent, EventRecord], None]
+
+
+def _compile_copy_fields() -> _CopyFields:
+    """`copy(message, record)`: one assignment per stored field but the maps.
+
+    Generated from STORED_FIELDS at import: as fast as assignments written out
+    by hand (a setattr loop per record is not), and a field added to the schema
+    is encoded without an edit here.
+    """
+    lines = ["def copy(message, record):"]
+    for field in STORED_FIELDS:
+        if not field.name.isidentifier():
+            raise ValueError(f"stored field {field.name!r} is not a protobuf field name")
+        value = f"record[{field.name!r}]"
+        if field.kind is FieldKind.EVENT_TYPE:
+            value = f"type_numbers[{value}]"
+        if field.kind is not FieldKind.STRING_MAP:
+            lines.append(f"    message.{field.name} = {value}")
+    namespace: dict[str, Any] = {"type_numbers": EVENT_TYPE_NUMBERS}
+    # The source is built from the schema's own names only, never from input.
+    exec("\n".join(lines), namespace)  # noqa: S102
+    return cast(_CopyFields, namespace["copy"])
+
+
+_copy_fields = _compile_copy_fields()
 
 
 class ProtobufCodec:
@@ -93,33 +129,24 @@ class ProtobufCodec:
         parts: list[bytes] = []
         append = parts.append
         message = pb.StoredAdEvent()
-        attributes = message.attributes
-        attributes_set = False  # whether `attributes` may hold entries of a previous record
-        type_numbers = _EVENT_TYPE_NUMBERS
+        copy_fields = _copy_fields
+        maps = [(name, getattr(message, name)) for name in _MAP_FIELDS]
+        maps_set = False  # whether the maps may hold entries of a previous record
         for record in records:
             try:
                 if len(record) != _STORED_FIELD_COUNT:
                     raise KeyError("not the stored form")
                 # Every field is set for every record: nothing of the last one stays.
-                message.event_id = record["event_id"]
-                message.user_id = record["user_id"]
-                message.ad_id = record["ad_id"]
-                message.event_type = type_numbers[record["event_type"]]
-                message.timestamp = record["timestamp"]
-                message.received_at = record["received_at"]
-                message.campaign_id = record["campaign_id"]
-                message.creative_id = record["creative_id"]
-                message.placement_id = record["placement_id"]
-                message.publisher_id = record["publisher_id"]
-                message.price_micros = record["price_micros"]
-                message.currency = record["currency"]
-                record_attributes = record["attributes"]
-                if attributes_set:
-                    attributes.clear()
-                    attributes_set = False
-                if record_attributes:
-                    attributes_set = True  # before update: it may fail half-way
-                    attributes.update(record_attributes)
+                copy_fields(message, record)
+                if maps_set:
+                    for _, entries in maps:
+                        entries.clear()
+                    maps_set = False
+                for name, entries in maps:
+                    record_entries = record[name]
+                    if record_entries:
+                        maps_set = True  # before update: it may fail half-way
+                        entries.update(record_entries)
                 body = message.SerializeToString()
             except (KeyError, TypeError, ValueError):
                 # Not exactly the stored form (a partial record, an event type given
@@ -151,12 +178,11 @@ class ProtobufCodec:
             except DecodeError:
                 return
             position += length
-            record: EventRecord = {
-                field.name: getattr(message, field.name)
-                for field in pb.StoredAdEvent.DESCRIPTOR.fields
-            }
-            record["event_type"] = pb.EventType.Name(message.event_type)
-            record["attributes"] = dict(message.attributes)
+            record: EventRecord = {name: getattr(message, name) for name in STORED_FIELD_NAMES}
+            for name in _EVENT_TYPE_FIELDS:
+                record[name] = EVENT_TYPE_NAMES[record[name]]
+            for name in _MAP_FIELDS:
+                record[name] = dict(record[name])
             yield record
 
 
@@ -310,6 +336,10 @@ class FileStore:
         # event_id -> the end of the write that is storing it now.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._codec = CODECS[settings.format]
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> FileStore:
+        return cls(settings.file, writer_count=worker_count)
 
     @property
     def name(self) -> str:

@@ -34,20 +34,20 @@ from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from aep.events.schema import EventRecord
-from aep.settings import MongoStoreSettings
+from aep.events.schema import KEY_FIELD, EventRecord, FieldKind, stored_names
+from aep.settings import DatabaseSettings, MongoStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 
 DUPLICATE_KEY = 11000
 INDEX_OPTIONS_CONFLICT = 85
-DATE_FIELDS = ("timestamp", "received_at")
+DATE_FIELDS = stored_names(FieldKind.TIMESTAMP)
 TTL_INDEX_NAME = "received_at_ttl"
 
 Document = dict[str, Any]
 
 
 def to_document(record: EventRecord) -> Document:
-    document: Document = {"_id": record["event_id"], **record}
+    document: Document = {"_id": record[KEY_FIELD], **record}
     for field in DATE_FIELDS:
         value = document.get(field)
         if isinstance(value, str):
@@ -67,6 +67,14 @@ class MongoStore:
         self._operation_timeout = operation_timeout
         self._client: AsyncMongoClient[Document] | None = None
         self._collection: AsyncCollection[Document] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> MongoStore:
+        return cls(
+            settings.mongodb,
+            connect_timeout=settings.connect_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
 
     @property
     def name(self) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -34,8 +34,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from aep.events.schema import EventRecord
-from aep.settings import RedisStoreSettings
+from aep.events.schema import STORED_FIELDS, EventRecord, FieldKind
+from aep.settings import DatabaseSettings, RedisStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 
 # KEYS: [stream, dedupe key per event..., counter hash per distinct minute...]
@@ -97,6 +97,26 @@ def _field_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# How each kind of stored field becomes stream field text. Numbers as decimal
+# text: Lua would read JSON numbers as doubles and round large int64 values.
+_TEXT_OF_KIND: dict[FieldKind, Callable[[Any], str]] = {
+    FieldKind.ID: str,
+    FieldKind.TEXT: str,
+    FieldKind.EVENT_TYPE: str,
+    FieldKind.TIMESTAMP: str,
+    FieldKind.INT64: str,
+    FieldKind.STRING_MAP: _json_text,
+}
+# Keys outside the schema (never from this service) go by their value's type.
+_FIELD_TEXT: dict[str, Callable[[Any], str]] = {
+    field.name: _TEXT_OF_KIND[field.kind] for field in STORED_FIELDS
+}
+
+
 class RedisStore:
     """EventStore appending to a Redis Stream; see the module docstring."""
 
@@ -111,6 +131,14 @@ class RedisStore:
         self._append: AsyncScript | None = None
         self._window = max(1, round(settings.dedupe_window))
         self._counters_ttl = max(1, round(settings.counters_ttl))
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> RedisStore:
+        return cls(
+            settings.redis,
+            connect_timeout=settings.connect_timeout,
+            operation_timeout=settings.operation_timeout,
+        )
 
     @property
     def name(self) -> str:
@@ -149,6 +177,7 @@ class RedisStore:
         minute_index: dict[str, int] = {}
         args: list[str | bytes | int] = [self._window, self._settings.max_len, self._counters_ttl]
         counting = self._settings.counters
+        field_text = _FIELD_TEXT
         for record in records:
             row: list[str | int] = [0, ""]
             if counting:
@@ -162,7 +191,7 @@ class RedisStore:
                 row[1] = f"{record.get('ad_id', '')}|{record.get('event_type', '')}"
             for field, value in record.items():
                 row.append(field)
-                row.append(_field_text(value))
+                row.append(field_text.get(field, _field_text)(value))
             args.append(orjson.dumps(row))
         try:
             written = int(await append(keys=keys, args=args))

@@ -33,6 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aep.events.event_types import VALID_EVENT_TYPES
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
 
@@ -44,7 +45,6 @@ EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_UNREACHABLE = 2
 
-_EVENT_TYPES = (pb.EVENT_TYPE_IMPRESSION, pb.EVENT_TYPE_CLICK, pb.EVENT_TYPE_CONVERSION)
 _ACK_MODES = {
     "server": pb.ACK_MODE_UNSPECIFIED,
     "accepted": pb.ACK_MODE_ACCEPTED,
@@ -54,7 +54,7 @@ _ACK_MODES = {
 
 
 def make_event(rng: random.Random, now: Timestamp) -> pb.AdEvent:
-    event_type = rng.choice(_EVENT_TYPES)
+    event_type = rng.choice(VALID_EVENT_TYPES)
     event = pb.AdEvent(
         user_id=f"user-{rng.randrange(1_000_000)}",
         ad_id=f"ad-{rng.randrange(10_000)}",
