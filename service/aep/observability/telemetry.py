@@ -472,10 +472,6 @@ class Telemetry:
         )
 
     @property
-    def tracing_enabled(self) -> bool:
-        return self._tracing is not None
-
-    @property
     def observe_rpc(self) -> Callable[[str, grpc.StatusCode, float], None] | None:
         return self._metrics.rpc_durations.observe if self._metrics is not None else None
 

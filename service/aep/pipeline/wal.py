@@ -194,7 +194,6 @@ class WriteAheadLog:
         self.quarantined = 0
         self.damaged_records = 0
         self.skipped_bytes = 0
-        self.fsyncs = 0
 
     # -- start-up ----------------------------------------------------------
     def open(self) -> list[Segment]:
@@ -357,7 +356,6 @@ class WriteAheadLog:
                     extra={"segment": str(segment.path), "error": str(cut_error)},
                 )
             raise
-        self.fsyncs += 1
 
     def _truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)

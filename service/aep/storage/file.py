@@ -182,9 +182,6 @@ class RecentIds:
         self._ids: set[str] = set()
         self._batches: deque[tuple[float, list[str]]] = deque()
 
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._ids
-
     def isdisjoint(self, event_ids: list[str]) -> bool:
         return self._ids.isdisjoint(event_ids)
 
@@ -201,9 +198,6 @@ class RecentIds:
             fresh.append(record)
             fresh_ids.append(event_id)
         return fresh, fresh_ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
     def add_batch(self, event_ids: list[str], at: float) -> None:
         self._ids.update(event_ids)
