@@ -44,6 +44,7 @@ from pathlib import Path
 import orjson
 
 from aep.events.schema import EventRecord
+from aep.storage.disk import fsync_directory, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +340,7 @@ class WriteAheadLog:
         fd = self._fd
         assert fd is not None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         except OSError:
             try:
@@ -387,11 +386,7 @@ class WriteAheadLog:
             except FileExistsError:
                 continue  # a stray file (or folder) holds the name
             try:
-                directory_fd = os.open(self._directory, os.O_RDONLY)
-                try:
-                    os.fsync(directory_fd)
-                finally:
-                    os.close(directory_fd)
+                fsync_directory(self._directory)
             except OSError:
                 os.close(fd)
                 with contextlib.suppress(OSError):
