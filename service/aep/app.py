@@ -33,6 +33,7 @@ from aep.observability.health import ServingState
 from aep.observability.http_endpoints import HttpEndpoints
 from aep.observability.store_monitor import StoreMonitor
 from aep.observability.telemetry import Telemetry
+from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.core import AdmissionError, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import IngestStats
@@ -195,7 +196,6 @@ class Application:
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
         """database.startup=wait: retry opening until it works (True) or stop is set."""
         interval = self.settings.health.store_check_interval
-        delay = interval
         attempt = 0
         while not stop.is_set():
             attempt += 1
@@ -209,9 +209,11 @@ class Application:
                 self.pipeline.note_store_success()
                 logger.info("store reachable", extra={"attempts": attempt})
                 return True
+            delay = backoff_delay(
+                attempt, interval, max(interval, _MAX_OPEN_RETRY_DELAY_S), jitter=False
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, max(interval, _MAX_OPEN_RETRY_DELAY_S))
         return False
 
     async def _shutdown(
