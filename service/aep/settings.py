@@ -31,7 +31,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "AEP_"
 CONFIG_PATH_ENV = "AEP_CONFIG"
@@ -346,10 +345,8 @@ class WalSettings(_Section):
     replay_max_queue_fill: float = Field(0.5, gt=0, le=1)
 
 
-class Settings(BaseSettings):
+class Settings(_Section):
     """The whole configuration. Build it with load_settings()."""
-
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -376,19 +373,6 @@ class Settings(BaseSettings):
         if self.metrics.port == self.server.port and self.metrics.host == self.server.host:
             raise ValueError("metrics.port: must differ from server.port")
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest priority first: explicit arguments (the YAML file, passed by
-        # load_settings), then env vars layered on top by _merge in load_settings.
-        return (init_settings,)
 
 
 def iter_env_names(
