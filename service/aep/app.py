@@ -317,8 +317,8 @@ def tune_garbage_collector() -> None:
     """Keep the cyclic GC from pausing the event loop under load.
 
     Under load up to queue.max_events pending records are alive; CPython's
-    collections walked them together with every object made at start-up and
-    showed up as 30-60 ms pauses in the p99 (measured with tests/benchmarks).
+    collections walked them together with every object made at start-up, and
+    those pauses set the tail latency (docs/performance.md).
     Start-up objects are moved out of the collector's reach (gc.freeze) and
     the young generation is collected less often; the code makes no cycles on
     the per-event path, so reference counting frees records as before.

@@ -174,7 +174,7 @@ class FileStoreSettings(_Section):
     fsync: FsyncPolicy = FsyncPolicy.BATCH
     fsync_interval: Duration = 1.0
     dedupe_window: Duration = 600.0
-    # Each remembered id costs ~120 B of RSS (measured with tests/benchmarks/soak.py).
+    # Bounds the memory the remembered ids take (per id: docs/stores.md).
     dedupe_max_ids: int = Field(500_000, ge=0)
 
 
@@ -183,8 +183,8 @@ class RedisStoreSettings(_Section):
     stream: str = Field("ad_events", min_length=1)
     # XADD MAXLEN ~ max_len: approximate trimming, cheap; 0 keeps every entry.
     max_len: int = Field(0, ge=0)
-    # An event_id seen within this window is not appended again. Each id costs
-    # one key of ~140 bytes for the window: events/s x window x 140 B of memory.
+    # An event_id seen within this window is not appended again. Each id holds
+    # one key for the window: Redis memory grows with events/s x window.
     dedupe_window: Duration = Field(600.0, ge=1)
     # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
     counters: bool = False
@@ -231,8 +231,8 @@ class BatchSettings(_Section):
 
 class QueueSettings(_Section):
     # Admission bounds: accepted events not yet written count against both.
-    # A queued event costs ~1 KB of RSS (the stored form as Python objects),
-    # several times its wire size: max_events is the bound that matters for memory.
+    # A queued event takes several times its wire size in RSS (the stored form
+    # as Python objects): max_events is the bound that matters for memory.
     max_events: int = Field(100_000, ge=1)
     max_bytes: ByteSize = Field(64 * 1024**2, ge=1024)
 
