@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aep.events.event_types import VALID_EVENT_TYPE_NAMES
 from aep.events.schema import KEY_FIELD, STORED_FIELDS, EventRecord, FieldKind
+from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.storage.file import read_records
 
@@ -217,15 +218,32 @@ def running_server(data_dir: Path, **env: str) -> Iterator[ServerProcess]:
             server.process.wait()
 
 
+def accept_one(
+    validator: EventValidator,
+    event: pb.AdEvent,
+    now: float,
+    received_at: str,
+    new_id: Callable[[], str],
+) -> EventRecord | str:
+    """One event through the hot path: its stored form (server id if empty), else the reason."""
+    verdicts = validator.accept_all(
+        (event,), now, received_at, lambda count: [new_id() for _ in range(count)], []
+    )
+    if verdicts.records:
+        return verdicts.records[0]
+    return verdicts.rejected[0][2]
+
+
 def stored_forms(events: list[pb.AdEvent], received_at: str) -> list[dict[str, object]]:
     """The records the server stores for these valid events (each with its event_id set)."""
-    from aep.events.validation import EventValidator
     from aep.settings import ValidationSettings
 
     validator = EventValidator(ValidationSettings())
     records = []
     for event in events:
-        record = validator.accept(event, event.timestamp.seconds, received_at, lambda: "unused")
+        record = accept_one(
+            validator, event, event.timestamp.seconds, received_at, lambda: "unused"
+        )
         assert isinstance(record, dict), record
         records.append(record)
     return records

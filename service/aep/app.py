@@ -33,6 +33,7 @@ from aep.observability.health import ServingState
 from aep.observability.http_endpoints import HttpEndpoints
 from aep.observability.store_monitor import StoreMonitor
 from aep.observability.telemetry import Telemetry
+from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.core import AdmissionError, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import IngestStats
@@ -195,7 +196,6 @@ class Application:
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
         """database.startup=wait: retry opening until it works (True) or stop is set."""
         interval = self.settings.health.store_check_interval
-        delay = interval
         attempt = 0
         while not stop.is_set():
             attempt += 1
@@ -209,9 +209,11 @@ class Application:
                 self.pipeline.note_store_success()
                 logger.info("store reachable", extra={"attempts": attempt})
                 return True
+            delay = backoff_delay(
+                attempt, interval, max(interval, _MAX_OPEN_RETRY_DELAY_S), jitter=False
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, max(interval, _MAX_OPEN_RETRY_DELAY_S))
         return False
 
     async def _shutdown(
@@ -315,8 +317,8 @@ def tune_garbage_collector() -> None:
     """Keep the cyclic GC from pausing the event loop under load.
 
     Under load up to queue.max_events pending records are alive; CPython's
-    collections walked them together with every object made at start-up and
-    showed up as 30-60 ms pauses in the p99 (measured with tests/benchmarks).
+    collections walked them together with every object made at start-up, and
+    those pauses set the tail latency (docs/performance.md).
     Start-up objects are moved out of the collector's reach (gc.freeze) and
     the young generation is collected less often; the code makes no cycles on
     the per-event path, so reference counting frees records as before.

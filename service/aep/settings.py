@@ -31,7 +31,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "AEP_"
 CONFIG_PATH_ENV = "AEP_CONFIG"
@@ -175,7 +174,7 @@ class FileStoreSettings(_Section):
     fsync: FsyncPolicy = FsyncPolicy.BATCH
     fsync_interval: Duration = 1.0
     dedupe_window: Duration = 600.0
-    # Each remembered id costs ~120 B of RSS (measured with tests/benchmarks/soak.py).
+    # Bounds the memory the remembered ids take (per id: docs/stores.md).
     dedupe_max_ids: int = Field(500_000, ge=0)
 
 
@@ -184,8 +183,8 @@ class RedisStoreSettings(_Section):
     stream: str = Field("ad_events", min_length=1)
     # XADD MAXLEN ~ max_len: approximate trimming, cheap; 0 keeps every entry.
     max_len: int = Field(0, ge=0)
-    # An event_id seen within this window is not appended again. Each id costs
-    # one key of ~140 bytes for the window: events/s x window x 140 B of memory.
+    # An event_id seen within this window is not appended again. Each id holds
+    # one key for the window: Redis memory grows with events/s x window.
     dedupe_window: Duration = Field(600.0, ge=1)
     # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
     counters: bool = False
@@ -232,8 +231,8 @@ class BatchSettings(_Section):
 
 class QueueSettings(_Section):
     # Admission bounds: accepted events not yet written count against both.
-    # A queued event costs ~1 KB of RSS (the stored form as Python objects),
-    # several times its wire size: max_events is the bound that matters for memory.
+    # A queued event takes several times its wire size in RSS (the stored form
+    # as Python objects): max_events is the bound that matters for memory.
     max_events: int = Field(100_000, ge=1)
     max_bytes: ByteSize = Field(64 * 1024**2, ge=1024)
 
@@ -346,10 +345,8 @@ class WalSettings(_Section):
     replay_max_queue_fill: float = Field(0.5, gt=0, le=1)
 
 
-class Settings(BaseSettings):
+class Settings(_Section):
     """The whole configuration. Build it with load_settings()."""
-
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -376,19 +373,6 @@ class Settings(BaseSettings):
         if self.metrics.port == self.server.port and self.metrics.host == self.server.host:
             raise ValueError("metrics.port: must differ from server.port")
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest priority first: explicit arguments (the YAML file, passed by
-        # load_settings), then env vars layered on top by _merge in load_settings.
-        return (init_settings,)
 
 
 def iter_env_names(

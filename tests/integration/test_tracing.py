@@ -89,7 +89,7 @@ def server_span(spans: list[ReadableSpan], method: str) -> ReadableSpan:
 async def test_rpc_spans_continue_the_callers_trace_and_the_batch_span_links_them(
     traced_app: RunningApp,
 ) -> None:
-    assert traced_app.app.telemetry.tracing_enabled
+    assert traced_app.app.telemetry.observer.tracing
     async with grpc.aio.insecure_channel(traced_app.address) as channel:
         api = pb_grpc.AdEventServiceStub(channel)
         batch = await api.SendAdEventBatch(
@@ -156,7 +156,6 @@ def test_an_untraced_app_installs_no_interceptor(tmp_path: Path) -> None:
     settings = load_settings(environ={"AEP_DATABASE_FILE_DIR": str(tmp_path / "events")})
     app = Application(settings)
     try:
-        assert not app.telemetry.tracing_enabled
         assert not app.telemetry.server_interceptors("adevents.v1.AdEventService")
         assert not app.telemetry.observer.tracing
     finally:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime
 
-from support import valid_event
+from support import accept_one, valid_event
 
 from aep.events.schema import EventRecord, format_timestamp
 from aep.events.validation import EventValidator
@@ -12,8 +12,12 @@ from aep.settings import ValidationSettings
 
 def to_record(event: pb.AdEvent, event_id: str, received_at: str) -> EventRecord:
     event.event_id = event_id
-    record = EventValidator(ValidationSettings()).accept(
-        event, event.timestamp.seconds, received_at, lambda: "unused"
+    record = accept_one(
+        EventValidator(ValidationSettings()),
+        event,
+        event.timestamp.seconds,
+        received_at,
+        lambda: "unused",
     )
     assert isinstance(record, dict)
     return record

@@ -1,4 +1,4 @@
-"""Property tests: the hot path (accept) and the readable rules (problem) agree."""
+"""Property tests: the hot path (accept_all) and the readable rules (problem) agree."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import accept_one
 
 from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
@@ -53,7 +54,7 @@ def events(draw: st.DrawFn) -> pb.AdEvent:
 @settings(max_examples=2000, deadline=None)
 @given(events())
 def test_accept_and_problem_agree(event: pb.AdEvent) -> None:
-    outcome = VALIDATOR.accept(event, NOW, "received", lambda: "server-id")
+    outcome = accept_one(VALIDATOR, event, NOW, "received", lambda: "server-id")
     problem = VALIDATOR.problem(event, NOW)
     if problem is None:
         assert isinstance(outcome, dict), outcome

@@ -37,7 +37,7 @@ class EventIdGenerator:
         self._prefix = f"{hex_ms[:8]}-{hex_ms[8:]}-7"
 
     def _fresh_random(self) -> int:
-        """80 bits from os.urandom, read 64 draws at a time (one syscall per ms is 1 us)."""
+        """80 bits from os.urandom, read 64 draws at a time: a syscall costs more than a draw."""
         pool = self._random_pool
         if not pool:
             draws = os.urandom(10 * _POOL_DRAWS)

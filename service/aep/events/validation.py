@@ -146,17 +146,6 @@ class EventValidator:
                 record["event_id"] = server_id
         return Verdicts(records, rejected)
 
-    def accept(
-        self, event: pb.AdEvent, now: float, received_at: str, new_id: Callable[[], str]
-    ) -> EventRecord | str:
-        """One event: its stored form (server id assigned if empty), else the reason."""
-        verdicts = self.accept_all(
-            (event,), now, received_at, lambda count: [new_id() for _ in range(count)], []
-        )
-        if verdicts.records:
-            return verdicts.records[0]
-        return verdicts.rejected[0][2]
-
     def _attributes_ok(self, attributes: dict[str, str]) -> bool:
         if len(attributes) > self._max_attributes:
             return False

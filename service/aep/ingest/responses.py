@@ -1,9 +1,9 @@
 """Batch responses and stream acks, serialised by hand on the hot path.
 
 A batch answers with one EventResult per event. Building those as protobuf
-messages costs ~0.4 µs per event; almost all results are "accepted, with this
-id", and for those the bytes are a cached prefix per index plus the id. The
-other results (rejections, very long ids) are serialised by protobuf itself.
+messages is a large part of a batch's cost; almost all results are "accepted,
+with this id", and for those the bytes are a cached prefix per index plus the
+id. The other results (rejections, very long ids) are serialised by protobuf itself.
 A property test holds the output byte for byte to protobuf's own
 serialisation (tests/unit/test_responses.py).
 """
@@ -33,8 +33,8 @@ _ACCEPTED_TAIL = _key(_RESULT["status"].number, _VARINT) + encode_varint(pb.EVEN
 _SERVER_ID_BYTES = 36  # a UUIDv7 string, the commonest id
 
 
-# Prefixes are cached for the first indexes only (~60 bytes each); results
-# further into a (configurably) huge request are serialised one by one.
+# Prefixes are cached for the first indexes only, so the cache stays small;
+# results further into a (configurably) huge request are serialised one by one.
 _MAX_CACHED_INDEX = 10_000
 
 

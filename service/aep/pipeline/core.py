@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aep.events.schema import EventRecord
+from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
 from aep.pipeline.ledger import IngestStats
 from aep.pipeline.wal import Segment, WriteAheadLog
@@ -443,8 +443,9 @@ class Pipeline:
                 if attempt >= retry.max_attempts:
                     await self._give_up(batch, f"{type(error).__name__}: {error}", attempt)
                     return
-                backoff = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempt - 1))
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+                await asyncio.sleep(
+                    backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
+                )
                 continue
             observer.write_attempt(time.perf_counter() - started, None)
             observer.batch_written(len(batch.records), time.monotonic() - batch.parts[0][0].arrived)

@@ -18,7 +18,6 @@ import bisect
 import fcntl
 import itertools
 import os
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from aep.events.schema import EventRecord, format_epoch
+from aep.storage.disk import IncompleteWriteError, file_stamp, instance_token, write_all
 
 DEAD_LETTER_PATTERN = "dead-letter-*.jsonl"
 
@@ -57,9 +57,8 @@ class DeadLetterQueue:
         try:
             if self._path is None:
                 self._directory.mkdir(parents=True, exist_ok=True)
-                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                instance = secrets.token_hex(4)  # pid is 1 in every container restart
-                self._path = self._directory / f"dead-letter-{stamp}-{instance}.jsonl"
+                name = f"dead-letter-{file_stamp()}-{instance_token()}.jsonl"
+                self._path = self._directory / name
             fd = _open_locked(self._path)
         except OSError as error:
             raise DeadLetterWriteError(0, len(lines), error) from error
@@ -91,19 +90,17 @@ def _append_whole_lines(fd: int, lines: list[bytes]) -> None:
     except OSError as error:
         raise DeadLetterWriteError(0, len(lines), error) from error
     data = separator + b"".join(lines)
-    written = 0
     try:
-        while written < len(data):
-            written += os.write(fd, memoryview(data)[written:])
+        write_all(fd, data)
         os.fsync(fd)
     except OSError as error:
-        if written == len(data):
+        if isinstance(error, IncompleteWriteError):
+            line_ends = list(itertools.accumulate((len(line) for line in lines), initial=0))
+            saved = bisect.bisect_right(line_ends, max(error.written - len(separator), 0)) - 1
+            keep = start + len(separator) + line_ends[saved] if saved else start
+        else:
             saved = 0  # the fsync failed: nothing of this append is known to be on disk
             keep = start
-        else:
-            line_ends = list(itertools.accumulate((len(line) for line in lines), initial=0))
-            saved = bisect.bisect_right(line_ends, max(written - len(separator), 0)) - 1
-            keep = start + len(separator) + line_ends[saved] if saved else start
         try:
             # Cut the torn line off, as the file store does, so that the next
             # append starts clean; then make the whole lines durable.

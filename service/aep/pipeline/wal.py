@@ -44,6 +44,7 @@ from pathlib import Path
 import orjson
 
 from aep.events.schema import EventRecord
+from aep.storage.disk import fsync_directory, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,6 @@ class WriteAheadLog:
         self.quarantined = 0
         self.damaged_records = 0
         self.skipped_bytes = 0
-        self.fsyncs = 0
 
     # -- start-up ----------------------------------------------------------
     def open(self) -> list[Segment]:
@@ -340,9 +340,7 @@ class WriteAheadLog:
         fd = self._fd
         assert fd is not None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         except OSError:
             try:
@@ -357,7 +355,6 @@ class WriteAheadLog:
                     extra={"segment": str(segment.path), "error": str(cut_error)},
                 )
             raise
-        self.fsyncs += 1
 
     def _truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
@@ -389,11 +386,7 @@ class WriteAheadLog:
             except FileExistsError:
                 continue  # a stray file (or folder) holds the name
             try:
-                directory_fd = os.open(self._directory, os.O_RDONLY)
-                try:
-                    os.fsync(directory_fd)
-                finally:
-                    os.close(directory_fd)
+                fsync_directory(self._directory)
             except OSError:
                 os.close(fd)
                 with contextlib.suppress(OSError):

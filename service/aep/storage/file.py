@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +46,7 @@ from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import DatabaseSettings, FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
+from aep.storage.disk import file_stamp, fsync_directory, instance_token, write_all
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -208,9 +208,6 @@ class RecentIds:
         self._ids: set[str] = set()
         self._batches: deque[tuple[float, list[str]]] = deque()
 
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._ids
-
     def isdisjoint(self, event_ids: list[str]) -> bool:
         return self._ids.isdisjoint(event_ids)
 
@@ -227,9 +224,6 @@ class RecentIds:
             fresh.append(record)
             fresh_ids.append(event_id)
         return fresh, fresh_ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
     def add_batch(self, event_ids: list[str], at: float) -> None:
         self._ids.update(event_ids)
@@ -273,10 +267,8 @@ class _SegmentWriter:
             self._rotate(now)
         fd = self._fd
         assert fd is not None
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         except OSError:
             # Cut a partial batch off again so the retry cannot leave half-lines
             # or events stored twice behind.
@@ -294,14 +286,14 @@ class _SegmentWriter:
     def _rotate(self, now: float) -> None:
         self.close()
         self._sequence += 1
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        stamp = file_stamp(now)
         name = f"events-{stamp}-{self._instance}-w{self._index}-{self._sequence:06d}{self._suffix}"
         self.path = self._directory / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._opened_at = now
         self._size = 0
         if self._settings.fsync is not FsyncPolicy.NEVER:
-            _fsync_directory(self._directory)
+            fsync_directory(self._directory)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -313,21 +305,13 @@ class _SegmentWriter:
                 os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileStore:
     """EventStore writing JSON Lines files; see the module docstring."""
 
     def __init__(self, settings: FileStoreSettings, *, writer_count: int) -> None:
         self._settings = settings
         self._directory = settings.dir
-        instance = secrets.token_hex(4)
+        instance = instance_token()
         self._writers = [
             _SegmentWriter(settings.dir, instance, index, settings) for index in range(writer_count)
         ]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import secrets
 import sys
 from collections.abc import Iterable, Sequence
@@ -49,6 +48,7 @@ from typing import TextIO
 import orjson
 
 from aep.events.schema import EventRecord, as_stored_form
+from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.dead_letters import DEAD_LETTER_PATTERN, lock_claimed
 from aep.settings import RetrySettings, Settings
 from aep.storage import EventStore, StoreError, WriteResult, create_store
@@ -181,8 +181,7 @@ async def write_with_retry(
         except StoreError:
             if attempt >= retry.max_attempts:
                 raise
-        backoff = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempt - 1))
-        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+        await asyncio.sleep(backoff_delay(attempt, retry.initial_backoff, retry.max_backoff))
 
 
 async def write_lines(
