@@ -329,7 +329,7 @@ class TlsSettings(_Section):
 
 
 class AuthSettings(_Section):
-    # A YAML list of {name, key, roles, rate_limit_rps} (see aep/security.py);
+    # A YAML list of {name, key, roles, rate_limit_rps} (see aep/ingest/security.py);
     # unset: AdEventService needs no key.
     api_keys_file: Path | None = None
     # RPCs per second per key where the key sets none (0: unlimited).

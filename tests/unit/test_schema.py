@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
-from support import full_stored_record
+from support import accept_one, full_stored_record
 
 from aep.events.event_types import (
     EVENT_TYPE_COUNT,
@@ -137,8 +137,8 @@ def test_validation_builds_every_stored_field_in_schema_order() -> None:
     set_fields = {field.name for field, _ in event.ListFields()}
     assert set_fields == {field.name for field in STORED_FIELDS if field.from_client}
     validator = EventValidator(ValidationSettings())
-    record = validator.accept(
-        event, event.timestamp.seconds, expected["received_at"], lambda: "unused"
+    record = accept_one(
+        validator, event, event.timestamp.seconds, expected["received_at"], lambda: "unused"
     )
     assert isinstance(record, dict), record
     assert list(record) == list(STORED_FIELD_NAMES)
