@@ -33,11 +33,12 @@ from aep.observability.health import ServingState
 from aep.observability.http_endpoints import HttpEndpoints
 from aep.observability.store_monitor import StoreMonitor
 from aep.observability.telemetry import Telemetry
+from aep.pipeline import recovery
 from aep.pipeline.backoff import backoff_delay
-from aep.pipeline.core import AdmissionError, Pipeline
+from aep.pipeline.core import Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
-from aep.pipeline.ledger import IngestStats
-from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, Segment, WriteAheadLog, read_segment
+from aep.pipeline.ledger import Ledger
+from aep.pipeline.wal import Segment, WriteAheadLog
 from aep.settings import Settings, StartupPolicy
 from aep.storage import StoreError, create_store
 
@@ -54,11 +55,11 @@ _MAX_OPEN_RETRY_DELAY_S = 5.0
 class Application:
     def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
-        self.stats = IngestStats()
+        self.ledger = Ledger()
         self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
         # span_exporter: for tests; by default tracing follows OTEL_EXPORTER_OTLP_*.
         self.telemetry = Telemetry(
-            settings.metrics, self.stats, self.store.name, span_exporter=span_exporter
+            settings.metrics, self.ledger, self.store.name, span_exporter=span_exporter
         )
         self.wal = (
             WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
@@ -68,7 +69,7 @@ class Application:
         self._replay_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline(
             self.store,
-            self.stats,
+            self.ledger,
             DeadLetterQueue(settings.dead_letter.dir),
             batch=settings.batch,
             queue=settings.queue,
@@ -80,13 +81,12 @@ class Application:
         self.servicer = AdEventServicer(
             self.pipeline,
             EventValidator(settings.validation),
-            self.stats,
+            self.ledger,
             self.serving,
             server=settings.server,
             default_ack=settings.ack.mode,
             store_type=self.store.name,
             observe_rpc=self.telemetry.observe_rpc,
-            wal=self.wal,
         )
         self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(
@@ -120,16 +120,12 @@ class Application:
         leftovers: list[Segment] = []
         if self.wal is not None:
             try:
-                leftovers = await asyncio.to_thread(self.wal.open)
+                leftovers = await recovery.open_log(self.wal, self.ledger)
             except OSError as error:
                 logger.error("cannot open the write-ahead log", extra={"error": str(error)})
                 await self.store.close()
                 self.telemetry.shutdown()
                 return EXIT_STARTUP_FAILED
-            self.stats.wal_segments_quarantined = self.wal.quarantined
-            self.stats.wal_damaged_records = self.wal.damaged_records
-            self.stats.wal_skipped_bytes = self.wal.skipped_bytes
-            self.stats.wal_backlog_events = sum(s.replay_events for s in leftovers)
             self.wal.start()
         if store_open:
             self._start_pipeline(leftovers)
@@ -164,7 +160,7 @@ class Application:
         await self.serving.set_serving(False)
         if not store_open:
             not_yet = StoreError("not connected yet (database.startup=wait)")
-            self.pipeline.note_store_failure(not_yet)
+            self.pipeline.store_health.failed(not_yet)
         tune_garbage_collector()
         await grpc_server.start()
         listening = {
@@ -191,7 +187,15 @@ class Application:
         """Start writing; what the write-ahead log held from earlier runs goes first."""
         self.pipeline.start()
         if leftovers:
-            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
+            assert self.wal is not None
+            replay = recovery.replay(
+                leftovers,
+                pipeline=self.pipeline,
+                wal=self.wal,
+                ledger=self.ledger,
+                max_queue_fill=self.settings.wal.replay_max_queue_fill,
+            )
+            self._replay_task = asyncio.create_task(replay, name="wal-replay")
 
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
         """database.startup=wait: retry opening until it works (True) or stop is set."""
@@ -202,11 +206,11 @@ class Application:
             try:
                 await self.store.open()
             except StoreError as error:
-                self.pipeline.note_store_failure(error)
+                self.pipeline.store_health.failed(error)
                 log = logger.warning if attempt == 1 else logger.debug
                 log("store not reachable yet; retrying", extra={"error": str(error)})
             else:
-                self.pipeline.note_store_success()
+                self.pipeline.store_health.succeeded()
                 logger.info("store reachable", extra={"attempts": attempt})
                 return True
             delay = backoff_delay(
@@ -236,7 +240,7 @@ class Application:
             self._replay_task.cancel()
         drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
         # Events only in the log (replay interrupted or not started) are not drained.
-        wal_backlog = self.stats.wal_backlog_events
+        wal_backlog = self.ledger.wal_backlog_events
         drained = drained and wal_backlog == 0
         if self.wal is not None:
             await self.wal.close()
@@ -246,71 +250,23 @@ class Application:
             logger.exception("closing the store failed")
             drained = False
         await self.http.close()
-        stats = self.stats
+        ledger = self.ledger
         logger.info(
             "stopped",
             extra={
-                "received": stats.received,
-                "rejected": stats.rejected_invalid
-                + stats.rejected_overload
-                + stats.rejected_unavailable,
-                "written": stats.written,
-                "duplicates": stats.duplicates,
-                "dead_lettered": stats.dead_lettered,
-                "lost": stats.lost,
+                "received": ledger.events_received,
+                "rejected": ledger.events_rejected,
+                "written": ledger.events_written,
+                "duplicates": ledger.events_duplicate,
+                "dead_lettered": ledger.events_dead_lettered,
+                "lost": ledger.events_lost,
                 "in_flight": self.pipeline.pending_events,
                 "wal_backlog_events": wal_backlog,
                 "drained": drained,
             },
         )
         self.telemetry.shutdown()
-        return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
-
-    async def _replay(self, leftovers: list[Segment]) -> None:
-        """Re-submit what the write-ahead log holds from earlier runs, throttled.
-
-        Stores are idempotent by event_id, so events written before the crash
-        come back as duplicates. A segment is held while its records are being
-        submitted, so that it is deleted only once all of them are stored.
-        """
-        assert self.wal is not None
-        pipeline = self.pipeline
-        stats = self.stats
-        fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
-        logger.info("replaying the write-ahead log", extra={"segments": len(leftovers)})
-        events = 0
-        for segment in leftovers:
-            # One segment in memory at a time: bounded by wal.segment_bytes.
-            try:
-                submissions, _ = await asyncio.to_thread(read_segment, segment.path)
-            except OSError as error:
-                # It stays in the log (and in the backlog) for the next start.
-                logger.error(
-                    "cannot read a write-ahead log segment to replay it",
-                    extra={"segment": str(segment.path), "error": str(error)},
-                )
-                continue
-            self.wal.pin(segment)  # the hold
-            backlog = segment.replay_events  # of this segment, in stats.wal_backlog_events
-            for records in submissions:
-                nbytes = REPLAY_BYTES_PER_EVENT * len(records)
-                while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
-                    await pipeline.wait_for_room(len(records), nbytes, 0.1)
-                    await asyncio.sleep(0.01)
-                self.wal.pin(segment)
-                try:
-                    pipeline.submit(records, nbytes, wal_segment=segment)
-                except AdmissionError:
-                    self.wal.committed(segment)  # undo the pin; the hold keeps the segment
-                    return
-                submitted = min(backlog, len(records))
-                backlog -= submitted
-                stats.wal_backlog_events -= submitted
-                stats.replayed += len(records)
-                events += len(records)
-            stats.wal_backlog_events -= backlog
-            self.wal.committed(segment)  # release the hold
-        logger.info("write-ahead log replayed", extra={"events": events})
+        return EXIT_OK if drained and ledger.events_lost == 0 else EXIT_DRAIN_INCOMPLETE
 
 
 def tune_garbage_collector() -> None:
