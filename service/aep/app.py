@@ -8,7 +8,9 @@ the queue bound. Once the store is open, the StoreMonitor keeps health in step
 with it.
 
 Shutdown order: health NOT_SERVING -> stop taking RPCs and let in-flight ones
-finish -> drain the pipeline -> close the store -> close HTTP -> telemetry.
+finish -> drain the pipeline -> close the write-ahead log -> close the store
+-> close HTTP -> telemetry: one exit stack, each step registered when its
+resource is opened, so a failed start-up closes exactly what was opened.
 All of it within shutdown.grace_period; signal handlers only set an event.
 """
 
@@ -67,6 +69,11 @@ class Application:
             else None
         )
         self._replay_task: asyncio.Task[None] | None = None
+        # Shutdown state: set once the server listens, when the shutdown
+        # begins, and by the drain and the store's close.
+        self._started = False
+        self._deadline: float | None = None
+        self._drained = True
         self.pipeline = Pipeline(
             self.store,
             self.ledger,
@@ -104,6 +111,24 @@ class Application:
         )
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Start, serve until `stop` is set, shut down in order; the exit code."""
+        async with contextlib.AsyncExitStack() as resources:
+            # Unwound in reverse order of registration, which is the shutdown
+            # order: health NOT_SERVING -> stop taking RPCs -> drain -> close the
+            # write-ahead log -> close the store -> HTTP -> telemetry.
+            resources.callback(self.telemetry.shutdown)
+            resources.callback(self._report_stopped)
+            # Registered before the store is opened although it listens later:
+            # /metrics and /health keep answering through the drain.
+            resources.push_async_callback(self.http.close)
+            if not await self._start(stop, resources):
+                return EXIT_STARTUP_FAILED
+            await stop.wait()
+        lost = self.ledger.events_lost
+        return EXIT_OK if self._drained and lost == 0 else EXIT_DRAIN_INCOMPLETE
+
+    async def _start(self, stop: asyncio.Event, resources: contextlib.AsyncExitStack) -> bool:
+        """Open and start everything, registering each closing step; False: start-up failed."""
         settings = self.settings
         store_open = False
         if settings.database.startup is StartupPolicy.FAIL_FAST:
@@ -114,19 +139,19 @@ class Application:
                     "cannot open the store; exiting (database.startup=wait would keep retrying)",
                     extra={"error": str(error)},
                 )
-                self.telemetry.shutdown()
-                return EXIT_STARTUP_FAILED
+                return False
             store_open = True
+        resources.push_async_callback(self._close_store)
         leftovers: list[Segment] = []
         if self.wal is not None:
             try:
                 leftovers = await recovery.open_log(self.wal, self.ledger)
             except OSError as error:
                 logger.error("cannot open the write-ahead log", extra={"error": str(error)})
-                await self.store.close()
-                self.telemetry.shutdown()
-                return EXIT_STARTUP_FAILED
+                return False
             self.wal.start()
+            resources.push_async_callback(self.wal.close)
+        resources.push_async_callback(self._drain)
         if store_open:
             self._start_pipeline(leftovers)
         try:
@@ -152,10 +177,7 @@ class Application:
                 raise BindError(f"metrics.port: cannot listen on {address}: {reason}") from error
         except (BindError, OSError, SecurityConfigError) as error:
             logger.error("cannot listen", extra={"error": str(error)})
-            await self.pipeline.drain(settings.shutdown.grace_period)
-            await self.store.close()
-            self.telemetry.shutdown()
-            return EXIT_STARTUP_FAILED
+            return False
         # grpc's health servicer answers SERVING for "" until told otherwise.
         await self.serving.set_serving(False)
         if not store_open:
@@ -163,6 +185,8 @@ class Application:
             self.pipeline.store_health.failed(not_yet)
         tune_garbage_collector()
         await grpc_server.start()
+        resources.push_async_callback(self._stop_rpcs, grpc_server)
+        self._started = True
         listening = {
             "grpc_port": grpc_port,
             "metrics_port": http_port,
@@ -180,8 +204,8 @@ class Application:
             await self.serving.set_serving(True)
             logger.info("serving", extra=listening)
             monitor_task = asyncio.create_task(self.monitor.run(), name="store-monitor")
-        await stop.wait()
-        return await self._shutdown(grpc_server, monitor_task)
+        resources.push_async_callback(self._begin_shutdown, monitor_task)
+        return True
 
     def _start_pipeline(self, leftovers: list[Segment]) -> None:
         """Start writing; what the write-ahead log held from earlier runs goes first."""
@@ -220,11 +244,10 @@ class Application:
                 await asyncio.wait_for(stop.wait(), delay)
         return False
 
-    async def _shutdown(
-        self, grpc_server: grpc.aio.Server, monitor_task: asyncio.Task[None] | None
-    ) -> int:
+    # -- the shutdown steps, run by run()'s exit stack in this order -----------------
+    async def _begin_shutdown(self, monitor_task: asyncio.Task[None] | None) -> None:
         grace = self.settings.shutdown.grace_period
-        deadline = time.monotonic() + grace
+        self._deadline = time.monotonic() + grace
         logger.info("shutting down", extra={"grace_period_s": grace})
         await self.serving.begin_shutdown()
         if monitor_task is not None:
@@ -232,24 +255,33 @@ class Application:
             # Bounded: whatever the monitor does, it must not hold up the drain
             # (a crash in it is in the task's exception, logged by asyncio).
             await asyncio.wait({monitor_task}, timeout=1.0)
+
+    async def _stop_rpcs(self, grpc_server: grpc.aio.Server) -> None:
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
-        await grpc_server.stop(grace / 2)
+        await grpc_server.stop(self.settings.shutdown.grace_period / 2)
+
+    async def _drain(self) -> None:
         if self._replay_task is not None and not self._replay_task.done():
             # What was not replayed stays in its segment for the next start.
             self._replay_task.cancel()
-        drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        budget = self.settings.shutdown.grace_period
+        if self._deadline is not None:
+            budget = max(0.0, self._deadline - time.monotonic())
+        drained = await self.pipeline.drain(budget)
         # Events only in the log (replay interrupted or not started) are not drained.
-        wal_backlog = self.ledger.wal_backlog_events
-        drained = drained and wal_backlog == 0
-        if self.wal is not None:
-            await self.wal.close()
+        self._drained = drained and self.ledger.wal_backlog_events == 0
+
+    async def _close_store(self) -> None:
         try:
             await self.store.close()
         except Exception:
             logger.exception("closing the store failed")
-            drained = False
-        await self.http.close()
+            self._drained = False
+
+    def _report_stopped(self) -> None:
+        if not self._started:
+            return  # start-up failed: its error was logged
         ledger = self.ledger
         logger.info(
             "stopped",
@@ -261,12 +293,10 @@ class Application:
                 "dead_lettered": ledger.events_dead_lettered,
                 "lost": ledger.events_lost,
                 "in_flight": self.pipeline.pending_events,
-                "wal_backlog_events": wal_backlog,
-                "drained": drained,
+                "wal_backlog_events": ledger.wal_backlog_events,
+                "drained": self._drained,
             },
         )
-        self.telemetry.shutdown()
-        return EXIT_OK if drained and ledger.events_lost == 0 else EXIT_DRAIN_INCOMPLETE
 
 
 def tune_garbage_collector() -> None:
