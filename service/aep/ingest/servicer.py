@@ -36,12 +36,18 @@ from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import AckMode, ServerSettings
 
-_PROTO_FROM_ACK = {
-    AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
-    AckMode.DURABLE: pb.ACK_MODE_DURABLE,
-    AckMode.COMMITTED: pb.ACK_MODE_COMMITTED,
+# The pipeline's ack mode and the proto's, which the response echoes. Keyed by
+# the proto number: an int hashes in C, an Enum member in Python.
+_AckModes = tuple[AckMode, "pb.AckMode.ValueType"]
+_ACKS: dict[int, _AckModes] = {
+    pb.ACK_MODE_ACCEPTED: (AckMode.ACCEPTED, pb.ACK_MODE_ACCEPTED),
+    pb.ACK_MODE_DURABLE: (AckMode.DURABLE, pb.ACK_MODE_DURABLE),
+    pb.ACK_MODE_COMMITTED: (AckMode.COMMITTED, pb.ACK_MODE_COMMITTED),
 }
-_ACK_FROM_PROTO = {proto: ack for ack, proto in _PROTO_FROM_ACK.items()}
+_ACK_OF_SETTING = {modes[0]: modes for modes in _ACKS.values()}
+# Given to validation when the ledger counts the type itself: an empty tally
+# is never written to.
+_NO_TALLY: list[int] = []
 # Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
@@ -129,7 +135,7 @@ class AdEventServicer:
         self._max_unacked_chunks = server.stream_max_unacked_chunks
         self._backpressure_wait = server.stream_backpressure_wait
         self._stream_idle_timeout = server.stream_idle_timeout or None
-        self._default_ack = default_ack
+        self._default_ack = _ACK_OF_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
         self._observe_rpc = observe_rpc
@@ -198,11 +204,16 @@ class AdEventServicer:
     async def SendAdEvent(
         self, request: pb.SendAdEventRequest, wire_bytes: int
     ) -> pb.SendAdEventResponse:
-        ack = self._ack_mode(request.ack_mode, 1)
+        ack, ack_mode = self._ack_mode(request.ack_mode, 1)
         if not request.HasField("event"):
             self._ledger.refused_whole(1, Rejection.INVALID)
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        verdicts = self._accept((request.event,))
+        event = request.event
+        now = time.time()
+        verdicts = self._validator.accept_all(
+            (event,), now, format_epoch(now), self._ids.new_ids, _NO_TALLY
+        )
+        self._ledger.received_one(event.event_type, invalid=bool(verdicts.rejected))
         if verdicts.rejected:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
@@ -210,16 +221,14 @@ class AdEventServicer:
         waiting = self._offer(records, wire_bytes, ack)
         if waiting is not None:
             await self._settled(waiting)
-        return pb.SendAdEventResponse(
-            event_id=event_id, status=_ACCEPTED, ack_mode=_PROTO_FROM_ACK[ack]
-        )
+        return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
     async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
         """Answers a serialised SendAdEventBatchResponse (see aep.ingest.responses)."""
         events = request.events
         count = len(events)
         self._check_batch_length(count)
-        ack = self._ack_mode(request.ack_mode, count)
+        ack, ack_mode = self._ack_mode(request.ack_mode, count)
         try:
             # Before any per-event work: refuse what the pipeline cannot take anyway.
             self._pipeline.check(count, wire_bytes)
@@ -232,7 +241,7 @@ class AdEventServicer:
             waiting = self._offer(records, nbytes, ack)
             if waiting is not None:
                 await self._settled(waiting)
-        return batch_response(verdicts, count, _PROTO_FROM_ACK[ack])
+        return batch_response(verdicts, count, ack_mode)
 
     async def StreamAdEvents(
         self, request_iterator: AsyncIterator[bytes], context: Context
@@ -291,10 +300,10 @@ class AdEventServicer:
                 events = chunk.events
                 count = len(events)
                 self._check_batch_length(count)
-                ack = self._ack_mode(chunk.ack_mode, count)
+                ack, ack_mode = self._ack_mode(chunk.ack_mode, count)
                 verdicts = self._accept(events)
                 records = verdicts.records
-                response = stream_ack(chunk.sequence, verdicts, count, _PROTO_FROM_ACK[ack])
+                response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
                 done = None
                 if records:
                     nbytes = len(raw) * len(records) // count
@@ -364,14 +373,14 @@ class AdEventServicer:
                 f"events: {count} events exceed server.max_batch_events={self._max_batch_events}",
             )
 
-    def _ack_mode(self, requested: int, count: int) -> AckMode:
+    def _ack_mode(self, requested: int, count: int) -> _AckModes:
         if requested == pb.ACK_MODE_UNSPECIFIED:
             return self._default_ack
-        ack = _ACK_FROM_PROTO.get(pb.AckMode.ValueType(requested))
-        if ack is not None and (ack is not AckMode.DURABLE or self._pipeline.durable_acks):
+        ack = _ACKS.get(requested)
+        if ack is not None and (ack[0] is not AckMode.DURABLE or self._pipeline.durable_acks):
             return ack
         self._ledger.refused_whole(count, Rejection.INVALID)
-        if ack is AckMode.DURABLE:
+        if requested == pb.ACK_MODE_DURABLE:
             raise RequestRefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "ack_mode: ACK_MODE_DURABLE needs the write-ahead log, which this server "

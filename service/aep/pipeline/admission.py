@@ -87,10 +87,12 @@ class Admission:
 
     def reserve(self, count: int, nbytes: int) -> None:
         """Take room for `count` events of `nbytes`, or raise AdmissionRefusedError."""
-        if self.closing or not self.has_room(count, nbytes):
+        events = self.pending_events + count
+        total_bytes = self.pending_bytes + nbytes
+        if self.closing or events > self.max_events or total_bytes > self.max_bytes:
             self.check(count, nbytes)
-        self.pending_events += count
-        self.pending_bytes += nbytes
+        self.pending_events = events
+        self.pending_bytes = total_bytes
 
     def release(self, count: int, nbytes: int) -> None:
         """Room given back: the events were written, dead-lettered or never queued."""

@@ -114,8 +114,15 @@ class Ledger:
         self.events_rejected_invalid += invalid
         totals = self.events_received_by_type
         for number, events in enumerate(by_type):
-            if events:
-                totals[number] += events
+            totals[number] += events
+
+    def received_one(self, event_type: int, *, invalid: bool) -> None:
+        """A validated single-event request (no per-request tally to allocate)."""
+        self.events_received += 1
+        if invalid:
+            self.events_rejected_invalid += 1
+        if 0 <= event_type < EVENT_TYPE_COUNT:
+            self.events_received_by_type[event_type] += 1
 
     def refused_whole(self, count: int, reason: Rejection) -> None:
         """A request refused before validation: its events are received and rejected."""
