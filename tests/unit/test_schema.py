@@ -137,10 +137,11 @@ def test_validation_builds_every_stored_field_in_schema_order() -> None:
     set_fields = {field.name for field, _ in event.ListFields()}
     assert set_fields == {field.name for field in STORED_FIELDS if field.from_client}
     validator = EventValidator(ValidationSettings())
-    record = validator.accept(
-        event, event.timestamp.seconds, expected["received_at"], lambda: "unused"
+    verdicts = validator.accept_all(
+        (event,), event.timestamp.seconds, str(expected["received_at"]), lambda n: [], []
     )
-    assert isinstance(record, dict), record
+    assert not verdicts.rejected, verdicts.rejected
+    [record] = verdicts.records
     assert list(record) == list(STORED_FIELD_NAMES)
     assert record == expected
 
