@@ -8,7 +8,9 @@ the queue bound. Once the store is open, the StoreMonitor keeps health in step
 with it.
 
 Shutdown order: health NOT_SERVING -> stop taking RPCs and let in-flight ones
-finish -> drain the pipeline -> close the store -> close HTTP -> telemetry.
+finish -> drain the pipeline -> close the write-ahead log -> close the store
+-> close HTTP -> telemetry: one exit stack, each step registered when its
+resource is opened, so a failed start-up closes exactly what was opened.
 All of it within shutdown.grace_period; signal handlers only set an event.
 """
 
@@ -33,11 +35,12 @@ from aep.observability.health import ServingState
 from aep.observability.http_endpoints import HttpEndpoints
 from aep.observability.store_monitor import StoreMonitor
 from aep.observability.telemetry import Telemetry
+from aep.pipeline import recovery
 from aep.pipeline.backoff import backoff_delay
-from aep.pipeline.core import AdmissionError, Pipeline
+from aep.pipeline.core import Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
-from aep.pipeline.ledger import IngestStats
-from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, Segment, WriteAheadLog, read_segment
+from aep.pipeline.ledger import Ledger
+from aep.pipeline.wal import Segment, WriteAheadLog
 from aep.settings import Settings, StartupPolicy
 from aep.storage import StoreError, create_store
 
@@ -54,11 +57,11 @@ _MAX_OPEN_RETRY_DELAY_S = 5.0
 class Application:
     def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
-        self.stats = IngestStats()
+        self.ledger = Ledger()
         self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
         # span_exporter: for tests; by default tracing follows OTEL_EXPORTER_OTLP_*.
         self.telemetry = Telemetry(
-            settings.metrics, self.stats, self.store.name, span_exporter=span_exporter
+            settings.metrics, self.ledger, self.store.name, span_exporter=span_exporter
         )
         self.wal = (
             WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
@@ -66,9 +69,14 @@ class Application:
             else None
         )
         self._replay_task: asyncio.Task[None] | None = None
+        # Shutdown state: set once the server listens, when the shutdown
+        # begins, and by the drain and the store's close.
+        self._started = False
+        self._deadline: float | None = None
+        self._drained = True
         self.pipeline = Pipeline(
             self.store,
-            self.stats,
+            self.ledger,
             DeadLetterQueue(settings.dead_letter.dir),
             batch=settings.batch,
             queue=settings.queue,
@@ -80,13 +88,12 @@ class Application:
         self.servicer = AdEventServicer(
             self.pipeline,
             EventValidator(settings.validation),
-            self.stats,
+            self.ledger,
             self.serving,
             server=settings.server,
             default_ack=settings.ack.mode,
             store_type=self.store.name,
             observe_rpc=self.telemetry.observe_rpc,
-            wal=self.wal,
         )
         self.telemetry.watch(self.pipeline)
         self.http = HttpEndpoints(
@@ -104,6 +111,24 @@ class Application:
         )
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Start, serve until `stop` is set, shut down in order; the exit code."""
+        async with contextlib.AsyncExitStack() as resources:
+            # Unwound in reverse order of registration, which is the shutdown
+            # order: health NOT_SERVING -> stop taking RPCs -> drain -> close the
+            # write-ahead log -> close the store -> HTTP -> telemetry.
+            resources.callback(self.telemetry.shutdown)
+            resources.callback(self._report_stopped)
+            # Registered before the store is opened although it listens later:
+            # /metrics and /health keep answering through the drain.
+            resources.push_async_callback(self.http.close)
+            if not await self._start(stop, resources):
+                return EXIT_STARTUP_FAILED
+            await stop.wait()
+        lost = self.ledger.events_lost
+        return EXIT_OK if self._drained and lost == 0 else EXIT_DRAIN_INCOMPLETE
+
+    async def _start(self, stop: asyncio.Event, resources: contextlib.AsyncExitStack) -> bool:
+        """Open and start everything, registering each closing step; False: start-up failed."""
         settings = self.settings
         store_open = False
         if settings.database.startup is StartupPolicy.FAIL_FAST:
@@ -114,23 +139,19 @@ class Application:
                     "cannot open the store; exiting (database.startup=wait would keep retrying)",
                     extra={"error": str(error)},
                 )
-                self.telemetry.shutdown()
-                return EXIT_STARTUP_FAILED
+                return False
             store_open = True
+        resources.push_async_callback(self._close_store)
         leftovers: list[Segment] = []
         if self.wal is not None:
             try:
-                leftovers = await asyncio.to_thread(self.wal.open)
+                leftovers = await recovery.open_log(self.wal, self.ledger)
             except OSError as error:
                 logger.error("cannot open the write-ahead log", extra={"error": str(error)})
-                await self.store.close()
-                self.telemetry.shutdown()
-                return EXIT_STARTUP_FAILED
-            self.stats.wal_segments_quarantined = self.wal.quarantined
-            self.stats.wal_damaged_records = self.wal.damaged_records
-            self.stats.wal_skipped_bytes = self.wal.skipped_bytes
-            self.stats.wal_backlog_events = sum(s.replay_events for s in leftovers)
+                return False
             self.wal.start()
+            resources.push_async_callback(self.wal.close)
+        resources.push_async_callback(self._drain)
         if store_open:
             self._start_pipeline(leftovers)
         try:
@@ -156,17 +177,16 @@ class Application:
                 raise BindError(f"metrics.port: cannot listen on {address}: {reason}") from error
         except (BindError, OSError, SecurityConfigError) as error:
             logger.error("cannot listen", extra={"error": str(error)})
-            await self.pipeline.drain(settings.shutdown.grace_period)
-            await self.store.close()
-            self.telemetry.shutdown()
-            return EXIT_STARTUP_FAILED
+            return False
         # grpc's health servicer answers SERVING for "" until told otherwise.
         await self.serving.set_serving(False)
         if not store_open:
             not_yet = StoreError("not connected yet (database.startup=wait)")
-            self.pipeline.note_store_failure(not_yet)
+            self.pipeline.store_health.failed(not_yet)
         tune_garbage_collector()
         await grpc_server.start()
+        resources.push_async_callback(self._stop_rpcs, grpc_server)
+        self._started = True
         listening = {
             "grpc_port": grpc_port,
             "metrics_port": http_port,
@@ -184,14 +204,22 @@ class Application:
             await self.serving.set_serving(True)
             logger.info("serving", extra=listening)
             monitor_task = asyncio.create_task(self.monitor.run(), name="store-monitor")
-        await stop.wait()
-        return await self._shutdown(grpc_server, monitor_task)
+        resources.push_async_callback(self._begin_shutdown, monitor_task)
+        return True
 
     def _start_pipeline(self, leftovers: list[Segment]) -> None:
         """Start writing; what the write-ahead log held from earlier runs goes first."""
         self.pipeline.start()
         if leftovers:
-            self._replay_task = asyncio.create_task(self._replay(leftovers), name="wal-replay")
+            assert self.wal is not None
+            replay = recovery.replay(
+                leftovers,
+                pipeline=self.pipeline,
+                wal=self.wal,
+                ledger=self.ledger,
+                max_queue_fill=self.settings.wal.replay_max_queue_fill,
+            )
+            self._replay_task = asyncio.create_task(replay, name="wal-replay")
 
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
         """database.startup=wait: retry opening until it works (True) or stop is set."""
@@ -202,11 +230,11 @@ class Application:
             try:
                 await self.store.open()
             except StoreError as error:
-                self.pipeline.note_store_failure(error)
+                self.pipeline.store_health.failed(error)
                 log = logger.warning if attempt == 1 else logger.debug
                 log("store not reachable yet; retrying", extra={"error": str(error)})
             else:
-                self.pipeline.note_store_success()
+                self.pipeline.store_health.succeeded()
                 logger.info("store reachable", extra={"attempts": attempt})
                 return True
             delay = backoff_delay(
@@ -216,11 +244,10 @@ class Application:
                 await asyncio.wait_for(stop.wait(), delay)
         return False
 
-    async def _shutdown(
-        self, grpc_server: grpc.aio.Server, monitor_task: asyncio.Task[None] | None
-    ) -> int:
+    # -- the shutdown steps, run by run()'s exit stack in this order -----------------
+    async def _begin_shutdown(self, monitor_task: asyncio.Task[None] | None) -> None:
         grace = self.settings.shutdown.grace_period
-        deadline = time.monotonic() + grace
+        self._deadline = time.monotonic() + grace
         logger.info("shutting down", extra={"grace_period_s": grace})
         await self.serving.begin_shutdown()
         if monitor_task is not None:
@@ -228,89 +255,48 @@ class Application:
             # Bounded: whatever the monitor does, it must not hold up the drain
             # (a crash in it is in the task's exception, logged by asyncio).
             await asyncio.wait({monitor_task}, timeout=1.0)
+
+    async def _stop_rpcs(self, grpc_server: grpc.aio.Server) -> None:
         # In-flight RPCs get half the budget; committed-mode RPCs finish only
         # when their events are written, which the still-running pipeline does.
-        await grpc_server.stop(grace / 2)
+        await grpc_server.stop(self.settings.shutdown.grace_period / 2)
+
+    async def _drain(self) -> None:
         if self._replay_task is not None and not self._replay_task.done():
             # What was not replayed stays in its segment for the next start.
             self._replay_task.cancel()
-        drained = await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        budget = self.settings.shutdown.grace_period
+        if self._deadline is not None:
+            budget = max(0.0, self._deadline - time.monotonic())
+        drained = await self.pipeline.drain(budget)
         # Events only in the log (replay interrupted or not started) are not drained.
-        wal_backlog = self.stats.wal_backlog_events
-        drained = drained and wal_backlog == 0
-        if self.wal is not None:
-            await self.wal.close()
+        self._drained = drained and self.ledger.wal_backlog_events == 0
+
+    async def _close_store(self) -> None:
         try:
             await self.store.close()
         except Exception:
             logger.exception("closing the store failed")
-            drained = False
-        await self.http.close()
-        stats = self.stats
+            self._drained = False
+
+    def _report_stopped(self) -> None:
+        if not self._started:
+            return  # start-up failed: its error was logged
+        ledger = self.ledger
         logger.info(
             "stopped",
             extra={
-                "received": stats.received,
-                "rejected": stats.rejected_invalid
-                + stats.rejected_overload
-                + stats.rejected_unavailable,
-                "written": stats.written,
-                "duplicates": stats.duplicates,
-                "dead_lettered": stats.dead_lettered,
-                "lost": stats.lost,
+                "received": ledger.events_received,
+                "rejected": ledger.events_rejected,
+                "written": ledger.events_written,
+                "duplicates": ledger.events_duplicate,
+                "dead_lettered": ledger.events_dead_lettered,
+                "lost": ledger.events_lost,
                 "in_flight": self.pipeline.pending_events,
-                "wal_backlog_events": wal_backlog,
-                "drained": drained,
+                "wal_backlog_events": ledger.wal_backlog_events,
+                "drained": self._drained,
             },
         )
-        self.telemetry.shutdown()
-        return EXIT_OK if drained and stats.lost == 0 else EXIT_DRAIN_INCOMPLETE
-
-    async def _replay(self, leftovers: list[Segment]) -> None:
-        """Re-submit what the write-ahead log holds from earlier runs, throttled.
-
-        Stores are idempotent by event_id, so events written before the crash
-        come back as duplicates. A segment is held while its records are being
-        submitted, so that it is deleted only once all of them are stored.
-        """
-        assert self.wal is not None
-        pipeline = self.pipeline
-        stats = self.stats
-        fill_limit = int(pipeline.max_events * self.settings.wal.replay_max_queue_fill)
-        logger.info("replaying the write-ahead log", extra={"segments": len(leftovers)})
-        events = 0
-        for segment in leftovers:
-            # One segment in memory at a time: bounded by wal.segment_bytes.
-            try:
-                submissions, _ = await asyncio.to_thread(read_segment, segment.path)
-            except OSError as error:
-                # It stays in the log (and in the backlog) for the next start.
-                logger.error(
-                    "cannot read a write-ahead log segment to replay it",
-                    extra={"segment": str(segment.path), "error": str(error)},
-                )
-                continue
-            self.wal.pin(segment)  # the hold
-            backlog = segment.replay_events  # of this segment, in stats.wal_backlog_events
-            for records in submissions:
-                nbytes = REPLAY_BYTES_PER_EVENT * len(records)
-                while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
-                    await pipeline.wait_for_room(len(records), nbytes, 0.1)
-                    await asyncio.sleep(0.01)
-                self.wal.pin(segment)
-                try:
-                    pipeline.submit(records, nbytes, wal_segment=segment)
-                except AdmissionError:
-                    self.wal.committed(segment)  # undo the pin; the hold keeps the segment
-                    return
-                submitted = min(backlog, len(records))
-                backlog -= submitted
-                stats.wal_backlog_events -= submitted
-                stats.replayed += len(records)
-                events += len(records)
-            stats.wal_backlog_events -= backlog
-            self.wal.committed(segment)  # release the hold
-        logger.info("write-ahead log replayed", extra={"events": events})
 
 
 def tune_garbage_collector() -> None:

@@ -97,9 +97,11 @@ def test_conservation_holds_in_scrapes_under_a_mixed_load(tmp_path: Path) -> Non
         }
         assert loaded.values("events_received_total", "event_type") == {
             "impression": 2,
-            "click": 100 + 10 + 100,
+            "click": 100 + 10,
             "conversion": 0,
-            "unknown": 1 + 1 + 3,  # event_type 99, no event at all, refused whole
+            # event_type 99, no event at all, and the two requests refused whole
+            # before validation (durable without a log, over queue.max_events).
+            "unknown": 1 + 1 + 3 + 100,
         }
 
         written = wait_for(server, "flushed", lambda s: s.total("pipeline_pending_events") == 0)
@@ -299,3 +301,48 @@ def test_conservation_counts_events_replayed_from_the_write_ahead_log(tmp_path: 
         if second.process is not None and second.process.poll() is None:
             second.process.kill()
             second.process.wait()
+
+
+def test_requests_refused_whole_are_counted(tmp_path: Path) -> None:
+    """Refused before validation, and still in the books: their events as received and
+    rejected (invalid), and requests whose events cannot be counted in
+    requests_rejected_total by reason."""
+    with running_server(
+        tmp_path, AEP_SERVER_MAX_BATCH_EVENTS="10", AEP_SERVER_MAX_MESSAGE_BYTES="2048"
+    ) as server:
+        codes = []
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.AdEventServiceStub(channel)
+            raw_batch = channel.unary_unary(
+                "/adevents.v1.AdEventService/SendAdEventBatch", None, None
+            )
+            stream = channel.stream_stream("/adevents.v1.AdEventService/StreamAdEvents", None, None)
+            chunk = pb.StreamAdEventsRequest(sequence=1, events=[valid_event()] * 12)
+            calls: list[Callable[[], object]] = [
+                lambda: batch(api, [valid_event()] * 11),  # over server.max_batch_events
+                lambda: batch(api, []),  # empty
+                # an unknown ack mode
+                lambda: batch(api, [valid_event()] * 3, ack_mode=pb.AckMode.ValueType(77)),
+                lambda: raw_batch(b"\xff\xff\xff", timeout=5),  # not a request message
+                lambda: batch(api, [valid_event(user_id="u" * 3000)]),  # over max_message_bytes
+                lambda: list(stream(iter([chunk.SerializeToString()]), timeout=5)),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as raised:
+                    call()
+                codes.append(refused(raised.value))
+            batch(api, [valid_event(), valid_event()])
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * len(calls)
+        counted = scrape(server.metrics_port)
+        terms = counted.conservation()
+        requests = counted.values("requests_rejected_total", "reason")
+        print(
+            f"received={terms['received']:.0f} rejected={terms['rejected']:.0f} "
+            f"requests rejected={requests}"
+        )
+        assert terms["received"] == 11 + 3 + 12 + 2
+        assert counted.values("events_rejected_total", "reason")["invalid"] == 11 + 3 + 12
+        assert counted.values("events_received_total", "event_type")["unknown"] == 11 + 3 + 12
+        assert counted.drift() == 0
+        assert requests == {"empty": 1, "malformed": 1, "too_large": 1}
+        assert server.stop() == 0, server.log()

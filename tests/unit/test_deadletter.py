@@ -15,8 +15,8 @@ from test_pipeline import FakeStore
 
 from aep.pipeline.core import CommitFailedError, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
-from aep.pipeline.ledger import IngestStats
-from aep.settings import BatchSettings, QueueSettings, RetrySettings, load_settings
+from aep.pipeline.ledger import Ledger
+from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings, load_settings
 from aep.tools.dead_letter_replay import replay_dead_letters
 
 
@@ -26,10 +26,10 @@ def disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield mounted
 
 
-def failing_pipeline(dead_letter_dir: Path) -> tuple[Pipeline, IngestStats, FakeStore]:
+def failing_pipeline(dead_letter_dir: Path) -> tuple[Pipeline, Ledger, FakeStore]:
     store = FakeStore()
     store.fail_next = 10**9  # the store refuses everything: each batch is dead-lettered
-    stats = IngestStats()
+    stats = Ledger()
     pipeline = Pipeline(
         store,
         stats,
@@ -43,7 +43,7 @@ def failing_pipeline(dead_letter_dir: Path) -> tuple[Pipeline, IngestStats, Fake
 
 
 async def give_up_on(pipeline: Pipeline, start: int, count: int) -> CommitFailedError:
-    done = pipeline.submit(stored_records(start, count), count * 400, wait_for_commit=True)
+    done = pipeline.offer(stored_records(start, count), count * 400, AckMode.COMMITTED)
     assert done is not None
     with pytest.raises(CommitFailedError) as failed:
         await asyncio.wait_for(done, 10)
@@ -65,8 +65,8 @@ async def test_enospc_mid_append_counts_whole_lines_and_replay_recovers_them(
     files = list(dead_letter_dir.glob("dead-letter-*.jsonl"))
     assert len(files) == 1
     assert files[0].read_bytes().endswith(b"\n"), "a torn line was left behind"
-    assert stats.dead_lettered == len(on_disk)
-    assert stats.lost == 1010 - len(on_disk)
+    assert stats.events_dead_lettered == len(on_disk)
+    assert stats.events_lost == 1010 - len(on_disk)
     assert on_disk == [f"e{i}" for i in range(len(on_disk))]  # a prefix, in order
     assert cut_short.dead_lettered + cut_short.lost == 1000
     assert cut_short.dead_lettered == len(on_disk) - 10
@@ -77,8 +77,8 @@ async def test_enospc_mid_append_counts_whole_lines_and_replay_recovers_them(
     assert (after.dead_lettered, after.lost) == (20, 0)
     await pipeline.drain(5)
     on_disk = complete_entries(dead_letter_dir)
-    assert stats.dead_lettered == len(on_disk) == 10 + cut_short_saved + 20
-    assert stats.lost == 1000 - cut_short_saved
+    assert stats.events_dead_lettered == len(on_disk) == 10 + cut_short_saved + 20
+    assert stats.events_lost == 1000 - cut_short_saved
 
     settings = load_settings(
         environ={
@@ -91,8 +91,8 @@ async def test_enospc_mid_append_counts_whole_lines_and_replay_recovers_them(
     replayed = sorted(str(event["event_id"]) for event in stored_events(tmp_path / "events"))
     print(
         f"dead-letter ENOSPC ({leave_bytes} B left): acknowledged=0 (committed, refused) "
-        f"stored={len(replayed)} duplicates=0 dead-lettered={stats.dead_lettered} "
-        f"lost={stats.lost} (cut-short append: {cut_short_saved} of 1000 kept)"
+        f"stored={len(replayed)} duplicates=0 dead-lettered={stats.events_dead_lettered} "
+        f"lost={stats.events_lost} (cut-short append: {cut_short_saved} of 1000 kept)"
     )
     assert code == 0, out.getvalue()
     assert replayed == sorted(on_disk)

@@ -8,11 +8,12 @@ import orjson
 import pytest
 
 from aep.events.schema import EventRecord
-from aep.pipeline.core import CommitFailedError, Pipeline, PipelineClosedError, QueueFullError
+from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
+from aep.pipeline.core import CommitFailedError, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
-from aep.pipeline.ledger import IngestStats
+from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog, read_segment
-from aep.settings import BatchSettings, QueueSettings, RetrySettings
+from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings
 from aep.storage.base import StoreError, WriteResult
 
 
@@ -68,8 +69,8 @@ def make_pipeline(
     max_events: int = 10_000,
     max_bytes: int = 10**9,
     attempts: int = 3,
-) -> tuple[Pipeline, IngestStats]:
-    stats = IngestStats()
+) -> tuple[Pipeline, Ledger]:
+    stats = Ledger()
     pipeline = Pipeline(
         store,
         stats,
@@ -95,7 +96,7 @@ async def test_flushes_when_batch_size_is_reached(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, stats = make_pipeline(store, tmp_path, size=10, flush=60.0)
     for index in range(25):
-        pipeline.submit(records(index, 1), 10)
+        pipeline.offer(records(index, 1), 10, AckMode.ACCEPTED)
     await wait_until(lambda: len(store.batches) == 2)
     assert [len(b) for b in store.batches] == [10, 10]
     assert pipeline.pending_events == 5  # the rest waits for size or the interval
@@ -107,7 +108,7 @@ async def test_flushes_when_batch_size_is_reached(tmp_path: Path) -> None:
 async def test_flushes_on_the_interval_when_the_batch_is_not_full(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, _ = make_pipeline(store, tmp_path, size=1000, flush=0.05)
-    pipeline.submit(records(0, 3), 30)
+    pipeline.offer(records(0, 3), 30, AckMode.ACCEPTED)
     await asyncio.sleep(0.01)
     assert store.batches == []
     await wait_until(lambda: len(store.batches) == 1, timeout_s=2)
@@ -118,7 +119,7 @@ async def test_flushes_on_the_interval_when_the_batch_is_not_full(tmp_path: Path
 async def test_a_large_submission_is_split_into_batches(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, _ = make_pipeline(store, tmp_path, size=10, workers=1)
-    done = pipeline.submit(records(0, 35), 350, wait_for_commit=True)
+    done = pipeline.offer(records(0, 35), 350, AckMode.COMMITTED)
     assert done is not None
     await asyncio.wait_for(pipeline.drain(5), 5)
     await done
@@ -130,9 +131,11 @@ async def test_queue_full_by_events_refuses_at_once(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()  # nothing drains
     pipeline, _ = make_pipeline(store, tmp_path, size=5, max_events=20)
-    pipeline.submit(records(0, 20), 100)
-    with pytest.raises(QueueFullError, match=r"queue\.max_events=20"):
-        pipeline.submit(records(20, 1), 5)
+    pipeline.offer(records(0, 20), 100, AckMode.ACCEPTED)
+    with pytest.raises(AdmissionRefusedError, match=r"queue\.max_events=20") as refused:
+        pipeline.offer(records(20, 1), 5, AckMode.ACCEPTED)
+    assert refused.value.kind is RefusalKind.OVERLOAD
+    assert refused.value.retry_after_s == 5.0  # nothing drained yet: the longest delay
     store.gate.set()
     assert await pipeline.drain(5)
     pipeline_after = pipeline.pending_events
@@ -143,10 +146,10 @@ async def test_queue_full_by_bytes(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()
     pipeline, _ = make_pipeline(store, tmp_path, max_bytes=2000)
-    pipeline.submit(records(0, 1), 1900)
-    with pytest.raises(QueueFullError, match=r"queue\.max_bytes=2000"):
-        pipeline.submit(records(1, 1), 200)
-    pipeline.submit(records(2, 1), 100)  # still fits
+    pipeline.offer(records(0, 1), 1900, AckMode.ACCEPTED)
+    with pytest.raises(AdmissionRefusedError, match=r"queue\.max_bytes=2000"):
+        pipeline.offer(records(1, 1), 200, AckMode.ACCEPTED)
+    pipeline.offer(records(2, 1), 100, AckMode.ACCEPTED)  # still fits
     store.gate.set()
     assert await pipeline.drain(5)
 
@@ -155,7 +158,7 @@ async def test_committed_future_resolves_after_the_write(tmp_path: Path) -> None
     store = FakeStore()
     store.gate = asyncio.Event()
     pipeline, _ = make_pipeline(store, tmp_path, size=1)
-    done = pipeline.submit(records(0, 1), 10, wait_for_commit=True)
+    done = pipeline.offer(records(0, 1), 10, AckMode.COMMITTED)
     assert done is not None
     await asyncio.sleep(0.05)
     assert not done.done()
@@ -169,12 +172,12 @@ async def test_failed_writes_are_retried(tmp_path: Path) -> None:
     store = FakeStore()
     store.fail_next = 2
     pipeline, stats = make_pipeline(store, tmp_path, size=5, attempts=3)
-    done = pipeline.submit(records(0, 5), 50, wait_for_commit=True)
+    done = pipeline.offer(records(0, 5), 50, AckMode.COMMITTED)
     assert done is not None
     await asyncio.wait_for(done, 5)
     assert store.stored == [f"e{i}" for i in range(5)]
     assert stats.write_failures == 2
-    assert stats.dead_lettered == 0
+    assert stats.events_dead_lettered == 0
     assert pipeline.store_state.healthy
     await pipeline.drain(5)
 
@@ -183,11 +186,11 @@ async def test_past_the_retry_bound_the_batch_is_dead_lettered(tmp_path: Path) -
     store = FakeStore()
     store.fail_next = 3
     pipeline, stats = make_pipeline(store, tmp_path, size=4, attempts=3)
-    done = pipeline.submit(records(0, 4), 40, wait_for_commit=True)
+    done = pipeline.offer(records(0, 4), 40, AckMode.COMMITTED)
     assert done is not None
     with pytest.raises(CommitFailedError, match="store is down"):
         await asyncio.wait_for(done, 5)
-    assert stats.dead_lettered == 4
+    assert stats.events_dead_lettered == 4
     assert not pipeline.store_state.healthy
     lines = [
         orjson.loads(line)
@@ -203,19 +206,20 @@ async def test_drain_writes_everything_accepted_then_refuses(tmp_path: Path) -> 
     store = FakeStore()
     pipeline, stats = make_pipeline(store, tmp_path, size=7, flush=60.0)
     for index in range(0, 100, 3):
-        pipeline.submit(records(index, 3), 30)
+        pipeline.offer(records(index, 3), 30, AckMode.ACCEPTED)
     assert await pipeline.drain(5)
     assert len(store.stored) == 102
-    assert stats.written == 102
-    with pytest.raises(PipelineClosedError):
-        pipeline.submit(records(500, 1), 10)
+    assert stats.events_written == 102
+    with pytest.raises(AdmissionRefusedError) as refused:
+        pipeline.offer(records(500, 1), 10, AckMode.ACCEPTED)
+    assert refused.value.kind is RefusalKind.CLOSING
 
 
 async def test_drain_timeout_dead_letters_what_is_left(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()  # the store never answers
     pipeline, stats = make_pipeline(store, tmp_path, size=5, workers=1)
-    pipeline.submit(records(0, 23), 230)
+    pipeline.offer(records(0, 23), 230, AckMode.ACCEPTED)
     assert not await pipeline.drain(0.2)
     dead = [
         orjson.loads(line)["event"]["event_id"]
@@ -223,7 +227,7 @@ async def test_drain_timeout_dead_letters_what_is_left(tmp_path: Path) -> None:
         for line in path.read_bytes().splitlines()
     ]
     assert sorted(dead) == sorted(f"e{i}" for i in range(23))
-    assert stats.dead_lettered == 23
+    assert stats.events_dead_lettered == 23
     assert pipeline.pending_events == 0
 
 
@@ -235,7 +239,7 @@ async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_lo
     that the next start replays them, instead of being deleted as "committed"."""
     store = FakeStore()
     store.fail_next = 3
-    stats = IngestStats()
+    stats = Ledger()
     (tmp_path / "dlq").write_text("a file where the dead-letter folder should be")
     wal = WriteAheadLog(tmp_path / "wal", segment_bytes=1024)
     assert wal.open() == []
@@ -250,11 +254,10 @@ async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_lo
         wal=wal,
     )
     pipeline.start()
-    acked = records(0, 4)
-    pipeline.reserve(4, 40)
-    segment = await wal.append(acked)  # the durable ack is given here
-    pipeline.submit(acked, 40, reserved=True, wal_segment=segment)
-    await wait_until(lambda: stats.lost == 4)
+    logged = pipeline.offer(records(0, 4), 40, AckMode.DURABLE)
+    assert logged is not None
+    await logged  # the durable ack is given here
+    await wait_until(lambda: stats.events_lost == 4)
     await pipeline.drain(5)
     await wal.close()
 

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aep.observability.telemetry import SECONDS_BUCKETS, Telemetry, WindowedMean, received_by_type
 from aep.pipeline.core import PipelineObserver
-from aep.pipeline.ledger import IngestStats
+from aep.pipeline.ledger import Ledger, Rejection
 from aep.settings import MetricsSettings, load_settings
 
 
@@ -25,15 +25,15 @@ def test_the_windowed_mean_reports_the_last_complete_window_weighted_by_events()
 
 
 def test_received_by_type_adds_up_to_received() -> None:
-    stats = IngestStats(received=10)
-    stats.received_by_type[1] = 3
-    stats.received_by_type[2] = 4
-    split = {labels["event_type"]: value for value, labels in received_by_type(stats)}
+    ledger = Ledger()
+    ledger.received(7, [0, 3, 4, 0], invalid=0)  # validated: 3 impressions, 4 clicks
+    ledger.refused_whole(3, Rejection.INVALID)  # their types were not read
+    split = {labels["event_type"]: value for value, labels in received_by_type(ledger)}
     assert split == {"impression": 3, "click": 4, "conversion": 0, "unknown": 3}
 
 
 def test_histograms_are_in_seconds_with_buckets_from_0_1ms_to_10s() -> None:
-    telemetry = Telemetry(MetricsSettings(), IngestStats(), "file", environ={})
+    telemetry = Telemetry(MetricsSettings(), Ledger(), "file", environ={})
     try:
         assert telemetry.observe_rpc is not None
         telemetry.observe_rpc("SendAdEvent", grpc.StatusCode.OK, 0.0003)
@@ -62,7 +62,7 @@ def test_histograms_are_in_seconds_with_buckets_from_0_1ms_to_10s() -> None:
 
 
 def test_metrics_off_means_no_instruments_and_no_exposition() -> None:
-    telemetry = Telemetry(MetricsSettings(enabled=False), IngestStats(), "file", environ={})
+    telemetry = Telemetry(MetricsSettings(enabled=False), Ledger(), "file", environ={})
     assert telemetry.render() is None
     assert telemetry.observe_rpc is None
     assert type(telemetry.observer) is PipelineObserver  # the pipeline's no-ops

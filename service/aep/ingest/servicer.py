@@ -1,9 +1,11 @@
-"""AdEventService: decode, validate, hand to the pipeline, answer per event.
+"""AdEventService: decode, validate, offer to the pipeline, answer per event.
 
-No storage code here. Requests arrive as raw bytes (see server.py) so that a
-malformed message is answered with INVALID_ARGUMENT instead of gRPC's generic
-INTERNAL "Exception deserializing request". Helpers raise RequestRefusedError; the
-decoding wrapper (unary) or the stream turns it into the RPC status.
+No storage code and no admission protocol here: Pipeline.offer() takes the
+events or raises its one refusal, which is mapped to the RPC status below.
+Requests arrive as raw bytes (see server.py) so that a malformed message is
+answered with INVALID_ARGUMENT instead of gRPC's generic INTERNAL "Exception
+deserializing request". Helpers raise RequestRefusedError; the decoding
+wrapper (unary) or the stream turns it into the RPC status.
 """
 
 from __future__ import annotations
@@ -27,23 +29,25 @@ from aep.events.schema import EventRecord, format_epoch
 from aep.events.validation import EventValidator, Verdicts
 from aep.ingest.responses import batch_response, stream_ack
 from aep.observability.health import ServingState
-from aep.pipeline.core import (
-    AdmissionError,
-    CommitFailedError,
-    Pipeline,
-    PipelineClosedError,
-    QueueFullError,
-)
-from aep.pipeline.ledger import EVENT_TYPE_COUNT, IngestStats
-from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, WalError, WriteAheadLog
+from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
+from aep.pipeline.core import CommitFailedError, Pipeline
+from aep.pipeline.ledger import Ledger, Rejection, RequestRejection, type_tally
+from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import AckMode, ServerSettings
 
-_ACK_FROM_SETTING = {
-    AckMode.ACCEPTED: pb.ACK_MODE_ACCEPTED,
-    AckMode.DURABLE: pb.ACK_MODE_DURABLE,
-    AckMode.COMMITTED: pb.ACK_MODE_COMMITTED,
+# The pipeline's ack mode and the proto's, which the response echoes. Keyed by
+# the proto number: an int hashes in C, an Enum member in Python.
+_AckModes = tuple[AckMode, "pb.AckMode.ValueType"]
+_ACKS: dict[int, _AckModes] = {
+    pb.ACK_MODE_ACCEPTED: (AckMode.ACCEPTED, pb.ACK_MODE_ACCEPTED),
+    pb.ACK_MODE_DURABLE: (AckMode.DURABLE, pb.ACK_MODE_DURABLE),
+    pb.ACK_MODE_COMMITTED: (AckMode.COMMITTED, pb.ACK_MODE_COMMITTED),
 }
+_ACK_OF_SETTING = {modes[0]: modes for modes in _ACKS.values()}
+# Given to validation when the ledger counts the type itself: an empty tally
+# is never written to.
+_NO_TALLY: list[int] = []
 # Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
@@ -89,6 +93,21 @@ class RequestRefusedError(Exception):
         )
 
 
+def _refused(refusal: AdmissionRefusedError) -> RequestRefusedError:
+    """The status of events the pipeline would not take."""
+    if refusal.kind is RefusalKind.OVERLOAD:
+        return RequestRefusedError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s
+        )
+    if refusal.kind is RefusalKind.CLOSING:
+        return RequestRefusedError(
+            grpc.StatusCode.UNAVAILABLE, f"{refusal.message}; retry on another replica"
+        )
+    return RequestRefusedError(
+        grpc.StatusCode.UNAVAILABLE, f"{refusal.message}; retry (the events were not accepted)"
+    )
+
+
 @dataclass(slots=True)
 class _StreamEnd:
     refusal: RequestRefusedError | None = None
@@ -99,26 +118,24 @@ class AdEventServicer:
         self,
         pipeline: Pipeline,
         validator: EventValidator,
-        stats: IngestStats,
+        ledger: Ledger,
         serving: ServingState,
         *,
         server: ServerSettings,
         default_ack: AckMode,
         store_type: str,
-        wal: WriteAheadLog | None = None,
         observe_rpc: RpcObserver | None = None,
     ) -> None:
-        self._wal = wal
         self._pipeline = pipeline
         self._validator = validator
-        self._stats = stats
+        self._ledger = ledger
         self._serving = serving
         self._max_batch_events = server.max_batch_events
         self._max_message_bytes = server.max_message_bytes
         self._max_unacked_chunks = server.stream_max_unacked_chunks
         self._backpressure_wait = server.stream_backpressure_wait
         self._stream_idle_timeout = server.stream_idle_timeout or None
-        self._default_ack = _ACK_FROM_SETTING[default_ack]
+        self._default_ack = _ACK_OF_SETTING[default_ack]
         self._store_type = store_type
         self._ids = EventIdGenerator()
         self._observe_rpc = observe_rpc
@@ -126,6 +143,7 @@ class AdEventServicer:
     # -- request decoding -----------------------------------------------------
     def _decode(self, request_type: type[RequestT], raw: bytes) -> RequestT:
         if len(raw) > self._max_message_bytes:
+            self._ledger.request_refused(RequestRejection.TOO_LARGE)
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request of {len(raw)} bytes exceeds "
@@ -134,6 +152,7 @@ class AdEventServicer:
         try:
             return request_type.FromString(raw)
         except DecodeError as error:
+            self._ledger.request_refused(RequestRejection.MALFORMED)
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
@@ -185,19 +204,23 @@ class AdEventServicer:
     async def SendAdEvent(
         self, request: pb.SendAdEventRequest, wire_bytes: int
     ) -> pb.SendAdEventResponse:
-        ack_mode = self._ack_mode(request.ack_mode, 1)
+        ack, ack_mode = self._ack_mode(request.ack_mode, 1)
         if not request.HasField("event"):
-            self._stats.received += 1
-            self._stats.rejected_invalid += 1
+            self._ledger.refused_whole(1, Rejection.INVALID)
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        verdicts = self._accept((request.event,))
+        event = request.event
+        now = time.time()
+        verdicts = self._validator.accept_all(
+            (event,), now, format_epoch(now), self._ids.new_ids, _NO_TALLY
+        )
+        self._ledger.received_one(event.event_type, invalid=bool(verdicts.rejected))
         if verdicts.rejected:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
         event_id = records[0]["event_id"]
-        done = self._admit(records, wire_bytes, ack_mode)
-        if done is not None:
-            await self._commit(done)
+        waiting = self._offer(records, wire_bytes, ack)
+        if waiting is not None:
+            await self._settled(waiting)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
     async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
@@ -205,15 +228,19 @@ class AdEventServicer:
         events = request.events
         count = len(events)
         self._check_batch_length(count)
-        ack_mode = self._ack_mode(request.ack_mode, count)
-        self._refuse_early_if_full(events, wire_bytes)
+        ack, ack_mode = self._ack_mode(request.ack_mode, count)
+        try:
+            # Before any per-event work: refuse what the pipeline cannot take anyway.
+            self._pipeline.check(count, wire_bytes)
+        except AdmissionRefusedError as refusal:
+            raise _refused(refusal) from refusal
         verdicts = self._accept(events)
         records = verdicts.records
         if records:
             nbytes = wire_bytes * len(records) // count
-            done = self._admit(records, nbytes, ack_mode)
-            if done is not None:
-                await self._commit(done)
+            waiting = self._offer(records, nbytes, ack)
+            if waiting is not None:
+                await self._settled(waiting)
         return batch_response(verdicts, count, ack_mode)
 
     async def StreamAdEvents(
@@ -235,7 +262,7 @@ class AdEventServicer:
                 response, done, started = item
                 if done is not None:
                     try:
-                        await self._commit(done)
+                        await self._settled(done)
                     except RequestRefusedError as refusal:
                         await refusal.abort(context)
                 if self._observe_rpc is not None:
@@ -273,19 +300,18 @@ class AdEventServicer:
                 events = chunk.events
                 count = len(events)
                 self._check_batch_length(count)
-                ack_mode = self._ack_mode(chunk.ack_mode, count)
+                ack, ack_mode = self._ack_mode(chunk.ack_mode, count)
                 verdicts = self._accept(events)
                 records = verdicts.records
                 response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
                 done = None
                 if records:
                     nbytes = len(raw) * len(records) // count
-                    if not self._pipeline.has_room(len(records), nbytes):
-                        # Withhold this ack (and stop reading) until there is room.
-                        await self._pipeline.wait_for_room(
-                            len(records), nbytes, self._backpressure_wait
-                        )
-                    done = self._admit(records, nbytes, ack_mode)
+                    # Withhold this ack (and stop reading) until there is room.
+                    await self._pipeline.wait_for_room(
+                        len(records), nbytes, self._backpressure_wait
+                    )
+                    done = self._offer(records, nbytes, ack)
                 # Blocks once max unacked chunks are pending: flow control.
                 await acks.put((response, done, started))
         except RequestRefusedError as refusal:
@@ -313,9 +339,9 @@ class AdEventServicer:
                 else pb.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
             ),
             # The write-ahead log's backlog from earlier runs is pending too.
-            pending_events=pipeline.pending_events + self._stats.wal_backlog_events,
+            pending_events=pipeline.pending_events + self._ledger.wal_backlog_events,
             pending_bytes=pipeline.pending_bytes
-            + self._stats.wal_backlog_events * REPLAY_BYTES_PER_EVENT,
+            + self._ledger.wal_backlog_events * REPLAY_BYTES_PER_EVENT,
             store_type=self._store_type,
             store_healthy=store.healthy,
             store_detail=store.detail,
@@ -327,34 +353,33 @@ class AdEventServicer:
     def _accept(self, events: Sequence[pb.AdEvent]) -> Verdicts:
         """Validate every event of a request and count them."""
         now = time.time()
-        stats = self._stats
+        by_type = type_tally()
         verdicts = self._validator.accept_all(
-            events, now, format_epoch(now), self._ids.new_ids, stats.received_by_type
+            events, now, format_epoch(now), self._ids.new_ids, by_type
         )
-        stats.received += len(events)
-        stats.rejected_invalid += len(verdicts.rejected)
+        self._ledger.received(len(events), by_type, len(verdicts.rejected))
         return verdicts
 
     def _check_batch_length(self, count: int) -> None:
         if count == 0:
+            self._ledger.request_refused(RequestRejection.EMPTY)
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT, "events: the batch is empty"
             )
         if count > self._max_batch_events:
+            self._ledger.refused_whole(count, Rejection.INVALID)
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"events: {count} events exceed server.max_batch_events={self._max_batch_events}",
             )
 
-    def _ack_mode(self, requested: int, count: int) -> pb.AckMode.ValueType:
+    def _ack_mode(self, requested: int, count: int) -> _AckModes:
         if requested == pb.ACK_MODE_UNSPECIFIED:
             return self._default_ack
-        if requested in (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_COMMITTED) or (
-            requested == pb.ACK_MODE_DURABLE and self._wal is not None
-        ):
-            return pb.AckMode.ValueType(requested)
-        self._stats.received += count
-        self._stats.rejected_invalid += count
+        ack = _ACKS.get(requested)
+        if ack is not None and (ack[0] is not AckMode.DURABLE or self._pipeline.durable_acks):
+            return ack
+        self._ledger.refused_whole(count, Rejection.INVALID)
         if requested == pb.ACK_MODE_DURABLE:
             raise RequestRefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -365,67 +390,22 @@ class AdEventServicer:
             grpc.StatusCode.INVALID_ARGUMENT, f"ack_mode: unknown value {requested}"
         )
 
-    def _admit(
-        self, records: list[EventRecord], nbytes: int, ack_mode: pb.AckMode.ValueType
+    def _offer(
+        self, records: list[EventRecord], nbytes: int, ack: AckMode
     ) -> asyncio.Future[None] | None:
         """Admit now or refuse; returns what the ack has to wait for, if anything."""
         try:
-            if ack_mode == pb.ACK_MODE_DURABLE:
-                self._pipeline.reserve(len(records), nbytes)
-                return asyncio.ensure_future(self._log_then_submit(records, nbytes))
-            return self._pipeline.submit(
-                records, nbytes, wait_for_commit=ack_mode == pb.ACK_MODE_COMMITTED
-            )
-        except AdmissionError as error:
-            raise self._refusal(error, len(records), nbytes) from error
+            return self._pipeline.offer(records, nbytes, ack)
+        except AdmissionRefusedError as refusal:
+            raise _refused(refusal) from refusal
 
-    def _refusal(self, error: AdmissionError, count: int, nbytes: int) -> RequestRefusedError:
-        """The status for events the pipeline would not take, counted as rejected."""
-        if isinstance(error, PipelineClosedError):
-            self._stats.rejected_unavailable += count
-            return RequestRefusedError(
-                grpc.StatusCode.UNAVAILABLE, f"{error}; retry on another replica"
-            )
-        self._stats.rejected_overload += count
-        return RequestRefusedError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            str(error),
-            retry_after_s=self._pipeline.retry_delay(count, nbytes),
-        )
-
-    def _refuse_early_if_full(self, events: Any, nbytes: int) -> None:
-        """Before any per-event work: refuse a request the queue cannot take anyway."""
-        count = len(events)
-        if self._pipeline.has_room(count, nbytes):
-            return
-        stats = self._stats
-        stats.received += count
-        by_type = stats.received_by_type
-        for event in events:
-            event_type = event.event_type
-            if 0 <= event_type < EVENT_TYPE_COUNT:
-                by_type[event_type] += 1
-        full = QueueFullError(self._pipeline.full_message())
-        raise self._refusal(full, count, nbytes) from full
-
-    async def _log_then_submit(self, records: list[EventRecord], nbytes: int) -> None:
-        """Durable mode: the events reach the pipeline once their log append is fsynced."""
-        assert self._wal is not None
+    async def _settled(self, waiting: asyncio.Future[None]) -> None:
+        """Wait for the log append (durable) or the store write (committed)."""
         try:
-            segment = await self._wal.append(records)
-        except BaseException:
-            self._pipeline.release(len(records), nbytes)
-            self._stats.rejected_unavailable += len(records)
-            raise
-        self._pipeline.submit(records, nbytes, reserved=True, wal_segment=segment)
-
-    async def _commit(self, done: asyncio.Future[None]) -> None:
-        try:
-            await asyncio.shield(done)
-        except WalError as error:
-            raise RequestRefusedError(
-                grpc.StatusCode.UNAVAILABLE, f"{error}; retry (the events were not accepted)"
-            ) from error
+            # Shielded: a cancelled RPC leaves the append or the write to finish.
+            await asyncio.shield(waiting)
+        except AdmissionRefusedError as refusal:
+            raise _refused(refusal) from refusal
         except CommitFailedError as error:
             # Said only of what the dead-letter append really wrote.
             if not error.lost:

@@ -1,6 +1,6 @@
 """Serving state from store health: NOT_SERVING while the store is down.
 
-The pipeline records the outcome of every batch write in `Pipeline.store_state`.
+The pipeline records the outcome of every batch write in `Pipeline.store_health`.
 While writes flow, that is all the monitor needs; while the store is failing
 or nothing was written lately, it pings the store every
 `health.store_check_interval`, so a dead store is noticed without traffic and a
@@ -80,13 +80,13 @@ class StoreMonitor:
             async with asyncio.timeout(self._ping_timeout):
                 await self._store.ping()
         except TimeoutError:
-            self._pipeline.note_store_failure(
+            self._pipeline.store_health.failed(
                 TimeoutError(f"ping: no answer within {self._ping_timeout}s"), ping=True
             )
         except Exception as error:  # any failure means "down"; the monitor must keep going
-            self._pipeline.note_store_failure(error, ping=True)
+            self._pipeline.store_health.failed(error, ping=True)
         else:
-            self._pipeline.note_store_success(ping=True)
+            self._pipeline.store_health.succeeded(ping=True)
 
     def should_serve(self, now: float) -> bool:
         pipeline = self._pipeline

@@ -1,6 +1,6 @@
 """OpenTelemetry: metrics for Prometheus at GET /metrics, and traces over OTLP.
 
-Metrics. The hot path only bumps plain integers (aep.pipeline.ledger.IngestStats); the
+Metrics. The hot path only bumps plain integers (aep.pipeline.ledger.Ledger); the
 counters and gauges here are observable, read at scrape time, so they cost
 the ingest path nothing. Histograms are recorded per store write and per
 batch through the SDK, never per event. The RPC duration histogram is the
@@ -45,8 +45,9 @@ from prometheus_client.core import HistogramMetricFamily
 
 from aep import __version__
 from aep.events.event_types import EVENT_TYPE_SHORT_NAMES
-from aep.pipeline.core import Pipeline, PipelineObserver
-from aep.pipeline.ledger import IngestStats
+from aep.pipeline.core import Pipeline
+from aep.pipeline.ledger import Ledger
+from aep.pipeline.observer import PipelineObserver
 from aep.settings import MetricsSettings
 
 SERVICE_NAME = "ad-event-processor"
@@ -83,12 +84,12 @@ def _observe(read: _Reading) -> Callable[[CallbackOptions], Iterable[Observation
     return callback
 
 
-def received_by_type(stats: IngestStats) -> list[tuple[int, dict[str, str]]]:
-    """events_received_total split by event type; the parts add up to stats.received."""
-    counts = stats.received_by_type
+def received_by_type(ledger: Ledger) -> list[tuple[int, dict[str, str]]]:
+    """events_received_total split by event type; the parts add up to events_received."""
+    counts = ledger.events_received_by_type
     known = [(counts[number], {"event_type": label}) for number, label in EVENT_TYPE_LABELS.items()]
     typed = sum(count for count, _ in known)
-    return [*known, (stats.received - typed, {"event_type": UNKNOWN_EVENT_TYPE})]
+    return [*known, (ledger.events_received - typed, {"event_type": UNKNOWN_EVENT_TYPE})]
 
 
 class WindowedMean:
@@ -175,7 +176,7 @@ class RpcDurations:
 class _Metrics:
     """The MeterProvider, its Prometheus reader and the synchronous instruments."""
 
-    def __init__(self, resource: Resource, stats: IngestStats, store_type: str) -> None:
+    def __init__(self, resource: Resource, ledger: Ledger, store_type: str) -> None:
         # A registry of our own: two services in one process (tests) do not
         # collide, and it carries the process collector (CPU, memory, fds).
         self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
@@ -218,65 +219,73 @@ class _Metrics:
             description="Duration of each store write attempt, by outcome (ok|error)",
         )
         self.average = WindowedMean(AVERAGE_WINDOW_S)
-        self._observable_counters(stats)
+        self._observable_counters(ledger)
 
-    def _observable_counters(self, stats: IngestStats) -> None:
+    def _observable_counters(self, ledger: Ledger) -> None:
         store = self.store
         counters: dict[str, tuple[str, _Reading]] = {
             "events_received": (
                 "Events received in requests, valid or not, by event type",
-                lambda: received_by_type(stats),
+                lambda: received_by_type(ledger),
             ),
             "events_replayed": (
                 "Events re-submitted from the write-ahead log at start-up (received by an "
                 "earlier process)",
-                lambda: [(stats.replayed, {})],
+                lambda: [(ledger.events_replayed, {})],
             ),
             "events_processed": (
                 "Events written to the store (new, not duplicates)",
-                lambda: [(stats.written, store)],
+                lambda: [(ledger.events_written, store)],
             ),
             "batches_processed": (
                 "Batches written to the store",
-                lambda: [(stats.batches_written, store)],
+                lambda: [(ledger.batches_written, store)],
             ),
             "processing_errors": (
                 "Failed store write attempts (each is retried, then dead-lettered)",
-                lambda: [(stats.write_failures, store)],
+                lambda: [(ledger.write_failures, store)],
             ),
             "events_rejected": (
                 "Events refused at the API, by reason (invalid|overload|unavailable)",
                 lambda: [
-                    (stats.rejected_invalid, {"reason": "invalid"}),
-                    (stats.rejected_overload, {"reason": "overload"}),
-                    (stats.rejected_unavailable, {"reason": "unavailable"}),
+                    (ledger.events_rejected_invalid, {"reason": "invalid"}),
+                    (ledger.events_rejected_overload, {"reason": "overload"}),
+                    (ledger.events_rejected_unavailable, {"reason": "unavailable"}),
+                ],
+            ),
+            "requests_rejected": (
+                "Requests refused whole before their events could be counted, by reason "
+                "(malformed|too_large|empty); not part of the conservation equation",
+                lambda: [
+                    (count, {"reason": reason.value})
+                    for reason, count in ledger.requests_rejected.items()
                 ],
             ),
             "events_duplicate": (
                 "Events not written because their event_id was already stored",
-                lambda: [(stats.duplicates, store)],
+                lambda: [(ledger.events_duplicate, store)],
             ),
             "events_dead_lettered": (
                 "Events written to the dead-letter file after the retry bound",
-                lambda: [(stats.dead_lettered, {})],
+                lambda: [(ledger.events_dead_lettered, {})],
             ),
             "events_lost": (
                 "Events that could be neither stored nor dead-lettered (should stay 0)",
-                lambda: [(stats.lost, {})],
+                lambda: [(ledger.events_lost, {})],
             ),
             "wal_segments_quarantined": (
                 "Write-ahead log segments found damaged at start-up (every intact record "
                 "replayed, then the segment moved to quarantine/)",
-                lambda: [(stats.wal_segments_quarantined, {})],
+                lambda: [(ledger.wal_segments_quarantined, {})],
             ),
             "wal_damaged_records": (
                 "Damaged stretches of write-ahead log segments skipped at start-up (a run of "
                 "adjacent damaged records counts once; their events were not replayed)",
-                lambda: [(stats.wal_damaged_records, {})],
+                lambda: [(ledger.wal_damaged_records, {})],
             ),
             "wal_skipped_bytes": (
                 "Bytes of write-ahead log segments skipped at start-up as damaged",
-                lambda: [(stats.wal_skipped_bytes, {})],
+                lambda: [(ledger.wal_skipped_bytes, {})],
             ),
         }
         for name, (description, read) in counters.items():
@@ -285,7 +294,7 @@ class _Metrics:
             )
         self.meter.create_observable_gauge(
             "wal_backlog_events",
-            callbacks=[_observe(lambda: [(stats.wal_backlog_events, {})])],
+            callbacks=[_observe(lambda: [(ledger.wal_backlog_events, {})])],
             description="Events earlier runs left in the write-ahead log, not yet replayed "
             "(not part of pipeline_pending_events)",
         )
@@ -446,14 +455,14 @@ class Telemetry:
     def __init__(
         self,
         settings: MetricsSettings,
-        stats: IngestStats,
+        ledger: Ledger,
         store_type: str,
         *,
         span_exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         resource = Resource.create({"service.name": SERVICE_NAME, "service.version": __version__})
-        self._metrics = _Metrics(resource, stats, store_type) if settings.enabled else None
+        self._metrics = _Metrics(resource, ledger, store_type) if settings.enabled else None
         if span_exporter is None:
             span_exporter = span_exporter_from_environment(
                 os.environ if environ is None else environ
