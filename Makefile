@@ -6,9 +6,6 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 SERVER ?= localhost:8080
 PYTEST_ARGS ?=
-# Test code checked by mypy --strict (the older unit/integration tests are not yet).
-TYPED_TESTS := tests/chart tests/packaging tests/chart_render.py tests/reflection_client.py \
-	tests/prometheus_process.py
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
 	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
@@ -96,8 +93,6 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	MYPYPATH=service:tests:tests/chart $(BIN)/mypy --explicit-package-bases $(TYPED_TESTS)
-	MYPYPATH=service:tests:e2e $(BIN)/mypy --explicit-package-bases e2e
 
 ## format: ruff format and ruff check --fix
 format: deps

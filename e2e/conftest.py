@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 from deployment import Endpoints, local_stack, url_of
-from prometheus_process import PROMETHEUS_HINT, PrometheusApi
-from support import require_tool
+
+from tests.helpers.prometheus_process import PROMETHEUS_HINT, PrometheusApi
+from tests.helpers.support import require_tool
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ alert rules, and redis-server when AEP_E2E_STORE=redis.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_process import running_prometheus
-from support import ServerProcess, free_port
+from tests.helpers.prometheus_process import running_prometheus
+from tests.helpers.servers import RedisServer
+from tests.helpers.support import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "charts" / "ad-event-processor" / "files" / "alerts.yaml"
@@ -41,14 +41,12 @@ def url_of(address: str) -> str:
 
 def local_stack(workdir: Path, store: str) -> Iterator[Endpoints]:
     env = {"AEP_DATABASE_TYPE": store}
-    redis: subprocess.Popen[bytes] | None = None
+    redis: RedisServer | None = None
     if store == "redis":
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        env["AEP_DATABASE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        # The tests' own redis-server helper: a free loopback port, waited for until it answers.
+        redis = RedisServer(workdir / "redis")
+        redis.start()
+        env["AEP_DATABASE_REDIS_URL"] = redis.url
     server = ServerProcess(workdir / "server", env)
     try:
         server.start()
@@ -81,5 +79,4 @@ def local_stack(workdir: Path, store: str) -> Iterator[Endpoints]:
             server.process.kill()
             server.process.wait()
         if redis is not None:
-            redis.terminate()
-            redis.wait(timeout=10)
+            redis.stop()

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 from deployment import ALERTS, JOB, Endpoints
-from prometheus_process import PrometheusApi
 from public_api import make_events, send_batch
+
+from tests.helpers.prometheus_process import PrometheusApi
 
 ADAPTER_VALUES = Path(__file__).resolve().parents[1] / "k8s" / "prometheus-adapter-values.yaml"
 

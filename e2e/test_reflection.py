@@ -9,7 +9,8 @@ import uuid
 import grpc
 import pytest
 from deployment import Endpoints
-from reflection_client import REFLECTION_SERVICES, ReflectionClient
+
+from tests.helpers.reflection_client import REFLECTION_SERVICES, ReflectionClient
 
 
 @pytest.mark.parametrize("reflection_service", REFLECTION_SERVICES)

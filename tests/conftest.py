@@ -4,9 +4,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import NETWORK_STORE_KINDS, STORE_KINDS, Backend
-from servers import MongoServer, RedisServer
-from support import ServerProcess, running_server
+
+from tests.helpers.backends import NETWORK_STORE_KINDS, STORE_KINDS, Backend
+from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.support import ServerProcess, running_server
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ import grpc
 import orjson
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from support import free_port, stored_events  # noqa: E402
+sys.path.insert(0, str(HERE.parents[1]))  # the repository: tests.helpers
+from tests.helpers.support import free_port, stored_events  # noqa: E402
 
 SERVER_CPU = 0
 DRIVER_CPU = 1

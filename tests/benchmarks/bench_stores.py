@@ -25,14 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: servers, support
-
-from backends import Backend
-from servers import MongoServer, RedisServer
-from support import stored_forms, valid_event
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.helpers
 
 from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from tests.helpers.backends import Backend
+from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.support import stored_forms, valid_event
 
 
 def make_events(count: int, run: str) -> list[EventRecord]:

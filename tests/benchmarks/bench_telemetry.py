@@ -36,9 +36,8 @@ from typing import Any
 import grpc
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from bench_ingest import (  # noqa: E402
+sys.path.insert(0, str(HERE.parents[1]))  # the repository: tests.helpers
+from tests.benchmarks.bench_ingest import (  # noqa: E402
     DRIVER_CPU,
     Load,
     Server,
@@ -47,7 +46,7 @@ from bench_ingest import (  # noqa: E402
     cpu_seconds,
     drive,
 )
-from support import free_port  # noqa: E402
+from tests.helpers.support import free_port  # noqa: E402
 
 VARIANTS = {
     "off": {"AEP_METRICS_ENABLED": "false"},

@@ -28,11 +28,10 @@ import grpc
 import orjson
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from support import free_port, now_timestamp, valid_event  # noqa: E402
-
+sys.path.insert(0, str(HERE.parents[1]))  # the repository: tests.helpers
 from aep.proto.adevents.v1 import ad_events_pb2 as pb  # noqa: E402
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc  # noqa: E402
+from tests.helpers.support import free_port, now_timestamp, valid_event  # noqa: E402
 
 ACK_MODES = (pb.ACK_MODE_ACCEPTED, pb.ACK_MODE_DURABLE, pb.ACK_MODE_COMMITTED)
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from chart_render import Helm, helm_binaries, require_helm
+
+from tests.helpers.chart_render import Helm, helm_binaries, require_helm
 
 
 def _helm_params() -> list[object]:

@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_render import CHART, KIND_VALUES, REPO, Helm, render
-from prometheus_process import (
+
+from tests.helpers.chart_render import CHART, KIND_VALUES, REPO, Helm, render
+from tests.helpers.prometheus_process import (
     PROMETHEUS_HINT,
     PrometheusApi,
     kubernetes_sd_as_static,
     pod_meta_labels,
     running_prometheus,
 )
-from support import ServerProcess, require_tool
+from tests.helpers.support import ServerProcess, require_tool
 
 FULLNAME = "aep-ad-event-processor"
 ALERTS = CHART / "files" / "alerts.yaml"

@@ -10,7 +10,9 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from chart_render import (
+
+from aep.settings import AckMode, Settings, StoreType, load_settings
+from tests.helpers.chart_render import (
     CHART,
     KIND_VALUES,
     NAMESPACE,
@@ -22,8 +24,6 @@ from chart_render import (
     render_error,
     selects,
 )
-
-from aep.settings import AckMode, Settings, StoreType, load_settings
 
 FULLNAME = "aep-ad-event-processor"
 SCENARIO_IDS = [path.name.removesuffix("-values.yaml") for path in SCENARIOS]

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chart_render import CHART, REPO
-from support import skip_or_fail
+
+from tests.helpers.chart_render import CHART, REPO
+from tests.helpers.support import skip_or_fail
 
 GENERATOR = (
     REPO / ".ci" / "tools" / "readme-generator" / "node_modules" / ".bin" / "readme-generator"

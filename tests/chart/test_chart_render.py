@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from chart_render import (
+
+from tests.chart.manifest_validation import UnknownKindError, validate_document
+from tests.helpers.chart_render import (
     CHART,
     KIND_VALUES,
     KUBE_VERSIONS,
@@ -19,8 +21,7 @@ from chart_render import (
     render_error,
     render_text,
 )
-from manifest_validation import UnknownKindError, validate_document
-from support import in_ci
+from tests.helpers.support import in_ci
 
 # Every scenario of ci/ plus the defaults and the kind cluster's values.
 VALUES_SETS = [pytest.param((), id="defaults")]

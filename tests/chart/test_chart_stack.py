@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_render import CHART, Helm, Manifests, container, render, render_error, selects
-from manifest_validation import validate_document
 
 from aep.settings import Settings, StoreType, load_settings
+from tests.chart.manifest_validation import validate_document
+from tests.helpers.chart_render import (
+    CHART,
+    Helm,
+    Manifests,
+    container,
+    render,
+    render_error,
+    selects,
+)
 
 FULLNAME = "aep-ad-event-processor"
 SUBCHARTS = ("redis", "mongodb", "prometheus", "grafana")

@@ -20,8 +20,17 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_render import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, Helm, render, render_error
-from manifest_validation import validate_document
+
+from tests.chart.manifest_validation import validate_document
+from tests.helpers.chart_render import (
+    CHART,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    Helm,
+    render,
+    render_error,
+)
 
 FULLNAME = "aep-ad-event-processor"
 LOOKUP = 'lookup "apps/v1" "StatefulSet" $.Release.Namespace $set.name'
@@ -268,7 +277,7 @@ def test_the_ends_of_the_range_are_the_validated_versions() -> None:
 
 
 def render_error_for_version(kube_version: str) -> str:
-    from chart_render import require_helm
+    from tests.helpers.chart_render import require_helm
 
     result = require_helm()[-1].run(
         "template", RELEASE, str(CHART), "--kube-version", kube_version, check=False

@@ -20,7 +20,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from chart_render import CHART, REPO
+
+from tests.helpers.chart_render import CHART, REPO
 
 SCHEMAS = Path(__file__).parent / "grafana-schema"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))

@@ -9,9 +9,9 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ServerProcess, running_server, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from tests.helpers.support import ServerProcess, running_server, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

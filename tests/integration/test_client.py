@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ServerProcess, free_port, running_server, stored_events
+
+from tests.helpers.support import ServerProcess, free_port, running_server, stored_events
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ServerProcess, scrape, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.support import ServerProcess, scrape, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

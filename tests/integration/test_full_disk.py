@@ -14,13 +14,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dead_letters import complete_entries
-from full_disk import SmallDisk, small_tmpfs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import ServerProcess, scrape, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.dead_letters import complete_entries
+from tests.helpers.full_disk import SmallDisk, small_tmpfs
+from tests.helpers.support import ServerProcess, scrape, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

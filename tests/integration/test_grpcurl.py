@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chart_render import CHART, REPO, Helm, helm_binaries
-from support import ServerProcess, skip_or_fail, stored_events
+
+from tests.helpers.chart_render import CHART, REPO, Helm, helm_binaries
+from tests.helpers.support import ServerProcess, skip_or_fail, stored_events
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 Some of these clients cannot be played by grpcio (a receive window of 0, a
 frame that declares more bytes than it carries); they speak raw HTTP/2
-(tests/raw_http2.py).
+(tests/helpers/raw_http2.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from raw_http2 import RawGrpcConnection, grpc_frame
-from support import ServerProcess, running_server, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from tests.helpers.raw_http2 import RawGrpcConnection, grpc_frame
+from tests.helpers.support import ServerProcess, running_server, valid_event
 
 pytestmark = pytest.mark.integration
 

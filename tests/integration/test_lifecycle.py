@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
-from support import free_port, valid_event
 
 from aep.app import EXIT_OK, EXIT_STARTUP_FAILED, Application
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
 from aep.settings import load_settings
+from tests.helpers.support import free_port, valid_event
 
 pytestmark = pytest.mark.integration
 

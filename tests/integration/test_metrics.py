@@ -14,11 +14,18 @@ import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Scrape, ServerProcess, running_server, scrape, stored_events, valid_event
 
 from aep.observability.telemetry import SECONDS_BUCKETS
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.support import (
+    Scrape,
+    ServerProcess,
+    running_server,
+    scrape,
+    stored_events,
+    valid_event,
+)
 
 pytestmark = pytest.mark.integration
 

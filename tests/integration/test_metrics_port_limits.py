@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import ServerProcess, running_server, scrape
+
+from tests.helpers.support import ServerProcess, running_server, scrape
 
 pytestmark = pytest.mark.integration
 

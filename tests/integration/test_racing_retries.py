@@ -13,11 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from full_disk import small_tmpfs
-from support import ServerProcess, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.full_disk import small_tmpfs
+from tests.helpers.support import ServerProcess, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

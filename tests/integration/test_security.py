@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import ServerProcess, running_server, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.support import ServerProcess, running_server, valid_event
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from support import ServerProcess, running_server, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.support import ServerProcess, running_server, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from support import ServerProcess
+
+from tests.helpers.support import ServerProcess
 
 pytestmark = pytest.mark.integration
 

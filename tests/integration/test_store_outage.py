@@ -18,13 +18,13 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
-from backends import NETWORK_STORE_KINDS, Backend
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import ChildServer, MongoServer, RedisServer
-from support import ServerProcess, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.backends import NETWORK_STORE_KINDS, Backend
+from tests.helpers.servers import ChildServer, MongoServer, RedisServer
+from tests.helpers.support import ServerProcess, valid_event
 
 pytestmark = pytest.mark.integration
 

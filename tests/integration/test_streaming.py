@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ServerProcess, running_server, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.support import ServerProcess, running_server, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from support import free_port, valid_event
 
 from aep.app import EXIT_OK, Application
 from aep.observability.telemetry import span_exporter_from_environment
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
 from aep.settings import load_settings
+from tests.helpers.support import free_port, valid_event
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
-from full_disk import small_tmpfs
-from support import ServerProcess, scrape, stored_events, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.full_disk import small_tmpfs
+from tests.helpers.support import ServerProcess, scrape, stored_events, valid_event
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,10 @@ import subprocess
 
 import pytest
 import yaml
-from paths import ALERTS_DIR, CHART_RULES, RULES
-from prometheus_process import PROMETHEUS_HINT
-from support import require_tool
+
+from tests.helpers.prometheus_process import PROMETHEUS_HINT
+from tests.helpers.support import require_tool
+from tests.observability.paths import ALERTS_DIR, CHART_RULES, RULES
 
 pytestmark = pytest.mark.observability
 

@@ -24,12 +24,12 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from paths import DASHBOARD, RULES
-from prometheus_process import PROMETHEUS_HINT, PrometheusApi, running_prometheus
-from support import ServerProcess, require_tool, running_server, valid_event
 
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
+from tests.helpers.prometheus_process import PROMETHEUS_HINT, PrometheusApi, running_prometheus
+from tests.helpers.support import ServerProcess, require_tool, running_server, valid_event
+from tests.observability.paths import DASHBOARD, RULES
 
 pytestmark = [pytest.mark.integration, pytest.mark.observability]
 

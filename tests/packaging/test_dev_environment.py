@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_render import CHART, REPO, require_helm
+
+from tests.helpers.chart_render import CHART, REPO, require_helm
 
 
 def _load(path: str) -> Any:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Backend
 from pymongo import MongoClient
-from servers import MongoServer
-from test_store_contract import events
 
 from aep.storage.mongodb import to_document
+from tests.helpers.backends import Backend
+from tests.helpers.servers import MongoServer
+from tests.stores.test_store_contract import events
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from typing import cast
 
 import pytest
 import redis
-from backends import Backend
-from servers import RedisServer
-from test_store_contract import events
 
 from aep.events.schema import EventRecord
 from aep.storage import StoreError
 from aep.storage.redis import counter_key, dedupe_key
+from tests.helpers.backends import Backend
+from tests.helpers.servers import RedisServer
+from tests.stores.test_store_contract import events
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from backends import Backend
-from support import free_port, full_stored_record, stored_forms, valid_event
 
 from aep.events.schema import (
     KEY_FIELD,
@@ -24,6 +22,8 @@ from aep.events.schema import (
     format_epoch,
 )
 from aep.storage import EventStore, StoreError
+from tests.helpers.backends import Backend
+from tests.helpers.support import free_port, full_stored_record, stored_forms, valid_event
 
 
 def events(start: int, count: int, prefix: str = "e") -> list[EventRecord]:

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dead_letters import complete_entries, stored_records
-from full_disk import SmallDisk, small_tmpfs
-from support import stored_events
-from test_pipeline import FakeStore
 
 from aep.pipeline.core import CommitFailedError, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
 from aep.pipeline.ledger import Ledger
 from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings, load_settings
 from aep.tools.dead_letter_replay import replay_dead_letters
+from tests.helpers.dead_letters import complete_entries, stored_records
+from tests.helpers.full_disk import SmallDisk, small_tmpfs
+from tests.helpers.support import stored_events
+from tests.unit.test_pipeline import FakeStore
 
 
 @pytest.fixture

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from full_disk import small_tmpfs
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from support import full_stored_record, stored_events
 
 from aep.events.event_types import VALID_EVENT_TYPE_NAMES
 from aep.events.schema import STORED_FIELD_NAMES, STORED_FIELDS, EventRecord, FieldKind
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
+from tests.helpers.full_disk import small_tmpfs
+from tests.helpers.support import full_stored_record, stored_events
 
 
 def settings(directory: Path, **overrides: object) -> FileStoreSettings:

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
 from aep.pipeline.core import Pipeline
@@ -14,6 +13,7 @@ from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger, Rejection, RequestRejection, type_tally
 from aep.pipeline.wal import WriteAheadLog
 from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings
+from tests.unit.test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 
 def drift(ledger: Ledger, pending: int) -> int:

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import datetime
 
-from support import accept_one, valid_event
-
 from aep.events.schema import EventRecord, format_timestamp
 from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
+from tests.helpers.support import accept_one, valid_event
 
 
 def to_record(event: pb.AdEvent, event_id: str, received_at: str) -> EventRecord:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from test_pipeline import FakeStore, records, wait_until
-
 from aep.pipeline import recovery
 from aep.pipeline.core import Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
+from tests.unit.test_pipeline import FakeStore, records, wait_until
 
 
 async def a_crashed_run(directory: Path, submissions: int, size: int) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from dead_letters import stored_record, stored_records
-from support import stored_events
 
 from aep.events.schema import EventRecord
 from aep.pipeline.dead_letters import DeadLetterQueue
@@ -22,6 +20,8 @@ from aep.tools.dead_letter_replay import (
     REPLAYED_DIR,
     replay_dead_letters,
 )
+from tests.helpers.dead_letters import stored_record, stored_records
+from tests.helpers.support import stored_events
 
 
 def settings_for(tmp_path: Path, **environ: str) -> Settings:

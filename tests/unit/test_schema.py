@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
-from support import full_stored_record
 
 from aep.events.event_types import (
     EVENT_TYPE_COUNT,
@@ -28,6 +27,7 @@ from aep.events.schema import (
 from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
+from tests.helpers.support import full_stored_record
 
 _SCALAR_TYPES = {
     FieldDescriptor.TYPE_STRING: "string",

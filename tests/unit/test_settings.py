@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import free_port
 
 from aep.settings import (
     AckMode,
@@ -22,6 +21,7 @@ from aep.settings import (
     parse_duration,
     parse_size,
 )
+from tests.helpers.support import free_port
 
 
 def test_defaults_run_the_file_store_on_the_contract_ports() -> None:

@@ -4,13 +4,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 from aep.observability.health import ServingState
 from aep.observability.store_monitor import StoreMonitor
 from aep.pipeline.core import Pipeline
 from aep.settings import AckMode, HealthSettings
 from aep.storage.base import StoreError
+from tests.unit.test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 
 class PingableStore(FakeStore):

@@ -3,11 +3,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from support import now_timestamp, valid_event
 
 from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
+from tests.helpers.support import now_timestamp, valid_event
 
 VALIDATOR = EventValidator(
     ValidationSettings(

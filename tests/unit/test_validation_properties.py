@@ -7,11 +7,11 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import accept_one
 
 from aep.events.validation import EventValidator
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
+from tests.helpers.support import accept_one
 
 VALIDATOR = EventValidator(
     ValidationSettings(

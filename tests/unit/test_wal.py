@@ -13,10 +13,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from full_disk import small_tmpfs
 
 from aep.events.schema import EventRecord
 from aep.pipeline.wal import WalError, WriteAheadLog, frame, read_segment, scan_segment
+from tests.helpers.full_disk import small_tmpfs
 
 
 def events(start: int, count: int) -> list[EventRecord]:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import skip_or_fail
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.support import skip_or_fail
+
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ad-event-processor"
 SCENARIOS = sorted(CHART.glob("ci/*-values.yaml"))
 KIND_VALUES = REPO / "k8s" / "kind-values.yaml"

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import free_port, require_tool
+
+from tests.helpers.support import free_port, require_tool
 
 PROMETHEUS_HINT = "apt-get install prometheus; .ci/system-deps does"
 

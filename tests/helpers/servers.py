@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import free_port
+from tests.helpers.support import free_port
 
 START_TIMEOUT_S = 20.0
 

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from servers import MongoServer, RedisServer
-from support import stored_events
 
 from aep.events.schema import FieldKind, stored_names
 from aep.settings import (
@@ -21,6 +19,8 @@ from aep.settings import (
     StoreType,
 )
 from aep.storage import EventStore, create_store
+from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.support import stored_events
 
 STRING_MAP_FIELDS = stored_names(FieldKind.STRING_MAP)
 STORE_KINDS = ["file", "redis", "mongodb"]

@@ -1,0 +1,1 @@
+"""The tests: unit, integration, stores, chart, observability, packaging; benchmarks are scripts."""

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run by make bench and friends), not collected as tests."""

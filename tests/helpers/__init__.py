@@ -1,0 +1,1 @@
+"""What the tests share: ports, server processes, store servers, chart rendering, tmpfs disks."""
