@@ -65,6 +65,26 @@ def probe_health_and_reflection(server: ServerProcess) -> float:
     return max(health_s, reflection_s)
 
 
+def wait_until_the_server_ends_them(
+    connections: list[RawGrpcConnection],
+    calls: list[tuple[RawGrpcConnection, int]],
+    timeout_s: float,
+    what: str,
+) -> tuple[set[int | None], set[str]]:
+    """Pump every connection until the server has closed every call; their statuses and messages."""
+
+    def all_ended() -> bool:
+        for connection in connections:
+            connection.pump(0.01)
+        return all(c.streams[s].closed for c, s in calls)
+
+    wait_until(all_ended, timeout_s, what)
+    return (
+        {c.streams[s].grpc_status for c, s in calls},
+        {c.streams[s].grpc_message for c, s in calls},
+    )
+
+
 def one_more_call(server: ServerProcess) -> grpc.RpcError | None:
     """An AdEventService call: past server.max_concurrent_rpcs, refused at once."""
     with grpc.insecure_channel(server.address) as channel:
@@ -105,16 +125,10 @@ def test_health_answers_beside_1000_idle_streams_which_the_server_ends(tmp_path:
             refused = one_more_call(server)
             assert refused is not None
             assert "server.max_concurrent_rpcs=1000" in (refused.details() or "")
-
-            def all_ended() -> bool:
-                for connection in connections:
-                    connection.pump(0.01)
-                return all(c.streams[s].closed for c, s in streams)
-
-            wait_until(all_ended, idle_timeout_s + 20, "the idle streams ended by the server")
+            statuses, messages = wait_until_the_server_ends_them(
+                connections, streams, idle_timeout_s + 20, "the idle streams ended by the server"
+            )
             ended_after = time.monotonic() - opened
-            statuses = {c.streams[s].grpc_status for c, s in streams}
-            messages = {c.streams[s].grpc_message for c, s in streams}
         finally:
             for connection in connections:
                 connection.close()
@@ -150,16 +164,10 @@ def test_health_answers_beside_1000_truncated_unary_calls_which_time_out(tmp_pat
             # The server holds all of them once one more AdEventService call is refused.
             wait_until(limit_reached, 30, f"{calls} truncated calls held by the server")
             slowest = probe_health_and_reflection(server)
-
-            def all_ended() -> bool:
-                for connection in connections:
-                    connection.pump(0.01)
-                return all(c.streams[s].closed for c, s in streams)
-
-            wait_until(all_ended, read_timeout_s + 20, "the truncated calls ended by the server")
+            statuses, messages = wait_until_the_server_ends_them(
+                connections, streams, read_timeout_s + 20, "the truncated calls ended by the server"
+            )
             ended_after = time.monotonic() - opened
-            statuses = {c.streams[s].grpc_status for c, s in streams}
-            messages = {c.streams[s].grpc_message for c, s in streams}
         finally:
             for connection in connections:
                 connection.close()
