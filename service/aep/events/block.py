@@ -1,0 +1,189 @@
+"""Events encoded once: what the pipeline carries and the stores write.
+
+An EventBlock is a request's valid events in their stored form, as JSON
+Lines bytes (one object per line, each ending in a newline), with what stores
+need beside them: each line's end offset, the event ids and the event types.
+The codec builds it in the same pass that checks the request; from there on
+no event is a Python object again unless a store needs one (records()).
+
+An EventBatch is what one store write takes: the blocks (or parts of blocks)
+the batcher joined, without copying an event until a store asks for the joined
+bytes. A line of JSON never holds a raw newline (JSON escapes it), so the
+newlines are exactly the line ends: lines() splits on them in C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from aep.events.schema import EventRecord
+
+_NO_ENDS: Sequence[int] = ()
+
+
+class EventBlock:
+    """A run of stored-form events as JSON Lines; line i ends at ends[i] - base."""
+
+    __slots__ = ("base", "ends", "event_ids", "event_types", "lines")
+
+    def __init__(
+        self,
+        lines: bytes,
+        ends: Sequence[int],
+        event_ids: list[str],
+        event_types: bytes,
+        base: int = 0,
+    ) -> None:
+        self.lines = lines
+        # Offsets into the codec's original bytes; `base` is where `lines` starts
+        # in them, so that a slice shares `ends` instead of rebasing every offset.
+        self.ends = ends
+        self.event_ids = event_ids
+        self.event_types = event_types  # one byte per event: its EventType number
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.lines)
+
+    def slice(self, start: int, stop: int) -> EventBlock:
+        """Events start .. stop - 1 (0 <= start <= stop <= len)."""
+        if start == 0 and stop == len(self.event_ids):
+            return self
+        if start == stop:
+            return EMPTY_BLOCK
+        ends = self.ends
+        base = self.base
+        begin = ends[start - 1] if start else base
+        return EventBlock(
+            self.lines[begin - base : ends[stop - 1] - base],
+            ends[start:stop],
+            self.event_ids[start:stop],
+            self.event_types[start:stop],
+            begin,
+        )
+
+    @classmethod
+    def of_lines(cls, lines: bytes, event_ids: list[str], event_types: bytes) -> EventBlock:
+        """A block of JSON Lines whose line ends are not known yet (found here, in C)."""
+        ends: list[int] = []
+        position = 0
+        find = lines.find
+        for _ in range(len(event_ids)):
+            position = find(b"\n", position) + 1
+            ends.append(position)
+        return cls(lines, ends, event_ids, event_types)
+
+    @classmethod
+    def of_records(cls, records: Sequence[EventRecord]) -> EventBlock:
+        """The block these stored forms encode to (the reference encoder's bytes)."""
+        from aep.events.event_types import EVENT_TYPE_NUMBERS
+        from aep.storage.file import JsonLinesCodec
+
+        return cls.of_lines(
+            JsonLinesCodec.encode(records),
+            [str(record["event_id"]) for record in records],
+            bytes(EVENT_TYPE_NUMBERS.get(str(record.get("event_type")), 0) for record in records),
+        )
+
+
+EMPTY_BLOCK = EventBlock(b"", _NO_ENDS, [], b"")
+
+
+class EventBatch:
+    """Blocks joined for one store write; nothing is copied until a store asks."""
+
+    __slots__ = ("_event_ids", "_event_types", "_joined", "blocks", "count")
+
+    def __init__(self, blocks: Iterable[EventBlock] = ()) -> None:
+        self.blocks: list[EventBlock] = []
+        self.count = 0
+        self._joined: bytes | None = None
+        self._event_ids: list[str] | None = None
+        self._event_types: bytes | None = None
+        for block in blocks:
+            self.add(block)
+
+    def add(self, block: EventBlock) -> None:
+        if not block.event_ids:
+            return
+        self.blocks.append(block)
+        self.count += len(block.event_ids)
+        self._joined = self._event_ids = self._event_types = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def joined(self) -> bytes:
+        """Every event's line, in order: the JSON Lines a file store appends as it is."""
+        if self._joined is None:
+            blocks = self.blocks
+            self._joined = (
+                blocks[0].lines if len(blocks) == 1 else b"".join([block.lines for block in blocks])
+            )
+        return self._joined
+
+    @property
+    def event_ids(self) -> list[str]:
+        if self._event_ids is None:
+            if len(self.blocks) == 1:
+                self._event_ids = self.blocks[0].event_ids
+            else:
+                ids: list[str] = []
+                for block in self.blocks:
+                    ids.extend(block.event_ids)
+                self._event_ids = ids
+        return self._event_ids
+
+    @property
+    def event_types(self) -> bytes:
+        if self._event_types is None:
+            self._event_types = b"".join([block.event_types for block in self.blocks])
+        return self._event_types
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(block.lines) for block in self.blocks)
+
+    def lines(self) -> list[bytes]:
+        """Each event's line without its newline (a Kafka value, a Redis entry's source)."""
+        joined = self.joined
+        if not joined:
+            return []
+        return joined[:-1].split(b"\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        """The stored forms as dicts, for stores that need objects (one orjson call)."""
+        joined = self.joined
+        if not joined:
+            return []
+        # "[l1,l2,...]": the lines as one JSON array, decoded in one call.
+        decoded: list[dict[str, Any]] = orjson.loads(b"[" + joined[:-1].replace(b"\n", b",") + b"]")
+        return decoded
+
+    def select(self, keep: Sequence[bool]) -> EventBatch:
+        """The events whose `keep` is true, in order (a store's dedupe)."""
+        if all(keep):
+            return self
+        lines = self.lines()
+        ids = self.event_ids
+        types = self.event_types
+        chosen = [index for index, wanted in enumerate(keep) if wanted]
+        if not chosen:
+            return EventBatch()
+        return EventBatch(
+            (
+                EventBlock.of_lines(
+                    b"".join([lines[index] + b"\n" for index in chosen]),
+                    [ids[index] for index in chosen],
+                    bytes(types[index] for index in chosen),
+                ),
+            )
+        )
