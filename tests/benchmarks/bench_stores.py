@@ -31,7 +31,7 @@ from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from tests.helpers.backends import Backend
 from tests.helpers.servers import MongoServer, RedisServer
-from tests.helpers.support import stored_forms, valid_event
+from tests.helpers.support import batch_of, stored_forms, valid_event
 
 
 def make_events(count: int, run: str) -> list[EventRecord]:
@@ -68,7 +68,7 @@ async def run_one(
             if time.perf_counter() > deadline:
                 return
             started = time.perf_counter()
-            result = await store.write_batch(batch)
+            result = await store.write_batch(batch_of(batch))
             latencies.append(time.perf_counter() - started)
             written += result.written
 

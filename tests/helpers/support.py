@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from aep.events.block import EventBatch, EventBlock
 from aep.events.event_types import VALID_EVENT_TYPE_NAMES
 from aep.events.schema import KEY_FIELD, STORED_FIELDS, EventRecord, FieldKind
 from aep.events.validation import EventValidator
@@ -297,3 +298,8 @@ def scrape(metrics_port: int, timeout_s: float = 5.0) -> Scrape:
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return Scrape(samples)
+
+
+def batch_of(records: Sequence[EventRecord]) -> EventBatch:
+    """The batch a store write takes, of these stored forms (encoded by the reference)."""
+    return EventBatch([EventBlock.of_records(records)])

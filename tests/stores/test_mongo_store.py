@@ -13,6 +13,7 @@ from pymongo import MongoClient
 from aep.storage.mongodb import to_document
 from tests.helpers.backends import Backend
 from tests.helpers.servers import MongoServer
+from tests.helpers.support import batch_of
 from tests.stores.test_store_contract import events
 
 
@@ -34,7 +35,7 @@ async def test_documents_have_the_event_id_as_id_and_bson_dates(
     record = events(0, 1)[0]
     store = await mongo_backend.open_store()
     try:
-        await store.write_batch([record])
+        await store.write_batch(batch_of([record]))
     finally:
         await store.close()
     [document] = admin[mongo_backend.name]["events"].find({})

@@ -17,6 +17,7 @@ from aep.storage import StoreError
 from aep.storage.redis import counter_key, dedupe_key
 from tests.helpers.backends import Backend
 from tests.helpers.servers import RedisServer
+from tests.helpers.support import batch_of
 from tests.stores.test_store_contract import events
 
 
@@ -38,7 +39,7 @@ async def test_entries_are_flat_stored_form_fields(
     record: EventRecord = events(0, 1)[0]
     store = await redis_backend.open_store()
     try:
-        await store.write_batch([record])
+        await store.write_batch(batch_of([record]))
     finally:
         await store.close()
     entries = cast(list[tuple[str, dict[str, str]]], admin.xrange(redis_backend.name))
@@ -52,7 +53,7 @@ async def test_entries_are_flat_stored_form_fields(
 async def test_entries_keep_the_batch_order(redis_backend: Backend) -> None:
     store = await redis_backend.open_store()
     try:
-        await store.write_batch(events(0, 50))
+        await store.write_batch(batch_of(events(0, 50)))
     finally:
         await store.close()
     assert redis_backend.read_ids() == [f"e{i}" for i in range(50)]
@@ -62,7 +63,7 @@ async def test_max_len_trims_approximately(redis_backend: Backend, admin: redis.
     store = await redis_backend.open_store(max_len=100)
     try:
         for start in range(0, 3000, 500):
-            await store.write_batch(events(start, 500))
+            await store.write_batch(batch_of(events(start, 500)))
     finally:
         await store.close()
     length = admin.xlen(redis_backend.name)
@@ -76,11 +77,11 @@ async def test_an_id_is_appended_again_only_after_the_dedupe_window(
 ) -> None:
     store = await redis_backend.open_store(dedupe_window=1)
     try:
-        await store.write_batch(events(0, 3))
+        await store.write_batch(batch_of(events(0, 3)))
         ttl = admin.ttl(dedupe_key(redis_backend.name, "e0"))
-        within = await store.write_batch(events(0, 3))
+        within = await store.write_batch(batch_of(events(0, 3)))
         await asyncio.sleep(1.2)
-        after = await store.write_batch(events(0, 3))
+        after = await store.write_batch(batch_of(events(0, 3)))
     finally:
         await store.close()
     assert ttl == 1
@@ -96,8 +97,8 @@ async def test_counters_count_new_events_per_minute_ad_and_type(
     minute = str(batch[0]["timestamp"])[:16]
     store = await redis_backend.open_store(counters=True, counters_ttl=3600)
     try:
-        await store.write_batch(batch)
-        await store.write_batch(batch)  # duplicates are not counted
+        await store.write_batch(batch_of(batch))
+        await store.write_batch(batch_of(batch))  # duplicates are not counted
     finally:
         await store.close()
     key = counter_key(redis_backend.name, minute)
@@ -109,7 +110,7 @@ async def test_counters_count_new_events_per_minute_ad_and_type(
 async def test_counters_are_off_by_default(redis_backend: Backend, admin: redis.Redis) -> None:
     store = await redis_backend.open_store()
     try:
-        await store.write_batch(events(0, 5))
+        await store.write_batch(batch_of(events(0, 5)))
     finally:
         await store.close()
     assert admin.keys(f"{{{redis_backend.name}}}:counts:*") == []
@@ -120,9 +121,9 @@ async def test_works_after_the_script_cache_is_flushed(
 ) -> None:
     store = await redis_backend.open_store()
     try:
-        await store.write_batch(events(0, 5))
+        await store.write_batch(batch_of(events(0, 5)))
         admin.script_flush()  # what a Redis restart does to EVALSHA
-        result = await store.write_batch(events(3, 5))
+        result = await store.write_batch(batch_of(events(3, 5)))
     finally:
         await store.close()
     assert (result.written, result.duplicates) == (3, 2)
@@ -138,12 +139,12 @@ async def test_a_redis_refusing_writes_fails_ping_and_writes_and_recovers(
         with pytest.raises(StoreError, match="maxmemory"):
             await store.ping()
         with pytest.raises(StoreError, match="maxmemory"):
-            await store.write_batch(events(0, 5))
+            await store.write_batch(batch_of(events(0, 5)))
     finally:
         admin.config_set("maxmemory", "0")
     try:
         await store.ping()
-        result = await store.write_batch(events(0, 5))
+        result = await store.write_batch(batch_of(events(0, 5)))
     finally:
         await store.close()
     assert result.written == 5
@@ -160,12 +161,14 @@ async def test_racing_writes_of_the_same_ids_to_a_refusing_redis_both_fail(
     admin.config_set("maxmemory", "1")
     try:
         results = await asyncio.gather(
-            store.write_batch(events(0, 5)), store.write_batch(events(0, 5)), return_exceptions=True
+            store.write_batch(batch_of(events(0, 5))),
+            store.write_batch(batch_of(events(0, 5))),
+            return_exceptions=True,
         )
     finally:
         admin.config_set("maxmemory", "0")
     try:
-        again = await store.write_batch(events(0, 5))
+        again = await store.write_batch(batch_of(events(0, 5)))
     finally:
         await store.close()
     assert all(isinstance(result, StoreError) for result in results), results

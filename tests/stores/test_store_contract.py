@@ -23,7 +23,7 @@ from aep.events.schema import (
 )
 from aep.storage import EventStore, StoreError
 from tests.helpers.backends import Backend
-from tests.helpers.support import free_port, full_stored_record, stored_forms, valid_event
+from tests.helpers.support import batch_of, free_port, full_stored_record, stored_forms, valid_event
 
 
 def events(start: int, count: int, prefix: str = "e") -> list[EventRecord]:
@@ -46,7 +46,7 @@ def assert_stored_exactly_once(backend: Backend, expected: set[str]) -> None:
 async def test_write_and_read_back(backend: Backend) -> None:
     store = await backend.open_store()
     try:
-        result = await store.write_batch(events(0, 20))
+        result = await store.write_batch(batch_of(events(0, 20)))
     finally:
         await store.close()
     assert (result.written, result.duplicates) == (20, 0)
@@ -82,7 +82,7 @@ async def test_every_stored_field_reaches_the_store_in_order(backend: Backend) -
     record = full_stored_record()
     store = await backend.open_store()
     try:
-        result = await store.write_batch([record])
+        result = await store.write_batch(batch_of([record]))
     finally:
         await store.close()
     assert (result.written, result.duplicates) == (1, 0)
@@ -94,9 +94,9 @@ async def test_every_stored_field_reaches_the_store_in_order(backend: Backend) -
 async def test_duplicates_within_a_batch_and_across_batches(backend: Backend) -> None:
     store = await backend.open_store()
     try:
-        first = await store.write_batch([*events(0, 10), *events(0, 3), *events(5, 2)])
-        second = await store.write_batch(events(8, 10))
-        replay = await store.write_batch(events(0, 18))
+        first = await store.write_batch(batch_of([*events(0, 10), *events(0, 3), *events(5, 2)]))
+        second = await store.write_batch(batch_of(events(8, 10)))
+        replay = await store.write_batch(batch_of(events(0, 18)))
     finally:
         await store.close()
     assert (first.written, first.duplicates) == (10, 5)
@@ -108,12 +108,12 @@ async def test_duplicates_within_a_batch_and_across_batches(backend: Backend) ->
 async def test_dedupe_holds_across_a_reopen(backend: Backend) -> None:
     store = await backend.open_store()
     try:
-        await store.write_batch(events(0, 50))
+        await store.write_batch(batch_of(events(0, 50)))
     finally:
         await store.close()
     reopened = await backend.open_store()
     try:
-        result = await reopened.write_batch(events(25, 50))
+        result = await reopened.write_batch(batch_of(events(25, 50)))
     finally:
         await reopened.close()
     assert (result.written, result.duplicates) == (25, 25)
@@ -136,7 +136,7 @@ async def test_two_replicas_sharing_the_server_store_each_id_once(
             random.Random(size).shuffle(order)
             for offset in range(0, len(order), size):
                 chunk = [events(i, 1)[0] for i in order[offset : offset + size]]
-                writes.append(replica.write_batch(chunk))
+                writes.append(replica.write_batch(batch_of(chunk)))
         results = await asyncio.gather(*writes)
     finally:
         await replica_b.close()
@@ -151,7 +151,7 @@ async def test_concurrent_writers_on_one_store(backend: Backend) -> None:
     try:
         # 10 concurrent batches over 4 writers, overlapping: ids 0..1199, most sent 3 times.
         results = await asyncio.gather(
-            *(store.write_batch(events(start * 100, 300)) for start in range(10))
+            *(store.write_batch(batch_of(events(start * 100, 300))) for start in range(10))
         )
     finally:
         await store.close()
@@ -163,8 +163,8 @@ async def test_concurrent_writers_on_one_store(backend: Backend) -> None:
 async def test_large_batch(backend: Backend) -> None:
     store = await backend.open_store()
     try:
-        result = await store.write_batch(events(0, 10_000))
-        again = await store.write_batch(events(5_000, 10_000))
+        result = await store.write_batch(batch_of(events(0, 10_000)))
+        again = await store.write_batch(batch_of(events(5_000, 10_000)))
     finally:
         await store.close()
     assert (result.written, result.duplicates) == (10_000, 0)
@@ -175,7 +175,7 @@ async def test_large_batch(backend: Backend) -> None:
 async def test_empty_batch_writes_nothing(backend: Backend) -> None:
     store = await backend.open_store()
     try:
-        result = await store.write_batch([])
+        result = await store.write_batch(batch_of([]))
         await store.ping()
     finally:
         await store.close()
@@ -186,7 +186,7 @@ async def test_empty_batch_writes_nothing(backend: Backend) -> None:
 async def test_a_store_that_is_not_open_refuses_writes(network_backend: Backend) -> None:
     store: EventStore = network_backend.make_store()
     with pytest.raises(StoreError, match="not open"):
-        await store.write_batch(events(0, 1))
+        await store.write_batch(batch_of(events(0, 1)))
     with pytest.raises(StoreError, match="not open"):
         await store.ping()
 

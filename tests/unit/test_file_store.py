@@ -16,7 +16,7 @@ from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
 from tests.helpers.full_disk import small_tmpfs
-from tests.helpers.support import full_stored_record, stored_events
+from tests.helpers.support import batch_of, full_stored_record, stored_events
 
 
 def settings(directory: Path, **overrides: object) -> FileStoreSettings:
@@ -38,7 +38,7 @@ async def open_store(directory: Path, writers: int = 2, **overrides: object) -> 
 
 async def test_writes_json_lines_and_reads_back(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    result = await store.write_batch(batch(0, 10))
+    result = await store.write_batch(batch_of(batch(0, 10)))
     await store.close()
     assert (result.written, result.duplicates) == (10, 0)
     events = stored_events(tmp_path)
@@ -48,8 +48,8 @@ async def test_writes_json_lines_and_reads_back(tmp_path: Path) -> None:
 
 async def test_duplicates_within_and_across_batches_are_not_written(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    first = await store.write_batch([*batch(0, 5), *batch(0, 2)])
-    second = await store.write_batch(batch(3, 5))
+    first = await store.write_batch(batch_of([*batch(0, 5), *batch(0, 2)]))
+    second = await store.write_batch(batch_of(batch(3, 5)))
     await store.close()
     assert (first.written, first.duplicates) == (5, 2)
     assert (second.written, second.duplicates) == (3, 2)
@@ -59,10 +59,10 @@ async def test_duplicates_within_and_across_batches_are_not_written(tmp_path: Pa
 
 async def test_dedupe_survives_a_restart_within_the_window(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    await store.write_batch(batch(0, 100))
+    await store.write_batch(batch_of(batch(0, 100)))
     await store.close()
     restarted = await open_store(tmp_path)
-    result = await restarted.write_batch(batch(50, 100))
+    result = await restarted.write_batch(batch_of(batch(50, 100)))
     await restarted.close()
     assert (result.written, result.duplicates) == (50, 50)
     ids = [e["event_id"] for e in stored_events(tmp_path)]
@@ -71,10 +71,10 @@ async def test_dedupe_survives_a_restart_within_the_window(tmp_path: Path) -> No
 
 async def test_ids_older_than_the_window_are_forgotten(tmp_path: Path) -> None:
     store = await open_store(tmp_path, dedupe_window=0.05)
-    await store.write_batch(batch(0, 3))
+    await store.write_batch(batch_of(batch(0, 3)))
     time.sleep(0.1)
-    await store.write_batch(batch(100, 1))  # moves time on; evicts the old batch
-    again = await store.write_batch(batch(0, 3))
+    await store.write_batch(batch_of(batch(100, 1)))  # moves time on; evicts the old batch
+    again = await store.write_batch(batch_of(batch(0, 3)))
     await store.close()
     assert again.written == 3
 
@@ -82,21 +82,21 @@ async def test_ids_older_than_the_window_are_forgotten(tmp_path: Path) -> None:
 async def test_dedupe_is_bounded_by_count(tmp_path: Path) -> None:
     store = await open_store(tmp_path, dedupe_max_ids=10)
     for start in range(0, 100, 5):
-        await store.write_batch(batch(start, 5))
-    again = await store.write_batch(batch(0, 5))
+        await store.write_batch(batch_of(batch(start, 5)))
+    again = await store.write_batch(batch_of(batch(0, 5)))
     await store.close()
     assert again.written == 5  # the oldest ids were forgotten
 
 
 async def test_a_crash_leftover_partial_line_is_tolerated(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    await store.write_batch(batch(0, 3))
+    await store.write_batch(batch_of(batch(0, 3)))
     await store.close()
     victim = next(tmp_path.glob("events-*.jsonl"))
     with victim.open("ab") as handle:
         handle.write(b'{"event_id":"e3","user_')  # what a crash mid-write leaves
     restarted = await open_store(tmp_path)
-    result = await restarted.write_batch(batch(0, 4))
+    result = await restarted.write_batch(batch_of(batch(0, 4)))
     await restarted.close()
     assert (result.written, result.duplicates) == (1, 3)
 
@@ -104,7 +104,7 @@ async def test_a_crash_leftover_partial_line_is_tolerated(tmp_path: Path) -> Non
 async def test_rotates_by_size(tmp_path: Path) -> None:
     store = await open_store(tmp_path, writers=1, rotate_bytes=1024)
     for start in range(0, 200, 10):
-        await store.write_batch(batch(start, 10))
+        await store.write_batch(batch_of(batch(start, 10)))
     await store.close()
     files = sorted(tmp_path.glob("events-*.jsonl"))
     assert len(files) > 3
@@ -115,9 +115,9 @@ async def test_rotates_by_size(tmp_path: Path) -> None:
 
 async def test_rotates_by_time(tmp_path: Path) -> None:
     store = await open_store(tmp_path, writers=1, rotate_interval=0.05)
-    await store.write_batch(batch(0, 1))
+    await store.write_batch(batch_of(batch(0, 1)))
     time.sleep(0.1)
-    await store.write_batch(batch(1, 1))
+    await store.write_batch(batch_of(batch(1, 1)))
     await store.close()
     assert len(list(tmp_path.glob("events-*.jsonl"))) == 2
 
@@ -126,7 +126,9 @@ async def test_each_writer_has_its_own_file(tmp_path: Path) -> None:
     import asyncio
 
     store = await open_store(tmp_path, writers=3)
-    await asyncio.gather(*(store.write_batch(batch(start * 10, 10)) for start in range(9)))
+    await asyncio.gather(
+        *(store.write_batch(batch_of(batch(start * 10, 10))) for start in range(9))
+    )
     await store.close()
     assert 1 <= len(list(tmp_path.glob("events-*.jsonl"))) <= 3
     assert len(stored_events(tmp_path)) == 90
@@ -135,7 +137,7 @@ async def test_each_writer_has_its_own_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("policy", list(FsyncPolicy))
 async def test_every_fsync_policy_stores_the_events(tmp_path: Path, policy: FsyncPolicy) -> None:
     store = await open_store(tmp_path, fsync=policy)
-    await store.write_batch(batch(0, 5))
+    await store.write_batch(batch_of(batch(0, 5)))
     await store.close()
     assert len(stored_events(tmp_path)) == 5
 
@@ -151,7 +153,7 @@ async def test_unwritable_directory_fails_to_open(tmp_path: Path) -> None:
 async def test_lines_are_the_stored_form(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     record: EventRecord = {"event_id": "x", "attributes": {"k": "v"}, "price_micros": 5}
-    await store.write_batch([record])
+    await store.write_batch(batch_of([record]))
     await store.close()
     line = next(tmp_path.glob("*.jsonl")).read_bytes()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -166,28 +168,28 @@ async def test_both_formats_round_trip_and_dedupe_across_restarts(
     """Every field of the schema, each set to a value other than its default."""
     full = full_stored_record()
     store = await open_store(tmp_path, format=file_format)
-    await store.write_batch([full])
+    await store.write_batch(batch_of([full]))
     await store.close()
     [path] = tmp_path.glob("events-*")
     assert path.suffix == (".jsonl" if file_format is FileFormat.JSONL else ".binpb")
     assert read_records(path) == [full]
     assert list(read_records(path)[0]) == list(STORED_FIELD_NAMES)
     restarted = await open_store(tmp_path, format=file_format)
-    again = await restarted.write_batch([full])
+    again = await restarted.write_batch(batch_of([full]))
     await restarted.close()
     assert (again.written, again.duplicates) == (0, 1)
 
 
 async def test_a_truncated_binary_record_is_tolerated(tmp_path: Path) -> None:
     store = await open_store(tmp_path, format=FileFormat.PROTOBUF)
-    await store.write_batch(batch(0, 3))
+    await store.write_batch(batch_of(batch(0, 3)))
     await store.close()
     [path] = tmp_path.glob("events-*.binpb")
     data = path.read_bytes()
     path.write_bytes(data + data[:7])  # the start of a fourth record, cut off by a crash
     assert [r["event_id"] for r in read_records(path)] == ["e0", "e1", "e2"]
     restarted = await open_store(tmp_path, format=FileFormat.PROTOBUF)
-    result = await restarted.write_batch(batch(0, 4))
+    result = await restarted.write_batch(batch_of(batch(0, 4)))
     await restarted.close()
     assert (result.written, result.duplicates) == (1, 3)
 
@@ -287,7 +289,9 @@ async def _write_concurrently(
 
     return list(
         await asyncio.gather(
-            store.write_batch(first), store.write_batch(second), return_exceptions=True
+            store.write_batch(batch_of(first)),
+            store.write_batch(batch_of(second)),
+            return_exceptions=True,
         )
     )
 

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 
+from aep.events.block import EventBatch
 from aep.events.schema import EventRecord
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
 from aep.pipeline.core import CommitFailedError, Pipeline
@@ -32,13 +32,13 @@ class FakeStore:
     async def open(self) -> None:
         pass
 
-    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+    async def write_batch(self, batch: EventBatch) -> WriteResult:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_next:
             self.fail_next -= 1
             raise StoreError("store is down")
-        ids = [str(record["event_id"]) for record in records]
+        ids = batch.event_ids
         stored = {i for batch in self.batches for i in batch}
         fresh = [i for i in ids if i not in stored]
         self.batches.append(fresh)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 
+from aep.events.block import EventBatch
 from aep.events.schema import EventRecord
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.settings import Settings, load_settings
@@ -349,8 +349,8 @@ async def test_a_batch_the_store_refuses_for_its_content_is_written_event_by_eve
         async def open(self) -> None:
             await self.inner.open()
 
-        async def write_batch(self, batch: Sequence[EventRecord]) -> WriteResult:
-            if any(record["event_id"] == "e3" for record in batch):
+        async def write_batch(self, batch: EventBatch) -> WriteResult:
+            if "e3" in batch.event_ids:
                 raise OverflowError("cannot encode e3")
             return await self.inner.write_batch(batch)
 

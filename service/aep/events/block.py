@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from aep.events.event_types import EVENT_TYPE_NUMBERS
+from aep.events.json_lines import encode_json_lines
 from aep.events.schema import EventRecord
 
 _NO_ENDS: Sequence[int] = ()
@@ -83,11 +85,8 @@ class EventBlock:
     @classmethod
     def of_records(cls, records: Sequence[EventRecord]) -> EventBlock:
         """The block these stored forms encode to (the reference encoder's bytes)."""
-        from aep.events.event_types import EVENT_TYPE_NUMBERS
-        from aep.storage.file import JsonLinesCodec
-
         return cls.of_lines(
-            JsonLinesCodec.encode(records),
+            encode_json_lines(records),
             [str(record["event_id"]) for record in records],
             bytes(EVENT_TYPE_NUMBERS.get(str(record.get("event_type")), 0) for record in records),
         )

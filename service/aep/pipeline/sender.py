@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from aep.events.block import EventBatch, EventBlock
 from aep.pipeline.admission import Admission
 from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.batcher import Batch
@@ -78,7 +79,9 @@ class Sender:
             attempt += 1
             started = time.perf_counter()
             try:
-                result = await self._store.write_batch(batch.records)
+                result = await self._store.write_batch(
+                    EventBatch([EventBlock.of_records(batch.records)])
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure is retried, then dead-lettered

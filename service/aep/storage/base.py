@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aep.events.schema import EventRecord
+from aep.events.block import EventBatch
 from aep.settings import DatabaseSettings
 
 
@@ -31,8 +30,11 @@ class EventStore(Protocol):
     async def open(self) -> None:
         """Connect / create what is needed. Raises StoreError when unreachable."""
 
-    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+    async def write_batch(self, batch: EventBatch) -> WriteResult:
         """Store the batch; ids already stored are counted as duplicates.
+
+        The batch holds the events encoded once (JSON Lines, ids, types); a store
+        derives its own form from it (batch.joined, batch.lines(), batch.records()).
 
         Returns only once the batch is as durable as the store's policy makes
         it; raises StoreError when nothing of the batch can be counted as stored.

@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 from google.protobuf.message import DecodeError
 
+from aep.events.block import EventBatch
 from aep.events.event_types import EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS
+from aep.events.json_lines import decode_json_lines, encode_json_lines
 from aep.events.schema import (
-    KEY_FIELD,
     STORED_FIELD_NAMES,
     STORED_FIELDS,
     EventRecord,
@@ -48,43 +48,17 @@ from aep.settings import DatabaseSettings, FileFormat, FileStoreSettings, FsyncP
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.disk import file_stamp, fsync_directory, instance_token, write_all
 
-_DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
-
-
-# Between two records in orjson's compact encoding of a list of them (the key
-# field comes first in every record). It cannot occur inside a string: there
-# every '"' is escaped, and a string ending in "},{" is followed by one of ,:}]
-# and never by the key field's name.
-_RECORD_BOUNDARY = b'},{"%s":' % KEY_FIELD.encode()
-_LINE_BOUNDARY = b'}\n{"%s":' % KEY_FIELD.encode()
-
 
 class JsonLinesCodec:
+    """The stored form's JSON Lines (aep.events.json_lines), written as the batch holds it."""
+
     suffix = ".jsonl"
+    encode = staticmethod(encode_json_lines)
+    decode = staticmethod(decode_json_lines)
 
     @staticmethod
-    def encode(records: Sequence[EventRecord]) -> bytes:
-        """One line per record. The whole batch is encoded in one orjson call and cut
-        into lines at the record boundaries."""
-        if not records:
-            return b""
-        joined = orjson.dumps(records)
-        lines = joined[1:-1].replace(_RECORD_BOUNDARY, _LINE_BOUNDARY)
-        if lines.count(b"\n") == len(records) - 1:
-            return lines + b"\n"
-        # Records whose first key is not the key field (never from this service).
-        return b"".join([orjson.dumps(record, option=_DUMPS_OPTIONS) for record in records])
-
-    @staticmethod
-    def decode(data: bytes) -> Iterator[EventRecord]:
-        """Every complete line; a partial or corrupt one (a crash mid-write) is skipped."""
-        for line in data.splitlines():
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+    def encode_batch(batch: EventBatch) -> bytes:
+        return batch.joined
 
 
 _STORED_FIELD_COUNT = len(STORED_FIELDS)
@@ -185,6 +159,10 @@ class ProtobufCodec:
                 record[name] = dict(record[name])
             yield record
 
+    @classmethod
+    def encode_batch(cls, batch: EventBatch) -> bytes:
+        return cls.encode(batch.records())
+
 
 Codec = type[JsonLinesCodec] | type[ProtobufCodec]
 CODECS: dict[FileFormat, Codec] = {
@@ -211,19 +189,16 @@ class RecentIds:
     def isdisjoint(self, event_ids: list[str]) -> bool:
         return self._ids.isdisjoint(event_ids)
 
-    def new_only(self, records: Iterable[EventRecord]) -> tuple[list[EventRecord], list[str]]:
-        """The records whose id is neither recent nor taken by an earlier one, and their ids."""
-        fresh: list[EventRecord] = []
-        fresh_ids: list[str] = []
+    def fresh_mask(self, event_ids: Iterable[str]) -> list[bool]:
+        """Per id: neither recent nor taken by an earlier one of these."""
+        mask: list[bool] = []
         seen: set[str] = set()
-        for record in records:
-            event_id = record["event_id"]
-            if event_id in self._ids or event_id in seen:
-                continue
+        recent = self._ids
+        for event_id in event_ids:
+            fresh = event_id not in recent and event_id not in seen
             seen.add(event_id)
-            fresh.append(record)
-            fresh_ids.append(event_id)
-        return fresh, fresh_ids
+            mask.append(fresh)
+        return mask
 
     def add_batch(self, event_ids: list[str], at: float) -> None:
         self._ids.update(event_ids)
@@ -350,10 +325,11 @@ class FileStore:
             ids = [str(record.get("event_id")) for record in read_records(path)]
             self._recent.add_batch(ids, modified)
 
-    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
-        fresh, fresh_ids = await self._new_records(records)
-        if not fresh:
-            return WriteResult(written=0, duplicates=len(records))
+    async def write_batch(self, batch: EventBatch) -> WriteResult:
+        fresh = await self._new_events(batch)
+        if not fresh.count:
+            return WriteResult(written=0, duplicates=batch.count)
+        fresh_ids = fresh.event_ids
         # Claimed until the write ends, so a concurrent batch with these ids
         # waits for it instead of writing them too or calling them duplicates.
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -361,9 +337,9 @@ class FileStore:
         for event_id in fresh_ids:
             in_flight[event_id] = claim
         try:
-            # Encoded here, not in the worker thread: encoding holds the GIL, and a
-            # CPU-bound thread would make the event loop wait for it.
-            data = self._codec.encode(fresh)
+            # Joined (or encoded) here, not in the worker thread: that holds the
+            # GIL, and a CPU-bound thread would make the event loop wait for it.
+            data = self._codec.encode_batch(fresh)
             writer = await self._free.get()
         except BaseException:
             self._release(fresh_ids, claim)
@@ -379,22 +355,21 @@ class FileStore:
             await asyncio.shield(append)
         except OSError as error:
             raise StoreError(f"file store: writing {writer.path}: {error}") from error
-        return WriteResult(written=len(fresh), duplicates=len(records) - len(fresh))
+        return WriteResult(written=fresh.count, duplicates=batch.count - fresh.count)
 
-    async def _new_records(
-        self, records: Sequence[EventRecord]
-    ) -> tuple[Sequence[EventRecord], list[str]]:
-        """The records to write: not written recently, not taken by an earlier record,
-        after waiting for the writes still in flight of any of their ids."""
+    async def _new_events(self, batch: EventBatch) -> EventBatch:
+        """The events to write: not written recently, not taken by an earlier event
+        of the batch, after waiting for the writes still in flight of any of their ids."""
         recent = self._recent
         in_flight = self._in_flight
         while True:
-            fresh_ids = [record["event_id"] for record in records]
-            fresh: Sequence[EventRecord] = records
+            fresh = batch
+            fresh_ids = batch.event_ids
             if not recent.isdisjoint(fresh_ids) or len(set(fresh_ids)) != len(fresh_ids):
-                fresh, fresh_ids = recent.new_only(records)
+                fresh = batch.select(recent.fresh_mask(fresh_ids))
+                fresh_ids = fresh.event_ids
             if not in_flight or in_flight.keys().isdisjoint(fresh_ids):
-                return fresh, fresh_ids
+                return fresh
             claims = {in_flight[event_id] for event_id in fresh_ids if event_id in in_flight}
             await asyncio.wait(claims)
 

@@ -25,7 +25,6 @@ Durability is the write concern of the URI (e.g. `?w=majority&journal=true`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from aep.events.block import EventBatch
 from aep.events.schema import KEY_FIELD, EventRecord, FieldKind, stored_names
 from aep.settings import DatabaseSettings, MongoStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
@@ -137,10 +137,11 @@ class MongoStore:
             raise StoreError("mongodb store: not open")
         return self._collection
 
-    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+    async def write_batch(self, batch: EventBatch) -> WriteResult:
         collection = self._require_collection()
-        if not records:
+        if not batch.count:
             return WriteResult(written=0, duplicates=0)
+        records = batch.records()
         try:
             documents = [to_document(record) for record in records]
         except (KeyError, ValueError) as error:

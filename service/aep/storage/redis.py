@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -34,7 +34,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from aep.events.schema import STORED_FIELDS, EventRecord, FieldKind
+from aep.events.block import EventBatch
+from aep.events.schema import STORED_FIELDS, FieldKind
 from aep.settings import DatabaseSettings, RedisStoreSettings
 from aep.storage.base import StoreError, WriteResult, redact_credentials
 
@@ -165,12 +166,13 @@ class RedisStore:
             await self.close()
             raise
 
-    async def write_batch(self, records: Sequence[EventRecord]) -> WriteResult:
+    async def write_batch(self, batch: EventBatch) -> WriteResult:
         append = self._append
         if append is None:
             raise StoreError("redis store: not open")
-        if not records:
+        if not batch.count:
             return WriteResult(written=0, duplicates=0)
+        records = batch.records()
         stream = self._stream
         keys: list[str] = [stream]
         keys.extend(dedupe_key(stream, record["event_id"]) for record in records)

@@ -47,6 +47,7 @@ from typing import TextIO
 
 import orjson
 
+from aep.events.block import EventBatch, EventBlock
 from aep.events.schema import EventRecord, as_stored_form
 from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.dead_letters import DEAD_LETTER_PATTERN, lock_claimed
@@ -177,7 +178,7 @@ async def write_with_retry(
     while True:
         attempt += 1
         try:
-            return await store.write_batch(batch)
+            return await store.write_batch(EventBatch([EventBlock.of_records(batch)]))
         except StoreError:
             if attempt >= retry.max_attempts:
                 raise
