@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -22,10 +22,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
-from aep.events.ids import EventIdGenerator
+from aep.events.codec import KIND_OF_REQUEST_TYPE, Codec, DecodedRequest, MalformedRequestError
 from aep.events.schema import EventRecord, format_epoch
-from aep.events.validation import EventValidator, Verdicts
-from aep.ingest.responses import batch_response, stream_ack
+from aep.events.validation import Verdicts
 from aep.observability.health import ServingState
 from aep.pipeline.core import (
     AdmissionError,
@@ -34,7 +33,7 @@ from aep.pipeline.core import (
     PipelineClosedError,
     QueueFullError,
 )
-from aep.pipeline.ledger import EVENT_TYPE_COUNT, IngestStats
+from aep.pipeline.ledger import IngestStats
 from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT, WalError, WriteAheadLog
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import AckMode, ServerSettings
@@ -48,7 +47,7 @@ _ACK_FROM_SETTING = {
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 
-RequestT = TypeVar("RequestT", bound=Message)
+RequestT = TypeVar("RequestT", bound=Message | DecodedRequest)
 ResponseT = TypeVar("ResponseT", bound=Message | bytes)
 Context = grpc.aio.ServicerContext[Any, Any]
 # (method name, status code, seconds): one call per unary RPC or acknowledged stream chunk.
@@ -91,7 +90,7 @@ class AdEventServicer:
     def __init__(
         self,
         pipeline: Pipeline,
-        validator: EventValidator,
+        codec: Codec,
         stats: IngestStats,
         serving: ServingState,
         *,
@@ -103,7 +102,7 @@ class AdEventServicer:
     ) -> None:
         self._wal = wal
         self._pipeline = pipeline
-        self._validator = validator
+        self._codec = codec
         self._stats = stats
         self._serving = serving
         self._max_batch_events = server.max_batch_events
@@ -112,11 +111,15 @@ class AdEventServicer:
         self._backpressure_wait = server.stream_backpressure_wait
         self._default_ack = _ACK_FROM_SETTING[default_ack]
         self._store_type = store_type
-        self._ids = EventIdGenerator()
         self._observe_rpc = observe_rpc
 
+    @property
+    def codec_name(self) -> str:
+        return self._codec.name
+
     # -- request decoding -----------------------------------------------------
-    def _decode(self, request_type: type[RequestT], raw: bytes) -> RequestT:
+    def _decode(self, request_type: type[Message], raw: bytes) -> Any:
+        """The codec's DecodedRequest for AdEvent requests, else the message."""
         if len(raw) > self._max_message_bytes:
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -124,8 +127,12 @@ class AdEventServicer:
                 f"server.max_message_bytes={self._max_message_bytes}",
             )
         try:
-            return request_type.FromString(raw)
-        except DecodeError as error:
+            kind = KIND_OF_REQUEST_TYPE.get(request_type)
+            if kind is None:
+                return request_type.FromString(raw)
+            now = time.time()
+            return self._codec.decode(kind, raw, now, format_epoch(now))
+        except (DecodeError, MalformedRequestError) as error:
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
@@ -133,7 +140,7 @@ class AdEventServicer:
 
     def unary(
         self,
-        request_type: type[RequestT],
+        request_type: type[Message],
         method: Callable[[RequestT, int], Awaitable[ResponseT]],
     ) -> Callable[[bytes, Context], Awaitable[ResponseT]]:
         """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status.
@@ -172,15 +179,13 @@ class AdEventServicer:
         return observed
 
     # -- RPCs ------------------------------------------------------------------------
-    async def SendAdEvent(
-        self, request: pb.SendAdEventRequest, wire_bytes: int
-    ) -> pb.SendAdEventResponse:
+    async def SendAdEvent(self, request: DecodedRequest, wire_bytes: int) -> pb.SendAdEventResponse:
         ack_mode = self._ack_mode(request.ack_mode, 1)
-        if not request.HasField("event"):
+        if not request.has_event:
             self._stats.received += 1
             self._stats.rejected_invalid += 1
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        verdicts = self._accept((request.event,))
+        verdicts = self._accept(request)
         if verdicts.rejected:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
@@ -190,28 +195,27 @@ class AdEventServicer:
             await self._commit(done)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
-    async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
-        """Answers a serialised SendAdEventBatchResponse (see aep.ingest.responses)."""
-        events = request.events
-        count = len(events)
+    async def SendAdEventBatch(self, request: DecodedRequest, wire_bytes: int) -> bytes:
+        """Answers a serialised SendAdEventBatchResponse (the codec's)."""
+        count = request.count
         self._check_batch_length(count)
         ack_mode = self._ack_mode(request.ack_mode, count)
-        self._refuse_early_if_full(events, wire_bytes)
-        verdicts = self._accept(events)
+        self._refuse_early_if_full(request, wire_bytes)
+        verdicts = self._accept(request)
         records = verdicts.records
         if records:
             nbytes = wire_bytes * len(records) // count
             done = self._admit(records, nbytes, ack_mode)
             if done is not None:
                 await self._commit(done)
-        return batch_response(verdicts, count, ack_mode)
+        return request.response(ack_mode)
 
     async def StreamAdEvents(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
         """Acks in chunk order; a reader task feeds a bounded queue of pending acks.
 
-        Yields serialised StreamAdEventsResponses (see aep.ingest.responses).
+        Yields serialised StreamAdEventsResponses (the codec's).
         """
         acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
@@ -246,14 +250,13 @@ class AdEventServicer:
         try:
             async for raw in request_iterator:
                 started = time.perf_counter()
-                chunk = self._decode(pb.StreamAdEventsRequest, raw)
-                events = chunk.events
-                count = len(events)
+                chunk: DecodedRequest = self._decode(pb.StreamAdEventsRequest, raw)
+                count = chunk.count
                 self._check_batch_length(count)
                 ack_mode = self._ack_mode(chunk.ack_mode, count)
-                verdicts = self._accept(events)
+                verdicts = self._accept(chunk)
                 records = verdicts.records
-                response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
+                response = chunk.response(ack_mode)
                 done = None
                 if records:
                     nbytes = len(raw) * len(records) // count
@@ -295,14 +298,14 @@ class AdEventServicer:
         )
 
     # -- the per-event path -----------------------------------------------------------
-    def _accept(self, events: Sequence[pb.AdEvent]) -> Verdicts:
-        """Validate every event of a request and count them."""
-        now = time.time()
+    def _accept(self, request: DecodedRequest) -> Verdicts:
+        """Count a request's events (the codec checked them); their verdicts."""
         stats = self._stats
-        verdicts = self._validator.accept_all(
-            events, now, format_epoch(now), self._ids.new_ids, stats.received_by_type
-        )
-        stats.received += len(events)
+        verdicts = request.verdicts
+        by_type = stats.received_by_type
+        for event_type, count in enumerate(request.received_by_type):
+            by_type[event_type] += count
+        stats.received += request.count
         stats.rejected_invalid += len(verdicts.rejected)
         return verdicts
 
@@ -364,18 +367,16 @@ class AdEventServicer:
             retry_after_s=self._pipeline.retry_delay(count, nbytes),
         )
 
-    def _refuse_early_if_full(self, events: Any, nbytes: int) -> None:
-        """Before any per-event work: refuse a request the queue cannot take anyway."""
-        count = len(events)
+    def _refuse_early_if_full(self, request: DecodedRequest, nbytes: int) -> None:
+        """Before admission: refuse a request the queue cannot take anyway."""
+        count = request.count
         if self._pipeline.has_room(count, nbytes):
             return
         stats = self._stats
         stats.received += count
         by_type = stats.received_by_type
-        for event in events:
-            event_type = event.event_type
-            if 0 <= event_type < EVENT_TYPE_COUNT:
-                by_type[event_type] += 1
+        for event_type, of_type in enumerate(request.received_by_type):
+            by_type[event_type] += of_type
         full = QueueFullError(self._pipeline.full_message())
         raise self._refusal(full, count, nbytes) from full
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from google.protobuf.message import Message
+
 from aep.events.validation import Verdicts
 from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
@@ -42,12 +44,17 @@ class RequestKind(IntEnum):
     STREAM = 2  # StreamAdEventsRequest
 
 
-REQUEST_TYPES: dict[RequestKind, type[pb.SendAdEventRequest]] | dict[RequestKind, type] = {
+REQUEST_TYPES: dict[
+    RequestKind,
+    type[pb.SendAdEventRequest | pb.SendAdEventBatchRequest | pb.StreamAdEventsRequest],
+] = {
     RequestKind.SINGLE: pb.SendAdEventRequest,
     RequestKind.BATCH: pb.SendAdEventBatchRequest,
     RequestKind.STREAM: pb.StreamAdEventsRequest,
 }
-KIND_OF_REQUEST_TYPE = {message: kind for kind, message in REQUEST_TYPES.items()}
+KIND_OF_REQUEST_TYPE: dict[type[Message], RequestKind] = {
+    message: kind for kind, message in REQUEST_TYPES.items()
+}
 
 _VARINT = 0
 _ACK_MODE_KEYS = {
@@ -145,9 +152,7 @@ class Codec(Protocol):
 
     name: str
 
-    def decode(
-        self, kind: RequestKind, raw: bytes, now: float, received_at: str
-    ) -> DecodedRequest:
+    def decode(self, kind: RequestKind, raw: bytes, now: float, received_at: str) -> DecodedRequest:
         """Read, check and encode one request; raises MalformedRequestError.
 
         `now` is the clock the timestamp window is checked against,

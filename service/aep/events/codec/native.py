@@ -15,8 +15,8 @@ from aep.events.codec import (
     EventBlock,
     MalformedRequestError,
     RequestKind,
+    _native,
 )
-from aep.events.codec import _native  # type: ignore[attr-defined]
 from aep.events.validation import EventValidator, Verdicts
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import ValidationSettings
@@ -53,9 +53,7 @@ class NativeCodec:
             problem = None
         return problem or "event: rejected"
 
-    def decode(
-        self, kind: RequestKind, raw: bytes, now: float, received_at: str
-    ) -> DecodedRequest:
+    def decode(self, kind: RequestKind, raw: bytes, now: float, received_at: str) -> DecodedRequest:
         try:
             (
                 count,
@@ -99,4 +97,3 @@ class NativeCodec:
             response=response,
             block=EventBlock(lines, ends, event_ids, event_types),
         )
-

@@ -56,9 +56,7 @@ class ReferenceCodec:
         # new_ids: for tests, which replay another codec's server ids.
         self._new_ids = new_ids or EventIdGenerator().new_ids
 
-    def decode(
-        self, kind: RequestKind, raw: bytes, now: float, received_at: str
-    ) -> DecodedRequest:
+    def decode(self, kind: RequestKind, raw: bytes, now: float, received_at: str) -> DecodedRequest:
         sequence = 0
         has_event = False
         try:
@@ -87,9 +85,7 @@ class ReferenceCodec:
                 if 0 <= event.event_type < EVENT_TYPE_SLOTS:
                     by_type[event.event_type] += 1
         else:
-            verdicts = self._validator.accept_all(
-                events, now, received_at, self._new_ids, by_type
-            )
+            verdicts = self._validator.accept_all(events, now, received_at, self._new_ids, by_type)
             if kind is RequestKind.BATCH:
                 response = batch_response(verdicts, count, 0)
             elif kind is RequestKind.STREAM:
