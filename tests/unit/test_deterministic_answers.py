@@ -45,7 +45,7 @@ def _requests() -> bytes:
     now = time.time()
     bad = pb.AdEvent(user_id="u", ad_id="a", event_type=pb.EVENT_TYPE_CLICK)
     bad.timestamp.FromNanoseconds(int(now * 1e9))
-    bad.attributes.update({key: "v" for key in _BAD_KEYS + _GOOD_KEYS})
+    bad.attributes.update(dict.fromkeys(_BAD_KEYS + _GOOD_KEYS, "v"))
     good = pb.AdEvent(event_id="e1", user_id="u", ad_id="a", event_type=pb.EVENT_TYPE_CLICK)
     good.timestamp.FromNanoseconds(int(now * 1e9))
     good.attributes.update({key: str(n) for n, key in enumerate(_GOOD_KEYS)})
@@ -73,12 +73,13 @@ def test_every_process_names_the_smallest_bad_key_and_stores_keys_in_order(codec
     ]
     named = [answer[0]["reasons"] for answer in answers]
     orders = [answer[1]["stored"] for answer in answers]
-    print(f"{codec}: reasons per process {named}; stored key orders differ: {len(set(map(str, orders)))}")
+    distinct_orders = len(set(map(str, orders)))
+    print(f"{codec}: reasons per process {named}; distinct stored key orders: {distinct_orders}")
     smallest = min(_BAD_KEYS)
     for reasons in named:
-        assert reasons == [
-            f"attributes: key {smallest[:32]!r} must have 1 to 64 characters"
-        ], reasons
+        assert reasons == [f"attributes: key {smallest[:32]!r} must have 1 to 64 characters"], (
+            reasons
+        )
     for order in orders:
         assert order == [sorted(_GOOD_KEYS)]
     assert len({answer[1]["lines"] for answer in answers}) == 1

@@ -109,15 +109,21 @@ static void output_reset(aep_output *out) {
 
 /* -- the wire format, as upb reads it ------------------------------------------ */
 
+/*
+ * upb checks a field's bytes against the end of the whole buffer, not of the
+ * message holding it: a field may run past its message's end, is read (a
+ * string's UTF-8 checked, a message's fields parsed), and only then is the
+ * overrun an error. `end` is the message's end, `limit` the buffer's.
+ */
 typedef struct {
-    const uint8_t *p, *end;
+    const uint8_t *p, *end, *limit;
 } reader;
 
 /* At most 10 bytes; what a tenth byte holds past bit 63 is ignored. */
 static int read_varint(reader *r, uint64_t *out) {
     uint64_t value = 0;
     for (int i = 0; i < 10; i++) {
-        if (r->p >= r->end) return AEP_ERR_WIRE;
+        if (r->p >= r->limit) return AEP_ERR_WIRE;
         uint8_t byte = *r->p++;
         value |= (uint64_t)(byte & 0x7f) << (7 * i);
         if (!(byte & 0x80)) {
@@ -132,7 +138,7 @@ static int read_varint(reader *r, uint64_t *out) {
 static int read_tag(reader *r, uint32_t *field, int *wire_type) {
     uint64_t value = 0;
     for (int i = 0; i < 5; i++) {
-        if (r->p >= r->end) return AEP_ERR_WIRE;
+        if (r->p >= r->limit) return AEP_ERR_WIRE;
         uint8_t byte = *r->p++;
         value |= (uint64_t)(byte & 0x7f) << (7 * i);
         if (!(byte & 0x80)) {
@@ -150,11 +156,11 @@ static int read_tag(reader *r, uint32_t *field, int *wire_type) {
 static int read_length(reader *r, size_t *len) {
     uint64_t value = 0;
     for (int i = 0; i < 5; i++) {
-        if (r->p >= r->end) return AEP_ERR_WIRE;
+        if (r->p >= r->limit) return AEP_ERR_WIRE;
         uint8_t byte = *r->p++;
         value |= (uint64_t)(byte & 0x7f) << (7 * i);
         if (!(byte & 0x80)) {
-            if (value > (uint64_t)(r->end - r->p)) return AEP_ERR_WIRE;
+            if (value > (uint64_t)(r->limit - r->p)) return AEP_ERR_WIRE;
             *len = (size_t)value;
             return AEP_OK;
         }
@@ -171,10 +177,10 @@ static int skip_group(reader *r, uint32_t field, int depth) {
         uint32_t inner;
         int wire_type, rc;
         if ((rc = read_tag(r, &inner, &wire_type))) return rc;
-        if (wire_type == 4) return inner == field ? AEP_OK : AEP_ERR_WIRE;
+        if (wire_type == 4) return inner == field && r->p <= r->end ? AEP_OK : AEP_ERR_WIRE;
         if ((rc = skip_field(r, inner, wire_type, depth))) return rc;
     }
-    return AEP_ERR_WIRE;
+    return AEP_ERR_WIRE; /* the message ends inside the group */
 }
 
 /* An unknown field, or a known one with another wire type (upb: unknown). */
@@ -186,7 +192,7 @@ static int skip_field(reader *r, uint32_t field, int wire_type, int depth) {
     case 0:
         return read_varint(r, &ignored);
     case 1:
-        if (r->end - r->p < 8) return AEP_ERR_WIRE;
+        if (r->limit - r->p < 8) return AEP_ERR_WIRE;
         r->p += 8;
         return AEP_OK;
     case 2:
@@ -196,7 +202,7 @@ static int skip_field(reader *r, uint32_t field, int wire_type, int depth) {
     case 3:
         return skip_group(r, field, depth - 1);
     case 5:
-        if (r->end - r->p < 4) return AEP_ERR_WIRE;
+        if (r->limit - r->p < 4) return AEP_ERR_WIRE;
         r->p += 4;
         return AEP_OK;
     default: /* 4: an end-group where no group is open */
@@ -261,6 +267,7 @@ static int read_submessage(reader *r, reader *sub) {
     if ((rc = read_length(r, &len))) return rc;
     sub->p = r->p;
     sub->end = r->p + len;
+    sub->limit = r->limit;
     r->p += len;
     return AEP_OK;
 }
@@ -283,7 +290,7 @@ static int parse_timestamp(reader r, aep_event *event, int depth) {
             return rc;
         }
     }
-    return AEP_OK;
+    return r.p > r.end ? AEP_ERR_WIRE : AEP_OK;
 }
 
 /* One attributes entry; an entry holding any other field is not part of the map. */
@@ -304,6 +311,7 @@ static int parse_attribute(reader r, aep_event *event, int depth) {
             other = 1;
         }
     }
+    if (r.p > r.end) return AEP_ERR_WIRE;
     if (other) return AEP_OK;
     if (event->attribute_count == event->attribute_capacity) {
         size_t cap = event->attribute_capacity ? event->attribute_capacity * 2 : 16;
@@ -365,7 +373,7 @@ static int parse_event(reader r, aep_event *event, int depth) {
             return rc;
         }
     }
-    return AEP_OK;
+    return r.p > r.end ? AEP_ERR_WIRE : AEP_OK;
 }
 
 /* -- the rules (aep.events.validation.EventValidator.accept_all) ------------------- */
@@ -601,9 +609,9 @@ static int write_line(aep_output *out, const aep_event *event, aep_span event_id
     rc |= KEY(b, ",\"placement_id\":", text[AEP_PLACEMENT_ID]);
     rc |= KEY(b, ",\"publisher_id\":", text[AEP_PUBLISHER_ID]);
     if (rc) return AEP_ERR_NOMEM;
-    char number[32];
+    char number[48];
     int n = snprintf(number, sizeof number, ",\"price_micros\":%lld", (long long)event->price_micros);
-    if (buf_put(b, number, (size_t)n)) return AEP_ERR_NOMEM;
+    if (n < 0 || (size_t)n >= sizeof number || buf_put(b, number, (size_t)n)) return AEP_ERR_NOMEM;
     if (KEY(b, ",\"currency\":", text[AEP_CURRENCY])) return AEP_ERR_NOMEM;
     if (buf_put(b, ",\"attributes\":{", 15)) return AEP_ERR_NOMEM;
     for (size_t i = 0; i < event->attribute_count; i++) {
@@ -756,7 +764,8 @@ int aep_decode(const aep_limits *limits, aep_ids *ids, const aep_callbacks *call
     const uint32_t ack_field = kind == AEP_KIND_STREAM ? 3 : 2;
     aep_event *event = &out->event;
     event_clear(event);
-    reader r = {len ? data : EMPTY, (len ? data : EMPTY) + len};
+    const uint8_t *start = len ? data : EMPTY;
+    reader r = {start, start + len, start + len};
     while (r.p < r.end) {
         uint32_t field;
         int wire_type, rc;
