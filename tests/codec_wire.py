@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
+from native_build import load_override
 
-from aep.events.codec import Codec, MalformedRequestError, RequestKind
-from aep.events.codec.native import NativeCodec
-from aep.events.codec.reference import ReferenceCodec
-from aep.events.schema import format_epoch
-from aep.settings import ValidationSettings
+load_override()  # a sanitized or mutated build, when the environment names one
+
+from aep.events.codec import Codec, MalformedRequestError, RequestKind  # noqa: E402
+from aep.events.codec.native import NativeCodec  # noqa: E402
+from aep.events.codec.reference import ReferenceCodec  # noqa: E402
+from aep.events.schema import format_epoch  # noqa: E402
+from aep.settings import ValidationSettings  # noqa: E402
 
 NOW = float(int(time.time())) + 0.25
 RECEIVED_AT = format_epoch(NOW)
@@ -332,20 +335,20 @@ def pair(validation: ValidationSettings) -> CodecPair:
     return CodecPair(NativeCodec(validation, MAX_BATCH_EVENTS), validation)
 
 
-def _decode(codec: Codec, kind: RequestKind, raw: bytes) -> object:
+def _decode(codec: Codec, kind: RequestKind, raw: bytes, now: float = NOW) -> object:
     try:
-        return codec.decode(kind, raw, NOW, RECEIVED_AT)
+        return codec.decode(kind, raw, now, format_epoch(now))
     except MalformedRequestError as error:
         return error
 
 
-def compare(codecs: CodecPair, kind: RequestKind, raw: bytes) -> str:
+def compare(codecs: CodecPair, kind: RequestKind, raw: bytes, now: float = NOW) -> str:
     """Both codecs on one request; asserts the same answer. Returns the outcome's name.
 
     Server ids are random: the reference runs once with placeholder ids (to see
     which stored forms get one), then again with the ids the native pass made.
     """
-    native = _decode(codecs.native, kind, raw)
+    native = _decode(codecs.native, kind, raw, now)
     placeholders: list[str] = []
 
     def placeholder_ids(count: int) -> list[str]:
@@ -354,7 +357,10 @@ def compare(codecs: CodecPair, kind: RequestKind, raw: bytes) -> str:
         return made
 
     first = _decode(
-        ReferenceCodec(codecs.validation, MAX_BATCH_EVENTS, new_ids=placeholder_ids), kind, raw
+        ReferenceCodec(codecs.validation, MAX_BATCH_EVENTS, new_ids=placeholder_ids),
+        kind,
+        raw,
+        now,
     )
     if isinstance(first, MalformedRequestError) or isinstance(native, MalformedRequestError):
         assert type(native) is type(first), (native, first)
@@ -384,6 +390,7 @@ def compare(codecs: CodecPair, kind: RequestKind, raw: bytes) -> str:
         ),
         kind,
         raw,
+        now,
     )
     assert isinstance(reference, DecodedRequest)
     assert native.count == reference.count

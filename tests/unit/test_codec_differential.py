@@ -10,7 +10,6 @@ module again under AddressSanitizer and UBSan.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 
 import pytest
@@ -31,8 +30,8 @@ from codec_wire import (
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, event, given, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from aep.events.codec import RequestKind, native_codec_problem
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
