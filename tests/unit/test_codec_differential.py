@@ -217,6 +217,58 @@ def test_wire_edges(raw: bytes) -> None:
         _check(CODECS["tight"], kind, raw)
 
 
+_PAYLOAD_OF_WIRE_TYPE = {
+    0: varint(2**32 + 3),
+    1: b"\x01\x02\x03\x04\x05\x06\x07\x08",
+    2: varint(3) + b"USD",
+    5: b"\x01\x02\x03\x04",
+}
+_WIRE_TYPE_OF_EVENT_FIELD = dict.fromkeys((1, 2, 3, 5, 6, 7, 8, 9, 11, 12), 2) | {
+    4: 0,
+    10: 0,
+}
+
+
+@pytest.mark.parametrize("wire_type", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("field", sorted(_WIRE_TYPE_OF_EVENT_FIELD))
+def test_every_event_field_with_every_wire_type(field: int, wire_type: int) -> None:
+    """A known field with another wire type is an unknown field (its value stays)."""
+    if wire_type == 3:
+        odd = tag(field, 3) + tag(20, 0) + b"\x01" + tag(field, 4)
+    else:
+        odd = tag(field, wire_type) + _PAYLOAD_OF_WIRE_TYPE[wire_type]
+    for raw in (_event(*_VALID, odd), _event(odd, *_VALID), _event(*_VALID) + odd):
+        for kind in RequestKind:
+            _check(CODECS["tight"], kind, raw)
+
+
+_TRAILER = delimited(1, b"".join(_VALID))  # another event after the one that overruns
+
+
+@pytest.mark.parametrize("overrun", [1, 2, 3, 17])
+@pytest.mark.parametrize(
+    "field",
+    ["string", "bad string", "timestamp", "entry", "bad entry", "unknown", "varint"],
+)
+def test_a_field_running_past_its_event(field: str, overrun: int) -> None:
+    """upb reads the field from the buffer (a string is UTF-8 checked), then fails."""
+    spill = (b"\xff" if field.startswith("bad") else b"x") * overrun
+    body = {
+        "string": tag(6, 2) + varint(2 + overrun) + b"ab",
+        "bad string": tag(6, 2) + varint(2 + overrun) + b"ab",
+        "timestamp": tag(5, 2) + varint(2 + overrun) + tag(1, 0) + b"\x05",
+        "entry": tag(12, 2) + varint(3 + overrun) + delimited(1, b"k"),
+        "bad entry": tag(12, 2) + varint(2 + overrun) + tag(1, 2) + varint(overrun),
+        "unknown": tag(20, 2) + varint(1 + overrun) + b"\xff",
+        "varint": tag(10, 0) + b"\x80",
+    }[field]
+    event = b"".join(_VALID) + body
+    raw = tag(1, 2) + varint(len(event)) + event + spill + _TRAILER
+    for kind in RequestKind:
+        _check(CODECS["tight"], kind, raw)
+        _check(CODECS["tight"], kind, raw[: len(raw) - len(_TRAILER) - overrun + 1])
+
+
 def test_single_request_merges_its_event_occurrences() -> None:
     raw = delimited(1, delimited(2, b"u")) + delimited(1, delimited(3, b"a") + tag(4, 0) + b"\x02")
     raw += delimited(1, delimited(5, tag(1, 0) + varint(int(NOW))))

@@ -110,10 +110,10 @@ static void output_reset(aep_output *out) {
 /* -- the wire format, as upb reads it ------------------------------------------ */
 
 /*
- * upb checks a field's bytes against the end of the whole buffer, not of the
- * message holding it: a field may run past its message's end, is read (a
- * string's UTF-8 checked, a message's fields parsed), and only then is the
- * overrun an error. `end` is the message's end, `limit` the buffer's.
+ * upb checks the bytes of a string (and of a skipped field) against the end
+ * of the whole buffer, not of the message holding it: such a field may run
+ * past its message's end, is read (a string's UTF-8 checked), and only then
+ * is the overrun an error. `end` is the message's end, `limit` the buffer's.
  */
 typedef struct {
     const uint8_t *p, *end, *limit;
@@ -261,10 +261,12 @@ static int read_string(reader *r, aep_span *out) {
     return AEP_OK;
 }
 
+/* A message field, unlike a string, must end within the message holding it. */
 static int read_submessage(reader *r, reader *sub) {
     size_t len;
     int rc;
     if ((rc = read_length(r, &len))) return rc;
+    if (len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;
     sub->p = r->p;
     sub->end = r->p + len;
     sub->limit = r->limit;
