@@ -157,11 +157,11 @@ def run(mutant: Mutant, examples: int, scratch: Path) -> str:
     if failed:
         by = failed.group(1).split("::", 1)[-1]
     elif "Sanitizer" in output:
-        by = "AddressSanitizer/UBSan: " + (
-            re.search(r"ERROR: (\w+Sanitizer: [\w-]+)", output) or re.search(r"(.*)", "?")
-        ).group(1)
+        report = re.search(r"ERROR: (\w+Sanitizer: [\w-]+)", output)
+        by = report.group(1) if report else "a sanitizer report"
     else:
-        by = f"the test process (exit {result.returncode})"
+        fatal = re.search(r"(Fatal Python error: \w+|free\(\): [\w ]+|malloc\(\): [\w ]+)", output)
+        by = f"the test process (exit {result.returncode}: {fatal.group(1) if fatal else '?'})"
     return f"caught      {mutant.name}: by {by} after {elapsed:.1f}s"
 
 

@@ -57,7 +57,7 @@ def _batch() -> bytes:
 
 def _send_raw(server: ServerProcess, raw: bytes) -> bytes:
     with grpc.insecure_channel(server.address) as channel:
-        call = channel.unary_unary(_BATCH_METHOD)
+        call = channel.unary_unary(_BATCH_METHOD, None, None)
         answer: bytes = call(raw, timeout=10)
         return answer
 
@@ -77,7 +77,7 @@ def test_both_codecs_answer_and_store_alike(tmp_path: Path) -> None:
                 grpc.insecure_channel(server.address) as channel,
                 pytest.raises(grpc.RpcError) as malformed,
             ):
-                channel.unary_unary(_BATCH_METHOD)(raw[:-3], timeout=10)
+                channel.unary_unary(_BATCH_METHOD, None, None)(raw[:-3], timeout=10)
             assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "Wire format was corrupt" in str(malformed.value.details())
         finally:

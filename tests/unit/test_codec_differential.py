@@ -102,7 +102,9 @@ def library_events(draw: st.DrawFn) -> pb.AdEvent:
 def test_library_written_batches(name: str, events: list[pb.AdEvent], data: st.DataObject) -> None:
     kind = data.draw(st.sampled_from([RequestKind.BATCH, RequestKind.STREAM]))
     if kind is RequestKind.BATCH:
-        raw = pb.SendAdEventBatchRequest(events=events, ack_mode=1).SerializeToString()
+        raw = pb.SendAdEventBatchRequest(
+            events=events, ack_mode=pb.ACK_MODE_ACCEPTED
+        ).SerializeToString()
     else:
         sequence = data.draw(st.integers(0, 2**64 - 1))
         raw = pb.StreamAdEventsRequest(sequence=sequence, events=events).SerializeToString()
@@ -267,6 +269,27 @@ def test_a_field_running_past_its_event(field: str, overrun: int) -> None:
     for kind in RequestKind:
         _check(CODECS["tight"], kind, raw)
         _check(CODECS["tight"], kind, raw[: len(raw) - len(_TRAILER) - overrun + 1])
+
+
+def test_strings_that_escape_to_six_times_their_length() -> None:
+    """The longest lines there are: every character a \\u00XX escape (room for it all)."""
+    control = "".join(chr(n % 32) for n in range(512))
+    attributes = {f"{chr(0x1F)}{n:02d}": control for n in range(32)}
+    events = [
+        pb.AdEvent(
+            event_id="\x01" * 128,
+            user_id="\x02" * 128,
+            ad_id='"' * 128,
+            event_type=pb.EVENT_TYPE_CLICK,
+            campaign_id="\\" * 128,
+            attributes=attributes,
+        )
+        for _ in range(3)
+    ]
+    for message in events:
+        message.timestamp.FromNanoseconds(int(NOW * 1e9))
+    raw = pb.SendAdEventBatchRequest(events=events).SerializeToString()
+    assert compare(CODECS["defaults"], RequestKind.BATCH, raw) == "accepted"
 
 
 def test_single_request_merges_its_event_occurrences() -> None:
