@@ -84,6 +84,7 @@ def test_codec_tests_pass_under_address_and_undefined_behaviour_sanitizers(
             "no:cacheprovider",
             "-o",
             "addopts=",
+            "-s",  # a sanitizer's report goes to the real stderr, before it aborts
             str(REPO / "tests" / "unit" / "test_codec_differential.py"),
             str(REPO / "tests" / "unit" / "test_codec.py"),
         ],

@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -25,8 +24,7 @@ static const uint8_t EMPTY[1] = {0};
 
 /* -- buffers ------------------------------------------------------------------ */
 
-static int buf_reserve(aep_buf *b, size_t extra) {
-    if (b->cap - b->len >= extra) return AEP_OK;
+static int buf_grow(aep_buf *b, size_t extra) {
     if (extra > SIZE_MAX / 2 - b->len) return AEP_ERR_NOMEM;
     size_t cap = b->cap ? b->cap : 256;
     while (cap - b->len < extra) cap *= 2;
@@ -35,6 +33,11 @@ static int buf_reserve(aep_buf *b, size_t extra) {
     b->data = data;
     b->cap = cap;
     return AEP_OK;
+}
+
+static inline int buf_reserve(aep_buf *b, size_t extra) {
+    if (b->cap - b->len >= extra) return AEP_OK;
+    return buf_grow(b, extra);
 }
 
 static int buf_put(aep_buf *b, const void *src, size_t n) {
@@ -529,13 +532,24 @@ int aep_ids_next(aep_ids *ids, char out[36]) {
 
 /* -- the stored form as orjson writes it -------------------------------------------- */
 
-/* orjson's escapes: the two-character ones it knows, else \u00XX for control characters. */
-static int json_string(aep_buf *b, aep_span s) {
-    if (buf_reserve(b, s.len * 6 + 2)) return AEP_ERR_NOMEM;
+/* orjson's escapes: the two-character ones it knows, else \u00XX for control
+ * characters. Unchecked: the caller reserved 6 * s.len + 2 bytes. */
+static void json_string(aep_buf *b, aep_span s) {
     put_byte(b, '"');
     const uint8_t *p = s.ptr, *end = s.ptr + s.len;
     while (p < end) {
         const uint8_t *run = p;
+        /* eight bytes at a time while none is a control character, '"' or '\\' */
+        while (end - p >= 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            uint64_t quote = word ^ (ones * '"'), backslash = word ^ (ones * '\\');
+            uint64_t special = ((word - ones * 0x20) & ~word) | ((quote - ones) & ~quote) |
+                               ((backslash - ones) & ~backslash);
+            if (special & highs) break;
+            p += 8;
+        }
         while (p < end && *p >= 0x20 && *p != '"' && *p != '\\') p++;
         if (p > run) put_raw(b, run, (size_t)(p - run));
         if (p == end) break;
@@ -556,15 +570,13 @@ static int json_string(aep_buf *b, aep_span s) {
         }
     }
     put_byte(b, '"');
-    return AEP_OK;
 }
 
-static int json_key_string(aep_buf *b, const char *key_literal, size_t key_len, aep_span value) {
-    if (buf_put(b, key_literal, key_len)) return AEP_ERR_NOMEM;
-    return json_string(b, value);
-}
-
-#define KEY(b, literal, value) json_key_string((b), (literal), sizeof(literal) - 1, (value))
+#define KEY(b, literal, value)          \
+    do {                                \
+        PUT_LITERAL((b), literal);      \
+        json_string((b), (value));      \
+    } while (0)
 
 static const char *const TYPE_NAMES[4] = {
     "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_IMPRESSION", "EVENT_TYPE_CLICK", "EVENT_TYPE_CONVERSION",
@@ -584,11 +596,26 @@ static int format_timestamp(aep_output *out, int64_t seconds, int32_t nanos, cha
     }
     int32_t micros = nanos / 1000;
     if (nanos % 1000 != 0 && nanos < 0) micros -= 1; /* Python's floor division */
-    int n = snprintf(dst, 64, micros < 0 ? "%s.-%05ld" : "%s.%06ld", out->prefix,
-                     micros < 0 ? -(long)micros : (long)micros);
-    if (n < 0 || n >= 63) return AEP_ERR_TIME;
+    size_t n = strlen(out->prefix);
+    memcpy(dst, out->prefix, n);
+    dst[n++] = '.';
+    /* :06d: at least six characters, a minus sign counting as one */
+    uint32_t magnitude = micros < 0 ? (uint32_t)(-(int64_t)micros) : (uint32_t)micros;
+    int width = 6;
+    if (micros < 0) {
+        dst[n++] = '-';
+        width = 5;
+    }
+    char digits[12];
+    int count = 0;
+    do {
+        digits[count++] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    for (int pad = count; pad < width; pad++) dst[n++] = '0';
+    while (count) dst[n++] = digits[--count];
     dst[n++] = 'Z';
-    *len = (size_t)n;
+    *len = n;
     return AEP_OK;
 }
 
@@ -596,33 +623,46 @@ static int write_line(aep_output *out, const aep_event *event, aep_span event_id
                       const char *timestamp, size_t timestamp_len, aep_span received_at) {
     aep_buf *b = &out->lines;
     const aep_span *text = event->text;
-    int rc = 0;
-    rc |= KEY(b, "{\"event_id\":", event_id);
-    rc |= KEY(b, ",\"user_id\":", text[AEP_USER_ID]);
-    rc |= KEY(b, ",\"ad_id\":", text[AEP_AD_ID]);
     aep_span type_name = {(const uint8_t *)TYPE_NAMES[event->event_type],
                           strlen(TYPE_NAMES[event->event_type])};
-    rc |= KEY(b, ",\"event_type\":", type_name);
     aep_span stamp = {(const uint8_t *)timestamp, timestamp_len};
-    rc |= KEY(b, ",\"timestamp\":", stamp);
-    rc |= KEY(b, ",\"received_at\":", received_at);
-    rc |= KEY(b, ",\"campaign_id\":", text[AEP_CAMPAIGN_ID]);
-    rc |= KEY(b, ",\"creative_id\":", text[AEP_CREATIVE_ID]);
-    rc |= KEY(b, ",\"placement_id\":", text[AEP_PLACEMENT_ID]);
-    rc |= KEY(b, ",\"publisher_id\":", text[AEP_PUBLISHER_ID]);
-    if (rc) return AEP_ERR_NOMEM;
-    char number[48];
-    int n = snprintf(number, sizeof number, ",\"price_micros\":%lld", (long long)event->price_micros);
-    if (n < 0 || (size_t)n >= sizeof number || buf_put(b, number, (size_t)n)) return AEP_ERR_NOMEM;
-    if (KEY(b, ",\"currency\":", text[AEP_CURRENCY])) return AEP_ERR_NOMEM;
-    if (buf_put(b, ",\"attributes\":{", 15)) return AEP_ERR_NOMEM;
+    /* Room for the whole line at once: every string escaped at worst (6 bytes
+     * a byte), the keys and punctuation (under 256 bytes), a price. */
+    size_t escaped = event_id.len + type_name.len + stamp.len + received_at.len;
+    for (int i = AEP_USER_ID; i < AEP_TEXT_FIELDS; i++) escaped += text[i].len;
+    size_t bound = 256 + 24 + 6 * escaped;
+    for (size_t i = 0; i < event->attribute_count; i++)
+        bound += 6 * (event->attributes[i].key.len + event->attributes[i].value.len) + 8;
+    if (buf_reserve(b, bound)) return AEP_ERR_NOMEM;
+    KEY(b, "{\"event_id\":", event_id);
+    KEY(b, ",\"user_id\":", text[AEP_USER_ID]);
+    KEY(b, ",\"ad_id\":", text[AEP_AD_ID]);
+    KEY(b, ",\"event_type\":", type_name);
+    KEY(b, ",\"timestamp\":", stamp);
+    KEY(b, ",\"received_at\":", received_at);
+    KEY(b, ",\"campaign_id\":", text[AEP_CAMPAIGN_ID]);
+    KEY(b, ",\"creative_id\":", text[AEP_CREATIVE_ID]);
+    KEY(b, ",\"placement_id\":", text[AEP_PLACEMENT_ID]);
+    KEY(b, ",\"publisher_id\":", text[AEP_PUBLISHER_ID]);
+    /* price_micros of a valid event is not negative (the rules say so) */
+    char digits[24];
+    int count = 0;
+    uint64_t price = (uint64_t)event->price_micros;
+    do {
+        digits[count++] = (char)('0' + price % 10);
+        price /= 10;
+    } while (price);
+    PUT_LITERAL(b, ",\"price_micros\":");
+    while (count) put_byte(b, (uint8_t)digits[--count]);
+    KEY(b, ",\"currency\":", text[AEP_CURRENCY]);
+    PUT_LITERAL(b, ",\"attributes\":{");
     for (size_t i = 0; i < event->attribute_count; i++) {
-        if (i && buf_put(b, ",", 1)) return AEP_ERR_NOMEM;
-        if (json_string(b, event->attributes[i].key)) return AEP_ERR_NOMEM;
-        if (buf_put(b, ":", 1)) return AEP_ERR_NOMEM;
-        if (json_string(b, event->attributes[i].value)) return AEP_ERR_NOMEM;
+        if (i) put_byte(b, ',');
+        json_string(b, event->attributes[i].key);
+        put_byte(b, ':');
+        json_string(b, event->attributes[i].value);
     }
-    if (buf_put(b, "}}\n", 3)) return AEP_ERR_NOMEM;
+    PUT_LITERAL(b, "}}\n");
     if (out->line_count == out->line_ends_cap) {
         size_t cap = out->line_ends_cap ? out->line_ends_cap * 2 : 64;
         uint64_t *grown = realloc(out->line_ends, cap * sizeof *grown);
