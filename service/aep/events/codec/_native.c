@@ -21,6 +21,9 @@
 #define AEP_SOURCE_SHA256 "unknown"
 #endif
 
+/* Scratch kept between requests: a typical request's lines and results fit. */
+#define KEEP_BYTES (4u << 20)
+
 static PyObject *WireError;
 static PyObject *KEY_EVENT_ID, *KEY_USER_ID, *KEY_AD_ID, *KEY_EVENT_TYPE, *KEY_TIMESTAMP,
     *KEY_RECEIVED_AT, *KEY_CAMPAIGN_ID, *KEY_CREATIVE_ID, *KEY_PLACEMENT_ID, *KEY_PUBLISHER_ID,
@@ -277,6 +280,8 @@ static PyObject *Codec_decode(CodecObject *self, PyObject *args) {
         ctx.event_ids,
         PyBytes_FromStringAndSize(out->types.len ? (const char *)out->types.data : "",
                                   (Py_ssize_t)out->types.len));
+    /* the scratch buffers stay for the next request, up to a size */
+    aep_output_trim(out, KEEP_BYTES);
 done:
     PyBuffer_Release(&data);
     Py_XDECREF(ctx.records);

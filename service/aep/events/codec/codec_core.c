@@ -96,6 +96,22 @@ void aep_output_free(aep_output *out) {
     memset(out, 0, sizeof *out);
 }
 
+void aep_output_trim(aep_output *out, size_t keep) {
+    aep_buf *buffers[] = {&out->lines, &out->types, &out->results, &out->merged};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) {
+        if (buffers[i]->cap > keep) {
+            free(buffers[i]->data);
+            buffers[i]->data = NULL;
+            buffers[i]->len = buffers[i]->cap = 0;
+        }
+    }
+    if (out->line_ends_cap * sizeof *out->line_ends > keep) {
+        free(out->line_ends);
+        out->line_ends = NULL;
+        out->line_ends_cap = out->line_count = 0;
+    }
+}
+
 static void output_reset(aep_output *out) {
     out->ack_mode = 0;
     out->sequence = 0;

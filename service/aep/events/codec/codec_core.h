@@ -125,6 +125,8 @@ typedef struct {
 
 void aep_output_init(aep_output *out);
 void aep_output_free(aep_output *out);
+/* Frees the buffers grown past `keep` bytes (one huge request keeps no memory). */
+void aep_output_trim(aep_output *out, size_t keep);
 void aep_ids_init(aep_ids *ids);
 
 /* Makes one UUIDv7 (36 characters, no terminator). 0 on success. */
