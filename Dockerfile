@@ -4,8 +4,9 @@
 #   docker run --rm -p 8080:8080 -p 9464:9464 ad-event-processor
 #
 # Two stages: "build" makes a virtualenv in /opt/venv (dependencies first, so
-# editing the source does not reinstall them), "runtime" copies only that venv
-# onto a fresh base: no pip, compiler or build backend in the final image.
+# editing the source does not reinstall them) and compiles the native codec
+# (aep.events.codec._native) into it, "runtime" copies only that venv onto a
+# fresh base: no pip, compiler or build backend in the final image.
 # Works with the legacy builder too (no RUN --mount).
 #
 # Build arguments:
@@ -25,6 +26,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 RUN python3 -m venv /opt/venv
+# A C compiler and the Python headers for the native codec, where the base
+# lacks them (the slim image has the headers; a plain Debian has neither).
+RUN include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+ && packages="" \
+ && { command -v gcc >/dev/null || packages="gcc libc6-dev"; } \
+ && { [ -f "$include/Python.h" ] || packages="$packages python3-dev"; } \
+ && if [ -n "$packages" ]; then \
+      apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY ${WHEELHOUSE}/ /wheels/
 # Dependencies only, read from pyproject.toml: this layer is rebuilt when the
 # dependencies change, not when the source does.
@@ -34,8 +46,11 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.tom
 COPY README.md LICENSE ./
 COPY proto/ proto/
 COPY service/ service/
-# The project itself; then pip leaves the venv, which the runtime does not need.
+# The project itself, native codec included (the check fails the build when it
+# was not compiled); then pip leaves the venv, which the runtime does not need.
+COPY setup.py MANIFEST.in ./
 RUN pip install --no-deps . \
+ && cd / && python3 -c 'import aep.events.codec._native' \
  && pip uninstall --yes pip
 
 FROM ${BASE_IMAGE} AS runtime

@@ -8,10 +8,10 @@ SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
-	load-test bench bench-stores bench-telemetry soak lint format clean helm e2e image-test \
+	load-test bench bench-stores bench-telemetry bench-codec native soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
-$(BIN)/ad-event-processor: pyproject.toml
+$(BIN)/ad-event-processor: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -70,6 +70,14 @@ test-observability: deps system-deps
 alerts: system-deps
 	promtool check rules dashboards/alerts/ad-event-processor.rules.yaml
 	cd dashboards/alerts && promtool test rules *.test.yaml
+
+## native: rebuild the native codec in place after editing its C files
+native: deps
+	$(BIN)/pip install --quiet --no-deps -e .
+
+## bench-codec: CPU per event of the native codec against the Python reference
+bench-codec: deps
+	$(PY) tests/benchmarks/bench_codec.py
 
 ## bench-telemetry: throughput and CPU per event with telemetry off / on / on with traces
 bench-telemetry: deps

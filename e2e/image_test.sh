@@ -2,6 +2,8 @@
 # Checks a built ad-event-processor image from the outside:
 #   - the entrypoint is the exec-form server and the image runs as a numeric non-root user
 #   - no compiler or pip in the final image
+#   - the server runs the native codec (started with server.codec=native, which
+#     refuses to start without it, and its start-up log says so)
 #   - gRPC health is SERVING (grpc.health.v1 and HealthCheck) and /health answers 200
 #   - events sent with ad-event-client are stored as JSON Lines in the mounted data dir
 #   - `docker stop` during a load ends the server with exit code 0, and every event
@@ -56,6 +58,7 @@ docker run -d --name "$name" --network host --read-only --tmpfs /tmp \
   -v "$work/data:/app/data" \
   -e AEP_SERVER_HOST=127.0.0.1 -e AEP_SERVER_PORT="$grpc_port" \
   -e AEP_METRICS_HOST=127.0.0.1 -e AEP_METRICS_PORT="$metrics_port" \
+  -e AEP_SERVER_CODEC=native \
   "$image" >/dev/null
 
 deadline=$((SECONDS + 60))
@@ -71,6 +74,9 @@ with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=5)
     assert response.status == 200, response.status
 PY
 echo "ok: $(cat "$work/health.txt")"
+serving=$(docker logs "$name" 2>&1 | grep '"serving"' | tail -n 1)
+[[ "$serving" =~ \"codec\":\ ?\"native\" ]] || fail "the start-up log does not name the native codec: $serving"
+echo "ok: the native codec runs ($serving)"
 
 pid=$(docker inspect -f '{{.State.Pid}}' "$name")
 uid=$(stat -c %u "/proc/$pid")

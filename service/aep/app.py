@@ -27,7 +27,7 @@ import time
 import grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from aep.events.validation import EventValidator
+from aep.events.codec import CodecUnavailableError, create_codec
 from aep.ingest.security import SecurityConfigError, interceptors, server_credentials
 from aep.ingest.server import AD_EVENT_SERVICE_NAME, BindError, build_server
 from aep.ingest.servicer import AdEventServicer
@@ -87,7 +87,9 @@ class Application:
         self.serving = ServingState([AD_EVENT_SERVICE_NAME])
         self.servicer = AdEventServicer(
             self.pipeline,
-            EventValidator(settings.validation),
+            create_codec(
+                settings.server.codec, settings.validation, settings.server.max_batch_events
+            ),
             self.ledger,
             self.serving,
             server=settings.server,
@@ -192,6 +194,7 @@ class Application:
             "metrics_port": http_port,
             "store": self.store.name,
             "ack_mode": settings.ack.mode.value,
+            "codec": self.servicer.codec_name,
             "pid": os.getpid(),
         }
         monitor_task: asyncio.Task[None] | None = None
@@ -332,4 +335,9 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    return await Application(settings).run(stop)
+    try:
+        application = Application(settings)
+    except CodecUnavailableError as error:
+        logger.error("cannot start", extra={"error": str(error)})
+        return EXIT_STARTUP_FAILED
+    return await application.run(stop)

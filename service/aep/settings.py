@@ -124,6 +124,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
 
+class CodecChoice(StrEnum):
+    AUTO = "auto"  # native when it is built, else python (with a warning)
+    NATIVE = "native"  # the C pass; refuse to start without it
+    PYTHON = "python"  # the reference implementation
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
@@ -153,6 +159,8 @@ class ServerSettings(_Section):
     stream_max_unacked_chunks: int = Field(64, ge=1)
     # How long a stream waits for queue room before ending with RESOURCE_EXHAUSTED.
     stream_backpressure_wait: Duration = 5.0
+    # Which implementation reads requests (aep.events.codec).
+    codec: CodecChoice = CodecChoice.AUTO
 
 
 class FsyncPolicy(StrEnum):

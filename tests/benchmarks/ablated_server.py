@@ -6,24 +6,28 @@ acknowledges is either not stored at all (`shell`) or stored with made-up
 content (`no-validation`).
 
   shell          the whole application (settings, metrics, health, reflection,
-                 store monitor, pipeline, raw-bytes decoding, the RPC duration
-                 histogram), but AdEventService's handlers answer every request
-                 as accepted without validating, queueing or storing anything:
-                 what our server costs before it does any work.
+                 store monitor, pipeline, the codec's pass over the request
+                 bytes, the RPC duration histogram), but AdEventService's
+                 handlers answer every request as accepted without queueing or
+                 storing anything. With the native codec that pass already
+                 checks and encodes the events (server.codec=python: decodes).
   no-validation  everything real (ids, per-event results, queue, batches,
                  dedupe, JSON Lines encoding, write, fsync) except validation
                  and building the stored form: the first request of each size
                  is validated, later ones reuse copies of its stored forms with
                  fresh server ids. What the path after validation costs.
+                 Runs the Python codec (its accept_all is what is replaced).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aep import cli
+from aep.events.codec import DecodedRequest
 from aep.events.schema import EventRecord
 from aep.events.validation import EventValidator, Verdicts
 from aep.ingest.servicer import AdEventServicer, Context
@@ -34,14 +38,12 @@ def take_out_everything() -> None:
     """AdEventService answers every decoded request as accepted, and does nothing else."""
 
     async def send(
-        self: AdEventServicer, request: pb.SendAdEventRequest, wire_bytes: int
+        self: AdEventServicer, request: DecodedRequest, wire_bytes: int
     ) -> pb.SendAdEventResponse:
         return pb.SendAdEventResponse(event_id="ablated", status=pb.EVENT_STATUS_ACCEPTED)
 
-    async def send_batch(
-        self: AdEventServicer, request: pb.SendAdEventBatchRequest, wire_bytes: int
-    ) -> bytes:
-        response = pb.SendAdEventBatchResponse(accepted_count=len(request.events))
+    async def send_batch(self: AdEventServicer, request: DecodedRequest, wire_bytes: int) -> bytes:
+        response = pb.SendAdEventBatchResponse(accepted_count=request.count)
         return response.SerializeToString()
 
     async def stream(
@@ -64,7 +66,11 @@ def take_out_everything() -> None:
 
 
 def take_out_validation() -> None:
-    """accept_all reuses copies of the stored forms of the first request of each size."""
+    """accept_all reuses copies of the stored forms of the first request of each size.
+
+    accept_all is the Python codec's: this ablation runs with server.codec=python.
+    """
+    os.environ["AEP_SERVER_CODEC"] = "python"
     validated: dict[int, list[EventRecord]] = {}
     real_accept_all = EventValidator.accept_all
 

@@ -189,6 +189,8 @@ def test_dockerignore_keeps_the_context_small() -> None:
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
     assert allowed == {
         "pyproject.toml",
+        "setup.py",
+        "MANIFEST.in",
         "README.md",
         "LICENSE",
         "proto",

@@ -113,7 +113,9 @@ class EventValidator:
                 ok = price_micros >= 0 and currency_ok(currency) is not None
             attribute_dict: dict[str, str] = {}
             if ok and attributes:
-                attribute_dict = dict(attributes)
+                # Key order, not upb's map order (random per process): the same
+                # request is stored the same way by every process and codec.
+                attribute_dict = dict(sorted(attributes.items()))
                 ok = self._attributes_ok(attribute_dict)
             if not ok:
                 rejected.append((index, event_id, self.problem(event, now) or "event: rejected"))
@@ -204,7 +206,7 @@ class EventValidator:
         if attributes:
             if len(attributes) > self._max_attributes:
                 return f"attributes: more than {self._max_attributes} entries"
-            for key, value in attributes.items():
+            for key, value in sorted(attributes.items()):  # the smallest bad key is named
                 if not key or len(key) > self._max_attribute_key:
                     return (
                         f"attributes: key {key[:32]!r} must have 1 to "

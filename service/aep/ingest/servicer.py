@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -24,14 +24,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
-from aep.events.ids import EventIdGenerator
+from aep.events.codec import KIND_OF_REQUEST_TYPE, Codec, DecodedRequest, MalformedRequestError
 from aep.events.schema import EventRecord, format_epoch
-from aep.events.validation import EventValidator, Verdicts
-from aep.ingest.responses import batch_response, stream_ack
+from aep.events.validation import Verdicts
 from aep.observability.health import ServingState
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
 from aep.pipeline.core import CommitFailedError, Pipeline
-from aep.pipeline.ledger import Ledger, Rejection, RequestRejection, type_tally
+from aep.pipeline.ledger import Ledger, Rejection, RequestRejection
 from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import AckMode, ServerSettings
@@ -45,14 +44,11 @@ _ACKS: dict[int, _AckModes] = {
     pb.ACK_MODE_COMMITTED: (AckMode.COMMITTED, pb.ACK_MODE_COMMITTED),
 }
 _ACK_OF_SETTING = {modes[0]: modes for modes in _ACKS.values()}
-# Given to validation when the ledger counts the type itself: an empty tally
-# is never written to.
-_NO_TALLY: list[int] = []
 # Where gRPC carries a google.rpc.Status with details (what grpcio-status reads).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 
-RequestT = TypeVar("RequestT", bound=Message)
+RequestT = TypeVar("RequestT", bound=Message | DecodedRequest)
 ResponseT = TypeVar("ResponseT", bound=Message | bytes)
 Context = grpc.aio.ServicerContext[Any, Any]
 # (method name, status code, seconds): one call per unary RPC or acknowledged stream chunk.
@@ -117,7 +113,7 @@ class AdEventServicer:
     def __init__(
         self,
         pipeline: Pipeline,
-        validator: EventValidator,
+        codec: Codec,
         ledger: Ledger,
         serving: ServingState,
         *,
@@ -127,7 +123,7 @@ class AdEventServicer:
         observe_rpc: RpcObserver | None = None,
     ) -> None:
         self._pipeline = pipeline
-        self._validator = validator
+        self._codec = codec
         self._ledger = ledger
         self._serving = serving
         self._max_batch_events = server.max_batch_events
@@ -137,11 +133,15 @@ class AdEventServicer:
         self._stream_idle_timeout = server.stream_idle_timeout or None
         self._default_ack = _ACK_OF_SETTING[default_ack]
         self._store_type = store_type
-        self._ids = EventIdGenerator()
         self._observe_rpc = observe_rpc
 
+    @property
+    def codec_name(self) -> str:
+        return self._codec.name
+
     # -- request decoding -----------------------------------------------------
-    def _decode(self, request_type: type[RequestT], raw: bytes) -> RequestT:
+    def _decode(self, request_type: type[Message], raw: bytes) -> Any:
+        """The codec's DecodedRequest for AdEvent requests, else the message."""
         if len(raw) > self._max_message_bytes:
             self._ledger.request_refused(RequestRejection.TOO_LARGE)
             raise RequestRefusedError(
@@ -150,8 +150,12 @@ class AdEventServicer:
                 f"server.max_message_bytes={self._max_message_bytes}",
             )
         try:
-            return request_type.FromString(raw)
-        except DecodeError as error:
+            kind = KIND_OF_REQUEST_TYPE.get(request_type)
+            if kind is None:
+                return request_type.FromString(raw)
+            now = time.time()
+            return self._codec.decode(kind, raw, now, format_epoch(now))
+        except (DecodeError, MalformedRequestError) as error:
             self._ledger.request_refused(RequestRejection.MALFORMED)
             raise RequestRefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -160,7 +164,7 @@ class AdEventServicer:
 
     def unary(
         self,
-        request_type: type[RequestT],
+        request_type: type[Message],
         method: Callable[[RequestT, int], Awaitable[ResponseT]],
     ) -> Callable[[bytes, Context], Awaitable[ResponseT]]:
         """A unary handler taking raw bytes; a RequestRefusedError becomes the RPC status.
@@ -201,19 +205,12 @@ class AdEventServicer:
         return observed
 
     # -- RPCs ------------------------------------------------------------------------
-    async def SendAdEvent(
-        self, request: pb.SendAdEventRequest, wire_bytes: int
-    ) -> pb.SendAdEventResponse:
+    async def SendAdEvent(self, request: DecodedRequest, wire_bytes: int) -> pb.SendAdEventResponse:
         ack, ack_mode = self._ack_mode(request.ack_mode, 1)
-        if not request.HasField("event"):
+        if not request.has_event:
             self._ledger.refused_whole(1, Rejection.INVALID)
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, "event: required")
-        event = request.event
-        now = time.time()
-        verdicts = self._validator.accept_all(
-            (event,), now, format_epoch(now), self._ids.new_ids, _NO_TALLY
-        )
-        self._ledger.received_one(event.event_type, invalid=bool(verdicts.rejected))
+        verdicts = self._accept(request)
         if verdicts.rejected:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
         records = verdicts.records
@@ -223,32 +220,31 @@ class AdEventServicer:
             await self._settled(waiting)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
 
-    async def SendAdEventBatch(self, request: pb.SendAdEventBatchRequest, wire_bytes: int) -> bytes:
-        """Answers a serialised SendAdEventBatchResponse (see aep.ingest.responses)."""
-        events = request.events
-        count = len(events)
+    async def SendAdEventBatch(self, request: DecodedRequest, wire_bytes: int) -> bytes:
+        """Answers a serialised SendAdEventBatchResponse (the codec's)."""
+        count = request.count
         self._check_batch_length(count)
         ack, ack_mode = self._ack_mode(request.ack_mode, count)
         try:
-            # Before any per-event work: refuse what the pipeline cannot take anyway.
+            # Before admission: refuse what the pipeline cannot take anyway.
             self._pipeline.check(count, wire_bytes)
         except AdmissionRefusedError as refusal:
             raise _refused(refusal) from refusal
-        verdicts = self._accept(events)
+        verdicts = self._accept(request)
         records = verdicts.records
         if records:
             nbytes = wire_bytes * len(records) // count
             waiting = self._offer(records, nbytes, ack)
             if waiting is not None:
                 await self._settled(waiting)
-        return batch_response(verdicts, count, ack_mode)
+        return request.response(ack_mode)
 
     async def StreamAdEvents(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
         """Acks in chunk order; a reader task feeds a bounded queue of pending acks.
 
-        Yields serialised StreamAdEventsResponses (see aep.ingest.responses).
+        Yields serialised StreamAdEventsResponses (the codec's).
         """
         acks: asyncio.Queue[_Ack | _StreamEnd] = asyncio.Queue(maxsize=self._max_unacked_chunks)
         reader = asyncio.create_task(self._read_chunks(request_iterator, acks))
@@ -296,14 +292,13 @@ class AdEventServicer:
                         "the stream is ended; open a new one to send more",
                     ) from None
                 started = time.perf_counter()
-                chunk = self._decode(pb.StreamAdEventsRequest, raw)
-                events = chunk.events
-                count = len(events)
+                chunk: DecodedRequest = self._decode(pb.StreamAdEventsRequest, raw)
+                count = chunk.count
                 self._check_batch_length(count)
                 ack, ack_mode = self._ack_mode(chunk.ack_mode, count)
-                verdicts = self._accept(events)
+                verdicts = self._accept(chunk)
                 records = verdicts.records
-                response = stream_ack(chunk.sequence, verdicts, count, ack_mode)
+                response = chunk.response(ack_mode)
                 done = None
                 if records:
                     nbytes = len(raw) * len(records) // count
@@ -350,14 +345,10 @@ class AdEventServicer:
         )
 
     # -- the per-event path -----------------------------------------------------------
-    def _accept(self, events: Sequence[pb.AdEvent]) -> Verdicts:
-        """Validate every event of a request and count them."""
-        now = time.time()
-        by_type = type_tally()
-        verdicts = self._validator.accept_all(
-            events, now, format_epoch(now), self._ids.new_ids, by_type
-        )
-        self._ledger.received(len(events), by_type, len(verdicts.rejected))
+    def _accept(self, request: DecodedRequest) -> Verdicts:
+        """Count a request's events (the codec checked them); their verdicts."""
+        verdicts = request.verdicts
+        self._ledger.received(request.count, request.received_by_type, len(verdicts.rejected))
         return verdicts
 
     def _check_batch_length(self, count: int) -> None:

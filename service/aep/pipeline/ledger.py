@@ -26,6 +26,7 @@ so one scrape sees the equation hold exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 from aep.events.event_types import EVENT_TYPE_COUNT
@@ -108,7 +109,7 @@ class Ledger:
         )
 
     # -- at the API ----------------------------------------------------------------
-    def received(self, count: int, by_type: list[int], invalid: int) -> None:
+    def received(self, count: int, by_type: Sequence[int], invalid: int) -> None:
         """A validated request: `count` events (`by_type` of them per type), `invalid` refused."""
         self.events_received += count
         self.events_rejected_invalid += invalid

@@ -1,0 +1,40 @@
+"""Types of the native pass (_native.c); see its DECODE_DOC."""
+
+from collections.abc import Callable
+
+SOURCE_SHA256: str
+TYPE_SLOTS: int
+
+class WireError(ValueError): ...
+
+class Codec:
+    def __init__(
+        self,
+        max_id_length: int,
+        max_attributes: int,
+        max_attribute_key_length: int,
+        max_attribute_value_length: int,
+        max_event_age: float,
+        max_clock_skew: float,
+        max_batch_events: int,
+        reason: Callable[[bytes, float], str],
+        records: bool = True,
+    ) -> None: ...
+    def decode(
+        self, kind: int, data: bytes, now: float, received_at: str
+    ) -> tuple[
+        int,
+        bool,
+        int,
+        int,
+        tuple[int, int, int, int],
+        list[dict[str, object]] | None,
+        list[tuple[int, str, str]],
+        bytes,
+        bytes,
+        bytes,
+        list[str],
+        bytes,
+    ]: ...
+    def _set_id_state(self, last_ms: int, last_random: int) -> None: ...
+    def _next_id(self) -> str: ...
