@@ -303,3 +303,8 @@ def scrape(metrics_port: int, timeout_s: float = 5.0) -> Scrape:
 def batch_of(records: Sequence[EventRecord]) -> EventBatch:
     """The batch a store write takes, of these stored forms (encoded by the reference)."""
     return EventBatch([EventBlock.of_records(records)])
+
+
+def block_of(records: Sequence[EventRecord]) -> EventBlock:
+    """The block the codec would offer of these stored forms (the reference's bytes)."""
+    return EventBlock.of_records(records)

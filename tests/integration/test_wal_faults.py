@@ -21,6 +21,7 @@ import grpc
 import orjson
 import pytest
 
+from aep.events.block import EventBlock
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc
 from tests.helpers.full_disk import small_tmpfs
@@ -125,7 +126,7 @@ def records_of(segment: Path) -> list[tuple[int, int, list[str]]]:
     while position < len(data):
         length, _ = _HEADER.unpack_from(data, position)
         payload = data[position + _HEADER.size : position + _HEADER.size + length]
-        ids = [str(e["event_id"]) for e in orjson.loads(payload)]
+        ids = list(EventBlock.parse(payload).event_ids)  # a payload is the block's JSON Lines
         records.append((position, _HEADER.size + length, ids))
         position += _HEADER.size + length
     assert position == len(data)

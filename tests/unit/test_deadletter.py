@@ -16,7 +16,7 @@ from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings, l
 from aep.tools.dead_letter_replay import replay_dead_letters
 from tests.helpers.dead_letters import complete_entries, stored_records
 from tests.helpers.full_disk import SmallDisk, small_tmpfs
-from tests.helpers.support import stored_events
+from tests.helpers.support import batch_of, block_of, stored_events
 from tests.unit.test_pipeline import FakeStore
 
 
@@ -43,7 +43,7 @@ def failing_pipeline(dead_letter_dir: Path) -> tuple[Pipeline, Ledger, FakeStore
 
 
 async def give_up_on(pipeline: Pipeline, start: int, count: int) -> CommitFailedError:
-    done = pipeline.offer(stored_records(start, count), count * 400, AckMode.COMMITTED)
+    done = pipeline.offer(block_of(stored_records(start, count)), count * 400, AckMode.COMMITTED)
     assert done is not None
     with pytest.raises(CommitFailedError) as failed:
         await asyncio.wait_for(done, 10)
@@ -100,12 +100,12 @@ async def test_enospc_mid_append_counts_whole_lines_and_replay_recovers_them(
 
 async def test_a_failed_append_reports_how_many_whole_lines_it_kept(disk: SmallDisk) -> None:
     queue = DeadLetterQueue(disk.root / "dlq")
-    await queue.append(stored_records(0, 1), "StoreError: down", attempts=1)
+    await queue.append(batch_of(stored_records(0, 1)), "StoreError: down", attempts=1)
     assert queue.path is not None
     size_before = queue.path.stat().st_size
     disk.fill(leave_bytes=16 * 1024)
     with pytest.raises(DeadLetterWriteError) as failed:
-        await queue.append(stored_records(1, 500), "StoreError: down", attempts=1)
+        await queue.append(batch_of(stored_records(1, 500)), "StoreError: down", attempts=1)
     assert 0 <= failed.value.saved < 500
     assert complete_entries(disk.root / "dlq") == [f"e{i}" for i in range(1 + failed.value.saved)]
     data = queue.path.read_bytes()

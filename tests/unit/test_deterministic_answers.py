@@ -34,7 +34,7 @@ for raw in sys.stdin.buffer.read().split(b"--next--"):
     decoded = codec.decode(RequestKind.BATCH, raw, now, "received")
     answers.append({
         "reasons": [reason for _, _, reason in decoded.verdicts.rejected],
-        "stored": [list(record["attributes"]) for record in decoded.verdicts.records],
+        "stored": [list(record["attributes"]) for record in decoded.block().records()],
         "lines": decoded.block().lines.decode(),
     })
 print(json.dumps(answers))

@@ -13,6 +13,7 @@ from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger, Rejection, RequestRejection, type_tally
 from aep.pipeline.wal import WriteAheadLog
 from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings
+from tests.helpers.support import block_of
 from tests.unit.test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 
@@ -68,10 +69,10 @@ async def test_the_pipeline_books_its_refusals_once(tmp_path: Path) -> None:
     store.gate = asyncio.Event()  # nothing drains
     pipeline, ledger = make_pipeline(store, tmp_path, max_events=10)
     ledger.received(10, type_tally(), invalid=0)  # as the servicer does after validation
-    pipeline.offer(records(0, 10), 100, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 10)), 100, AckMode.ACCEPTED)
     ledger.received(3, type_tally(), invalid=0)
     with pytest.raises(AdmissionRefusedError):
-        pipeline.offer(records(10, 3), 30, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(10, 3)), 30, AckMode.ACCEPTED)
     with pytest.raises(AdmissionRefusedError):
         pipeline.check(4, 40)  # before validation: received and rejected at once
     assert ledger.events_received == 10 + 3 + 4
@@ -101,7 +102,7 @@ async def test_a_durable_offer_the_log_refuses_gives_its_room_back(tmp_path: Pat
     )
     pipeline.start()
     ledger.received(4, type_tally(), invalid=0)
-    logged = pipeline.offer(records(0, 4), 40, AckMode.DURABLE)
+    logged = pipeline.offer(block_of(records(0, 4)), 40, AckMode.DURABLE)
     assert logged is not None
     assert pipeline.pending_events == 4  # held while the append is in progress
     with pytest.raises(AdmissionRefusedError, match="closed") as refused:
@@ -117,6 +118,6 @@ async def test_durable_acks_need_the_log(tmp_path: Path) -> None:
     pipeline, _ = make_pipeline(FakeStore(), tmp_path)
     assert not pipeline.durable_acks
     with pytest.raises(ValueError, match="write-ahead log"):
-        pipeline.offer(records(0, 1), 10, AckMode.DURABLE)
+        pipeline.offer(block_of(records(0, 1)), 10, AckMode.DURABLE)
     assert pipeline.pending_events == 0
     await pipeline.drain(5)

@@ -15,6 +15,7 @@ from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog, read_segment
 from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings
 from aep.storage.base import StoreError, WriteResult
+from tests.helpers.support import block_of
 
 
 class FakeStore:
@@ -96,7 +97,7 @@ async def test_flushes_when_batch_size_is_reached(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, stats = make_pipeline(store, tmp_path, size=10, flush=60.0)
     for index in range(25):
-        pipeline.offer(records(index, 1), 10, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(index, 1)), 10, AckMode.ACCEPTED)
     await wait_until(lambda: len(store.batches) == 2)
     assert [len(b) for b in store.batches] == [10, 10]
     assert pipeline.pending_events == 5  # the rest waits for size or the interval
@@ -108,7 +109,7 @@ async def test_flushes_when_batch_size_is_reached(tmp_path: Path) -> None:
 async def test_flushes_on_the_interval_when_the_batch_is_not_full(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, _ = make_pipeline(store, tmp_path, size=1000, flush=0.05)
-    pipeline.offer(records(0, 3), 30, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 3)), 30, AckMode.ACCEPTED)
     await asyncio.sleep(0.01)
     assert store.batches == []
     await wait_until(lambda: len(store.batches) == 1, timeout_s=2)
@@ -119,7 +120,7 @@ async def test_flushes_on_the_interval_when_the_batch_is_not_full(tmp_path: Path
 async def test_a_large_submission_is_split_into_batches(tmp_path: Path) -> None:
     store = FakeStore()
     pipeline, _ = make_pipeline(store, tmp_path, size=10, workers=1)
-    done = pipeline.offer(records(0, 35), 350, AckMode.COMMITTED)
+    done = pipeline.offer(block_of(records(0, 35)), 350, AckMode.COMMITTED)
     assert done is not None
     await asyncio.wait_for(pipeline.drain(5), 5)
     await done
@@ -131,9 +132,9 @@ async def test_queue_full_by_events_refuses_at_once(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()  # nothing drains
     pipeline, _ = make_pipeline(store, tmp_path, size=5, max_events=20)
-    pipeline.offer(records(0, 20), 100, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 20)), 100, AckMode.ACCEPTED)
     with pytest.raises(AdmissionRefusedError, match=r"queue\.max_events=20") as refused:
-        pipeline.offer(records(20, 1), 5, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(20, 1)), 5, AckMode.ACCEPTED)
     assert refused.value.kind is RefusalKind.OVERLOAD
     assert refused.value.retry_after_s == 5.0  # nothing drained yet: the longest delay
     store.gate.set()
@@ -146,10 +147,10 @@ async def test_queue_full_by_bytes(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()
     pipeline, _ = make_pipeline(store, tmp_path, max_bytes=2000)
-    pipeline.offer(records(0, 1), 1900, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 1)), 1900, AckMode.ACCEPTED)
     with pytest.raises(AdmissionRefusedError, match=r"queue\.max_bytes=2000"):
-        pipeline.offer(records(1, 1), 200, AckMode.ACCEPTED)
-    pipeline.offer(records(2, 1), 100, AckMode.ACCEPTED)  # still fits
+        pipeline.offer(block_of(records(1, 1)), 200, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(2, 1)), 100, AckMode.ACCEPTED)  # still fits
     store.gate.set()
     assert await pipeline.drain(5)
 
@@ -158,7 +159,7 @@ async def test_committed_future_resolves_after_the_write(tmp_path: Path) -> None
     store = FakeStore()
     store.gate = asyncio.Event()
     pipeline, _ = make_pipeline(store, tmp_path, size=1)
-    done = pipeline.offer(records(0, 1), 10, AckMode.COMMITTED)
+    done = pipeline.offer(block_of(records(0, 1)), 10, AckMode.COMMITTED)
     assert done is not None
     await asyncio.sleep(0.05)
     assert not done.done()
@@ -172,7 +173,7 @@ async def test_failed_writes_are_retried(tmp_path: Path) -> None:
     store = FakeStore()
     store.fail_next = 2
     pipeline, stats = make_pipeline(store, tmp_path, size=5, attempts=3)
-    done = pipeline.offer(records(0, 5), 50, AckMode.COMMITTED)
+    done = pipeline.offer(block_of(records(0, 5)), 50, AckMode.COMMITTED)
     assert done is not None
     await asyncio.wait_for(done, 5)
     assert store.stored == [f"e{i}" for i in range(5)]
@@ -186,7 +187,7 @@ async def test_past_the_retry_bound_the_batch_is_dead_lettered(tmp_path: Path) -
     store = FakeStore()
     store.fail_next = 3
     pipeline, stats = make_pipeline(store, tmp_path, size=4, attempts=3)
-    done = pipeline.offer(records(0, 4), 40, AckMode.COMMITTED)
+    done = pipeline.offer(block_of(records(0, 4)), 40, AckMode.COMMITTED)
     assert done is not None
     with pytest.raises(CommitFailedError, match="store is down"):
         await asyncio.wait_for(done, 5)
@@ -206,12 +207,12 @@ async def test_drain_writes_everything_accepted_then_refuses(tmp_path: Path) -> 
     store = FakeStore()
     pipeline, stats = make_pipeline(store, tmp_path, size=7, flush=60.0)
     for index in range(0, 100, 3):
-        pipeline.offer(records(index, 3), 30, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(index, 3)), 30, AckMode.ACCEPTED)
     assert await pipeline.drain(5)
     assert len(store.stored) == 102
     assert stats.events_written == 102
     with pytest.raises(AdmissionRefusedError) as refused:
-        pipeline.offer(records(500, 1), 10, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(500, 1)), 10, AckMode.ACCEPTED)
     assert refused.value.kind is RefusalKind.CLOSING
 
 
@@ -219,7 +220,7 @@ async def test_drain_timeout_dead_letters_what_is_left(tmp_path: Path) -> None:
     store = FakeStore()
     store.gate = asyncio.Event()  # the store never answers
     pipeline, stats = make_pipeline(store, tmp_path, size=5, workers=1)
-    pipeline.offer(records(0, 23), 230, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 23)), 230, AckMode.ACCEPTED)
     assert not await pipeline.drain(0.2)
     dead = [
         orjson.loads(line)["event"]["event_id"]
@@ -254,7 +255,7 @@ async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_lo
         wal=wal,
     )
     pipeline.start()
-    logged = pipeline.offer(records(0, 4), 40, AckMode.DURABLE)
+    logged = pipeline.offer(block_of(records(0, 4)), 40, AckMode.DURABLE)
     assert logged is not None
     await logged  # the durable ack is given here
     await wait_until(lambda: stats.events_lost == 4)
@@ -267,7 +268,7 @@ async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_lo
         str(record["event_id"])
         for leftover in leftovers
         for submission in read_segment(leftover.path)[0]
-        for record in submission
+        for record in submission.records()
     ]
     print(f"acknowledged=4 stored=0 dead-lettered=0 lost=4 kept in the log={len(replayable)}")
     assert replayable == ["e0", "e1", "e2", "e3"]

@@ -11,6 +11,7 @@ from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog
 from aep.settings import BatchSettings, QueueSettings, RetrySettings
+from tests.helpers.support import block_of
 from tests.unit.test_pipeline import FakeStore, records, wait_until
 
 
@@ -20,7 +21,7 @@ async def a_crashed_run(directory: Path, submissions: int, size: int) -> None:
     assert wal.open() == []
     wal.start()
     for index in range(submissions):
-        await wal.append(records(index * size, size))
+        await wal.append(block_of(records(index * size, size)))
     await wal.close()
 
 

@@ -21,7 +21,7 @@ from aep.tools.dead_letter_replay import (
     replay_dead_letters,
 )
 from tests.helpers.dead_letters import stored_record, stored_records
-from tests.helpers.support import stored_events
+from tests.helpers.support import batch_of, stored_events
 
 
 def settings_for(tmp_path: Path, **environ: str) -> Settings:
@@ -43,7 +43,7 @@ def records(start: int, count: int) -> list[EventRecord]:
 
 async def dead_letter(directory: Path, batch: list[EventRecord]) -> Path:
     queue = DeadLetterQueue(directory)
-    await queue.append(batch, "StoreError: down", attempts=5)
+    await queue.append(batch_of(batch), "StoreError: down", attempts=5)
     assert queue.path is not None
     return queue.path
 
@@ -132,11 +132,11 @@ async def test_a_file_that_cannot_be_written_stays_claimed_for_the_next_run(
 async def test_appends_after_the_claim_go_to_a_new_file(tmp_path: Path) -> None:
     """A server that keeps dead-lettering while replay-dlq runs strands nothing."""
     queue = DeadLetterQueue(tmp_path / "dlq")
-    await queue.append(records(0, 2), "down", attempts=5)
+    await queue.append(batch_of(records(0, 2)), "down", attempts=5)
     settings = settings_for(tmp_path)
     code, _ = await replay(settings)
     assert code == 0
-    await queue.append(records(2, 3), "down", attempts=5)  # same queue, same file name
+    await queue.append(batch_of(records(2, 3)), "down", attempts=5)  # same queue, same file name
     pending = list((tmp_path / "dlq").glob("dead-letter-*.jsonl"))
     assert len(pending) == 1
     lines = [orjson.loads(line) for line in pending[0].read_bytes().splitlines()]
@@ -152,7 +152,7 @@ async def test_concurrent_appends_during_replays_lose_nothing(tmp_path: Path) ->
 
     async def keep_appending() -> None:
         for start in range(0, 400, 4):
-            await queue.append(records(start, 4), "down", attempts=5)
+            await queue.append(batch_of(records(start, 4)), "down", attempts=5)
 
     appender = asyncio.create_task(keep_appending())
     while not appender.done():
@@ -229,11 +229,11 @@ async def test_torn_fragments_in_the_middle_and_at_the_end_lose_no_complete_line
 
 async def test_an_append_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
     queue = DeadLetterQueue(tmp_path / "dlq")
-    await queue.append(records(0, 2), "down", attempts=5)
+    await queue.append(batch_of(records(0, 2)), "down", attempts=5)
     assert queue.path is not None
     with queue.path.open("ab") as handle:  # a crash mid-append
         handle.write(entry_line(stored_record(50))[:40])
-    await queue.append(records(2, 3), "down", attempts=5)
+    await queue.append(batch_of(records(2, 3)), "down", attempts=5)
     code, output = await replay(settings_for(tmp_path))
     stored = sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events"))
     assert stored == [f"e{i}" for i in range(5)]

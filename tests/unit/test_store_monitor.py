@@ -10,6 +10,7 @@ from aep.observability.store_monitor import StoreMonitor
 from aep.pipeline.core import Pipeline
 from aep.settings import AckMode, HealthSettings
 from aep.storage.base import StoreError
+from tests.helpers.support import block_of
 from tests.unit.test_pipeline import FakeStore, make_pipeline, records, wait_until
 
 
@@ -104,7 +105,7 @@ async def test_failed_writes_alone_turn_it_not_serving(tmp_path: Path) -> None:
     store.down = True
     pipeline, _ = make_pipeline(store, tmp_path, size=1, attempts=10**6)
     serving, task = await start_monitor(store, pipeline, down_after=0.2)
-    pipeline.offer(records(0, 1), 10, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 1)), 10, AckMode.ACCEPTED)
     await wait_until(lambda: not serving.serving, timeout_s=2)
     store.fail_next = 0
     store.down = False
@@ -121,7 +122,7 @@ async def test_no_pings_while_writes_succeed(tmp_path: Path) -> None:
     idle_pings = store.pings
     assert idle_pings >= 1  # idle: the monitor pings
     for index in range(40):
-        pipeline.offer(records(index, 1), 10, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(index, 1)), 10, AckMode.ACCEPTED)
         await asyncio.sleep(0.005)
     busy_pings = store.pings - idle_pings
     assert busy_pings <= 2, busy_pings
@@ -173,7 +174,7 @@ async def test_drain_of_a_pipeline_that_never_started_dead_letters_the_queue(
         retry=RetrySettings(),
     )
     if queued:
-        pipeline.offer(records(0, queued), 70, AckMode.ACCEPTED)
+        pipeline.offer(block_of(records(0, queued)), 70, AckMode.ACCEPTED)
     assert await pipeline.drain(1) is (queued == 0)
     assert stats.events_dead_lettered == queued
     assert pipeline.pending_events == 0
@@ -187,7 +188,7 @@ async def test_a_ping_that_passes_while_writes_fail_does_not_keep_it_serving(
     store.fail_next = 10**6
     pipeline, _ = make_pipeline(store, tmp_path, size=1, attempts=10**6)
     serving, task = await start_monitor(store, pipeline, down_after=0.2)
-    pipeline.offer(records(0, 1), 10, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 1)), 10, AckMode.ACCEPTED)
     await wait_until(lambda: not serving.serving, timeout_s=2)
     assert store.pings > 0  # pinged meanwhile, and every ping passed
     store.fail_next = 0
@@ -201,7 +202,7 @@ async def test_after_writes_gave_up_only_a_write_makes_it_serving_again(tmp_path
     store.fail_next = 2
     pipeline, stats = make_pipeline(store, tmp_path, size=1, attempts=2)
     serving, task = await start_monitor(store, pipeline, down_after=0.2)
-    pipeline.offer(records(0, 1), 10, AckMode.ACCEPTED)
+    pipeline.offer(block_of(records(0, 1)), 10, AckMode.ACCEPTED)
     await wait_until(lambda: stats.events_dead_lettered == 1, timeout_s=2)
     await wait_until(lambda: not serving.serving, timeout_s=2)
     pings = store.pings
@@ -212,7 +213,7 @@ async def test_after_writes_gave_up_only_a_write_makes_it_serving_again(tmp_path
     store.down = False
     await wait_until(lambda: store.pings >= pings + 12, timeout_s=2)
     assert not serving.serving
-    pipeline.offer(records(1, 1), 10, AckMode.ACCEPTED)  # the store takes writes again
+    pipeline.offer(block_of(records(1, 1)), 10, AckMode.ACCEPTED)  # the store takes writes again
     await wait_until(lambda: serving.serving, timeout_s=2)
     assert pipeline.store_state.healthy
     await stop(task, pipeline)

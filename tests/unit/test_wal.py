@@ -17,6 +17,7 @@ import pytest
 from aep.events.schema import EventRecord
 from aep.pipeline.wal import WalError, WriteAheadLog, frame, read_segment, scan_segment
 from tests.helpers.full_disk import small_tmpfs
+from tests.helpers.support import block_of
 
 
 def events(start: int, count: int) -> list[EventRecord]:
@@ -38,7 +39,7 @@ async def test_appends_are_group_committed_and_survive_a_restart(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
-    segments = await asyncio.gather(*(wal.append(events(i * 10, 10)) for i in range(50)))
+    segments = await asyncio.gather(*(wal.append(block_of(events(i * 10, 10))) for i in range(50)))
     monkeypatch.undo()
     assert 0 < fsyncs < 50  # appends that arrived together shared fsyncs
     assert len({s.sequence for s in segments}) == 1
@@ -46,7 +47,10 @@ async def test_appends_are_group_committed_and_survive_a_restart(
     again = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
     leftovers = again.open()
     replayed = [
-        e["event_id"] for s in leftovers for batch in read_segment(s.path)[0] for e in batch
+        e["event_id"]
+        for s in leftovers
+        for batch in read_segment(s.path)[0]
+        for e in batch.records()
     ]
     assert sorted(replayed) == sorted(f"e{i}" for i in range(500))
 
@@ -55,8 +59,8 @@ async def test_committed_sealed_segments_are_deleted(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path, segment_bytes=200)
     wal.open()
     wal.start()
-    first = await wal.append(events(0, 5))
-    second = await wal.append(events(5, 5))  # over 200 bytes: a new segment
+    first = await wal.append(block_of(events(0, 5)))
+    second = await wal.append(block_of(events(5, 5)))  # over 200 bytes: a new segment
     assert first is not second
     assert first.path.exists()
     wal.committed(first)
@@ -71,10 +75,12 @@ async def test_uncommitted_records_are_kept_at_close(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
     wal.open()
     wal.start()
-    await wal.append(events(0, 3))
+    await wal.append(block_of(events(0, 3)))
     await wal.close()
     leftovers = WriteAheadLog(tmp_path, segment_bytes=1 << 20).open()
-    assert [e["event_id"] for s in leftovers for b in read_segment(s.path)[0] for e in b] == [
+    assert [
+        e["event_id"] for s in leftovers for b in read_segment(s.path)[0] for e in b.records()
+    ] == [
         "e0",
         "e1",
         "e2",
@@ -90,7 +96,9 @@ def test_a_corrupt_tail_is_counted_and_the_readable_part_replayed(tmp_path: Path
     wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
     leftovers = wal.open()
     assert wal.quarantined == 2
-    assert [[e["event_id"] for b in read_segment(s.path)[0] for e in b] for s in leftovers] == [
+    assert [
+        [e["event_id"] for b in read_segment(s.path)[0] for e in b.records()] for s in leftovers
+    ] == [
         ["a", "b"],
         ["a"],
     ]
@@ -102,16 +110,17 @@ def test_a_corrupt_tail_is_counted_and_the_readable_part_replayed(tmp_path: Path
 def test_read_segment_reports_a_clean_end(tmp_path: Path) -> None:
     path = tmp_path / "wal-1.log"
     path.write_bytes(frame(b"[]") + frame(b'[{"event_id":"x"}]'))
-    records, clean = read_segment(path)
+    blocks, clean = read_segment(path)
     assert clean
-    assert records == [[], [{"event_id": "x"}]]
+    assert [block.records() for block in blocks] == [[], [{"event_id": "x"}]]
 
 
 # -- framing and resync ----------------------------------------------------------
 
 
 def _payload(start: int, count: int) -> bytes:
-    return orjson.dumps(events(start, count))
+    """What an append writes: the block's JSON Lines."""
+    return block_of(events(start, count)).lines
 
 
 def _segment_of(payloads: list[bytes]) -> tuple[bytes, list[int]]:
@@ -125,7 +134,7 @@ def _segment_of(payloads: list[bytes]) -> tuple[bytes, list[int]]:
 
 
 def _ids(path: Path) -> list[str]:
-    return [str(e["event_id"]) for batch in read_segment(path)[0] for e in batch]
+    return [str(e["event_id"]) for batch in read_segment(path)[0] for e in batch.records()]
 
 
 def test_the_framing_is_the_one_earlier_versions_wrote(tmp_path: Path) -> None:
@@ -135,7 +144,31 @@ def test_the_framing_is_the_one_earlier_versions_wrote(tmp_path: Path) -> None:
     path.write_bytes(
         struct.pack("<II", 18, zlib.crc32(b'[{"event_id":"a"}]')) + b'[{"event_id":"a"}]'
     )
-    assert read_segment(path) == ([[{"event_id": "a"}]], True)
+    blocks, clean = read_segment(path)
+    assert clean
+    assert [block.records() for block in blocks] == [[{"event_id": "a"}]]
+
+
+def test_an_append_writes_the_blocks_json_lines_as_they_are(tmp_path: Path) -> None:
+    block = block_of(events(0, 3))
+    path = tmp_path / "wal-000000000001.log"
+    path.write_bytes(frame(block.lines))
+    [read] = read_segment(path)[0]
+    assert read.lines == block.lines  # the very bytes: no re-encoding on the way
+    assert read.event_ids == block.event_ids
+
+
+def test_segments_mixing_both_payload_forms_and_damage_replay_every_whole_record(
+    tmp_path: Path,
+) -> None:
+    # An earlier version's array record, damage, then this version's JSON Lines.
+    data = frame(orjson.dumps(events(0, 4))) + b"\x00" * 37 + frame(_payload(4, 4))
+    data += frame(_payload(8, 2))[:-5] + frame(orjson.dumps(events(10, 3)))
+    path = tmp_path / "wal-000000000001.log"
+    path.write_bytes(data)
+    scan = scan_segment(path)
+    assert _ids(path) == [f"e{i}" for i in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12]]
+    assert len(scan.damage) == 2
 
 
 def _flip_payload(data: bytearray, offset: int, length: int) -> None:
@@ -258,7 +291,7 @@ async def test_appends_after_stray_files_go_to_a_new_segment(tmp_path: Path) -> 
     wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
     wal.open()
     wal.start()
-    segment = await wal.append(events(0, 2))
+    segment = await wal.append(block_of(events(0, 2)))
     assert segment.path.is_file()
     assert segment.sequence > 9
     await wal.close()
@@ -274,14 +307,14 @@ async def test_a_failed_append_on_a_full_disk_leaves_the_segment_as_it_was(
         wal = WriteAheadLog(disk.root / "wal", segment_bytes=1 << 30)
         wal.open()
         wal.start()
-        segment = await wal.append(events(0, 10))
+        segment = await wal.append(block_of(events(0, 10)))
         before = segment.path.read_bytes()
         disk.fill()
         with pytest.raises(WalError):
-            await wal.append(events(10, 500))  # more than the page the segment still has
+            await wal.append(block_of(events(10, 500)))  # more than the page the segment still has
         assert segment.path.read_bytes() == before
         disk.free()
-        after = await wal.append(events(510, 10))
+        after = await wal.append(block_of(events(510, 10)))
         assert after is segment
         await wal.close()
         assert _ids(segment.path) == [f"e{i}" for i in range(10)] + [
@@ -302,12 +335,12 @@ async def test_when_the_cut_back_fails_the_next_append_goes_to_a_new_segment(
         wal = _TruncateFails(disk.root / "wal", segment_bytes=1 << 30)
         wal.open()
         wal.start()
-        first = await wal.append(events(0, 10))
+        first = await wal.append(block_of(events(0, 10)))
         disk.fill()
         with pytest.raises(WalError):
-            await wal.append(events(10, 500))
+            await wal.append(block_of(events(10, 500)))
         disk.free()
-        second = await wal.append(events(510, 10))
+        second = await wal.append(block_of(events(510, 10)))
         assert second is not first
         # The process dies here; the next start reads both, past the garbage.
         leftovers = WriteAheadLog(disk.root / "wal", segment_bytes=1 << 30).open()
@@ -324,13 +357,15 @@ async def test_rotation_out_of_inodes_fails_only_that_group(tmp_path: Path) -> N
         wal = WriteAheadLog(disk.root / "wal", segment_bytes=4096)
         wal.open()
         wal.start()
-        first = await wal.append(events(0, 200))  # over segment_bytes: the next one rotates
+        first = await wal.append(
+            block_of(events(0, 200))
+        )  # over segment_bytes: the next one rotates
         ballast = disk.fill_inodes()
         for attempt in range(3):
             with pytest.raises(WalError, match="No space left"):
-                await asyncio.wait_for(wal.append(events(100 + attempt, 1)), 5)
+                await asyncio.wait_for(wal.append(block_of(events(100 + attempt, 1))), 5)
         ballast.pop().unlink()
-        second = await asyncio.wait_for(wal.append(events(200, 1)), 5)
+        second = await asyncio.wait_for(wal.append(block_of(events(200, 1))), 5)
         assert second is not first
         assert second.path.is_file()
         await asyncio.wait_for(wal.close(), 5)
@@ -347,13 +382,14 @@ _OUT_OF_DESCRIPTORS = """
 import asyncio, json, os, resource, sys
 from pathlib import Path
 from aep.pipeline.wal import WalError, WriteAheadLog
+from tests.helpers.support import block_of
 
 async def main():
     wal = WriteAheadLog(Path(sys.argv[1]), segment_bytes=4096)
     wal.open()
     wal.start()
     records = [{"event_id": f"e{i}", "user_id": "u"} for i in range(200)]
-    first = await wal.append(records)  # over segment_bytes: the next append rotates
+    first = await wal.append(block_of(records))  # over segment_bytes: the next append rotates
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
     spare = []
@@ -365,7 +401,7 @@ async def main():
     outcomes = []
     for attempt in range(3):
         try:
-            await asyncio.wait_for(wal.append([{"event_id": f"x{attempt}"}]), 5)
+            await asyncio.wait_for(wal.append(block_of([{"event_id": f"x{attempt}"}])), 5)
             outcomes.append("appended")
         except WalError as error:
             outcomes.append("WalError: " + str(error))
@@ -374,7 +410,7 @@ async def main():
     for fd in spare:
         os.close(fd)
     try:
-        second = await asyncio.wait_for(wal.append([{"event_id": "y"}]), 5)
+        second = await asyncio.wait_for(wal.append(block_of([{"event_id": "y"}])), 5)
         outcomes.append("rotated" if second is not first else "same segment")
     except (WalError, TimeoutError) as error:
         outcomes.append("after: " + type(error).__name__)

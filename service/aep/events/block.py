@@ -54,6 +54,10 @@ class EventBlock:
     def nbytes(self) -> int:
         return len(self.lines)
 
+    def records(self) -> list[dict[str, Any]]:
+        """The stored forms as dicts (tools and tests; the pipeline never needs them)."""
+        return EventBatch((self,)).records()
+
     def slice(self, start: int, stop: int) -> EventBlock:
         """Events start .. stop - 1 (0 <= start <= stop <= len)."""
         if start == 0 and stop == len(self.event_ids):
@@ -81,6 +85,21 @@ class EventBlock:
             position = find(b"\n", position) + 1
             ends.append(position)
         return cls(lines, ends, event_ids, event_types)
+
+    @classmethod
+    def parse(cls, lines: bytes) -> EventBlock:
+        """The block these JSON Lines bytes are (read back from disk); ValueError if they
+        are not one JSON object per line."""
+        if not lines.endswith(b"\n"):
+            raise ValueError("JSON Lines must end in a newline")
+        records = orjson.loads(b"[" + lines[:-1].replace(b"\n", b",") + b"]")
+        if not all(isinstance(record, dict) for record in records):
+            raise ValueError("every line must be a JSON object")
+        return cls.of_lines(
+            lines,
+            [str(record.get("event_id")) for record in records],
+            bytes(EVENT_TYPE_NUMBERS.get(str(record.get("event_type")), 0) for record in records),
+        )
 
     @classmethod
     def of_records(cls, records: Sequence[EventRecord]) -> EventBlock:

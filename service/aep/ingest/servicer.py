@@ -24,8 +24,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from aep import __version__
+from aep.events.block import EventBlock
 from aep.events.codec import KIND_OF_REQUEST_TYPE, Codec, DecodedRequest, MalformedRequestError
-from aep.events.schema import EventRecord, format_epoch
+from aep.events.schema import format_epoch
 from aep.events.validation import Verdicts
 from aep.observability.health import ServingState
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
@@ -213,9 +214,9 @@ class AdEventServicer:
         verdicts = self._accept(request)
         if verdicts.rejected:
             raise RequestRefusedError(grpc.StatusCode.INVALID_ARGUMENT, verdicts.rejected[0][2])
-        records = verdicts.records
-        event_id = records[0]["event_id"]
-        waiting = self._offer(records, wire_bytes, ack)
+        block = request.block()
+        event_id = block.event_ids[0]
+        waiting = self._offer(block, wire_bytes, ack)
         if waiting is not None:
             await self._settled(waiting)
         return pb.SendAdEventResponse(event_id=event_id, status=_ACCEPTED, ack_mode=ack_mode)
@@ -230,11 +231,11 @@ class AdEventServicer:
             self._pipeline.check(count, wire_bytes)
         except AdmissionRefusedError as refusal:
             raise _refused(refusal) from refusal
-        verdicts = self._accept(request)
-        records = verdicts.records
-        if records:
-            nbytes = wire_bytes * len(records) // count
-            waiting = self._offer(records, nbytes, ack)
+        self._accept(request)
+        block = request.block()
+        if len(block):
+            nbytes = wire_bytes * len(block) // count
+            waiting = self._offer(block, nbytes, ack)
             if waiting is not None:
                 await self._settled(waiting)
         return request.response(ack_mode)
@@ -296,17 +297,15 @@ class AdEventServicer:
                 count = chunk.count
                 self._check_batch_length(count)
                 ack, ack_mode = self._ack_mode(chunk.ack_mode, count)
-                verdicts = self._accept(chunk)
-                records = verdicts.records
+                self._accept(chunk)
+                block = chunk.block()
                 response = chunk.response(ack_mode)
                 done = None
-                if records:
-                    nbytes = len(raw) * len(records) // count
+                if len(block):
+                    nbytes = len(raw) * len(block) // count
                     # Withhold this ack (and stop reading) until there is room.
-                    await self._pipeline.wait_for_room(
-                        len(records), nbytes, self._backpressure_wait
-                    )
-                    done = self._offer(records, nbytes, ack)
+                    await self._pipeline.wait_for_room(len(block), nbytes, self._backpressure_wait)
+                    done = self._offer(block, nbytes, ack)
                 # Blocks once max unacked chunks are pending: flow control.
                 await acks.put((response, done, started))
         except RequestRefusedError as refusal:
@@ -381,12 +380,10 @@ class AdEventServicer:
             grpc.StatusCode.INVALID_ARGUMENT, f"ack_mode: unknown value {requested}"
         )
 
-    def _offer(
-        self, records: list[EventRecord], nbytes: int, ack: AckMode
-    ) -> asyncio.Future[None] | None:
+    def _offer(self, block: EventBlock, nbytes: int, ack: AckMode) -> asyncio.Future[None] | None:
         """Admit now or refuse; returns what the ack has to wait for, if anything."""
         try:
-            return self._pipeline.offer(records, nbytes, ack)
+            return self._pipeline.offer(block, nbytes, ack)
         except AdmissionRefusedError as refusal:
             raise _refused(refusal) from refusal
 

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aep.events.schema import EventRecord
+from aep.events.block import EventBatch, EventBlock
 from aep.pipeline.wal import Segment
 from aep.settings import BatchSettings
 
@@ -24,12 +24,13 @@ class Submission:
 
     __slots__ = (
         "arrived",
+        "block",
+        "count",
         "dead_lettered",
         "done",
         "failure",
         "lost",
         "nbytes",
-        "records",
         "remaining",
         "trace",
         "wal_segment",
@@ -37,16 +38,17 @@ class Submission:
 
     def __init__(
         self,
-        records: list[EventRecord],
+        block: EventBlock,
         nbytes: int,
         arrived: float,
         done: asyncio.Future[None] | None,
         wal_segment: Segment | None,
         trace: Any,
     ) -> None:
-        self.records = records
+        self.block = block
+        self.count = len(block)
         self.nbytes = nbytes
-        self.remaining = len(records)
+        self.remaining = self.count
         self.arrived = arrived
         self.done = done
         self.wal_segment = wal_segment
@@ -59,8 +61,14 @@ class Submission:
 
 @dataclass(slots=True, eq=False)  # identity hash: batches sit in a set while written
 class Batch:
-    records: list[EventRecord] = field(default_factory=list)
+    """What one store write takes: parts of submissions' blocks, joined without a copy."""
+
+    events: EventBatch = field(default_factory=EventBatch)
     parts: list[tuple[Submission, int]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return self.events.count
 
 
 class Batcher:
@@ -82,7 +90,7 @@ class Batcher:
     def add(self, submission: Submission) -> None:
         was_empty = not self._queue
         self._queue.append(submission)
-        self.queued_events += len(submission.records)
+        self.queued_events += submission.count
         if was_empty or self.queued_events >= self._size:
             self._wakeup.set()
 
@@ -128,20 +136,19 @@ class Batcher:
 
     def _take(self, limit: int | None) -> Batch:
         batch = Batch()
+        events = batch.events
         queue = self._queue
-        while queue and (limit is None or len(batch.records) < limit):
+        while queue and (limit is None or events.count < limit):
             head = queue[0]
-            available = len(head.records) - self._head_offset
-            take = available if limit is None else min(available, limit - len(batch.records))
-            if self._head_offset == 0 and take == len(head.records):
-                batch.records.extend(head.records)
-            else:
-                batch.records.extend(head.records[self._head_offset : self._head_offset + take])
+            offset = self._head_offset
+            available = head.count - offset
+            take = available if limit is None else min(available, limit - events.count)
+            events.add(head.block.slice(offset, offset + take))
             batch.parts.append((head, take))
             if take == available:
                 queue.popleft()
                 self._head_offset = 0
             else:
                 self._head_offset += take
-        self.queued_events -= len(batch.records)
+        self.queued_events -= events.count
         return batch

@@ -1,6 +1,6 @@
 """The pipeline between the servicer and the store, and its one entry point, offer().
 
-    offer(records, nbytes, ack) -> admission (queue.max_events, queue.max_bytes)
+    offer(block, nbytes, ack) -> admission (queue.max_events, queue.max_bytes)
         [ack durable: write-ahead log append, fsynced] -> batcher (batch.size or
         batch.flush_interval) -> batch.worker_pool_size writers -> store
                                       (retry with backoff, then dead-letter)
@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 
-from aep.events.schema import EventRecord
+from aep.events.block import EventBlock
 from aep.pipeline.admission import Admission, AdmissionRefusedError, RefusalKind
 from aep.pipeline.batcher import Batch, Batcher, Submission
 from aep.pipeline.dead_letters import DeadLetterQueue
@@ -142,9 +142,7 @@ class Pipeline:
             self._ledger.refused_whole(count, refusal.kind.rejection)
             raise
 
-    def offer(
-        self, records: list[EventRecord], nbytes: int, ack: AckMode
-    ) -> asyncio.Future[None] | None:
+    def offer(self, block: EventBlock, nbytes: int, ack: AckMode) -> asyncio.Future[None] | None:
         """Take the events or raise AdmissionRefusedError (counted); never blocks.
 
         Returns what the acknowledgement waits for: None for AckMode.ACCEPTED;
@@ -155,56 +153,56 @@ class Pipeline:
         """
         if ack is AckMode.DURABLE and self._wal is None:
             raise ValueError("AckMode.DURABLE needs the write-ahead log (wal.dir)")
-        count = len(records)
+        count = len(block)
         try:
             self.admission.reserve(count, nbytes)
         except AdmissionRefusedError as refusal:
             self._ledger.rejected(count, refusal.kind.rejection)
             raise
         if ack is AckMode.ACCEPTED:
-            self._enqueue(records, nbytes, None, None)
+            self._enqueue(block, nbytes, None, None)
             return None
         if ack is AckMode.COMMITTED:
             done = asyncio.get_running_loop().create_future()
-            self._enqueue(records, nbytes, done, None)
+            self._enqueue(block, nbytes, done, None)
             return done
-        return asyncio.ensure_future(self._log_then_enqueue(records, nbytes))
+        return asyncio.ensure_future(self._log_then_enqueue(block, nbytes))
 
     async def wait_for_room(self, count: int, nbytes: int, wait_s: float) -> bool:
         """Wait until `count` events of `nbytes` would be admitted; False on timeout."""
         return await self.admission.wait_for_room(count, nbytes, wait_s)
 
-    def resubmit(self, records: list[EventRecord], nbytes: int, segment: Segment) -> None:
+    def resubmit(self, block: EventBlock, nbytes: int, segment: Segment) -> None:
         """Events replayed from the write-ahead log `segment` (aep.pipeline.recovery).
 
         Raises AdmissionRefusedError, not counted: they stay in their segment.
         """
-        self.admission.reserve(len(records), nbytes)
-        self._enqueue(records, nbytes, None, segment)
+        self.admission.reserve(len(block), nbytes)
+        self._enqueue(block, nbytes, None, segment)
 
     def _enqueue(
         self,
-        records: list[EventRecord],
+        block: EventBlock,
         nbytes: int,
         done: asyncio.Future[None] | None,
         wal_segment: Segment | None,
     ) -> None:
         trace = self._observer.trace_context() if self._tracing else None
-        self._batcher.add(Submission(records, nbytes, time.monotonic(), done, wal_segment, trace))
+        self._batcher.add(Submission(block, nbytes, time.monotonic(), done, wal_segment, trace))
 
-    async def _log_then_enqueue(self, records: list[EventRecord], nbytes: int) -> None:
+    async def _log_then_enqueue(self, block: EventBlock, nbytes: int) -> None:
         """Durable mode: the events reach the queue once their log append is fsynced."""
         assert self._wal is not None
         try:
-            segment = await self._wal.append(records)
+            segment = await self._wal.append(block)
         except BaseException as error:
-            count = len(records)
+            count = len(block)
             self.admission.release(count, nbytes)
             self._ledger.rejected(count, Rejection.UNAVAILABLE)
             if isinstance(error, WalError):
                 raise AdmissionRefusedError(RefusalKind.LOG_FAILURE, str(error)) from error
             raise
-        self._enqueue(records, nbytes, None, segment)
+        self._enqueue(block, nbytes, None, segment)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -257,7 +255,7 @@ class Pipeline:
     # -- settling -----------------------------------------------------------------
     def _settle(self, batch: Batch, failure: str | None, dead_lettered: int) -> None:
         """The batch is stored (failure None), or given up on: its first
-        `dead_lettered` records are in the dead-letter file, the rest lost."""
+        `dead_lettered` events are in the dead-letter file, the rest lost."""
         now = time.monotonic()
         event_seconds = 0.0
         events = 0
@@ -272,11 +270,11 @@ class Pipeline:
                 submission.lost += count - saved
             if submission.remaining == 0:
                 freed_bytes += submission.nbytes
-                size = len(submission.records)
+                size = submission.count
                 event_seconds += (now - submission.arrived) * size
                 events += size
                 self._settled(submission)
-        self.admission.release(len(batch.records), freed_bytes)
+        self.admission.release(batch.count, freed_bytes)
         if failure is None and events:
             self._observer.submissions_written(event_seconds, events)
 

@@ -19,12 +19,12 @@ import fcntl
 import itertools
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 
-from aep.events.schema import EventRecord, format_epoch
+from aep.events.block import EventBatch
+from aep.events.schema import format_epoch
 from aep.storage.disk import IncompleteWriteError, file_stamp, instance_token, write_all
 
 DEAD_LETTER_PATTERN = "dead-letter-*.jsonl"
@@ -40,16 +40,9 @@ class DeadLetterQueue:
     def path(self) -> Path | None:
         return self._path
 
-    async def append(self, records: Sequence[EventRecord], reason: str, attempts: int) -> None:
+    async def append(self, batch: EventBatch, reason: str, attempts: int) -> None:
         """Raises DeadLetterWriteError when not every line reached the file."""
-        failed_at = format_epoch(time.time())
-        lines = [
-            orjson.dumps(
-                {"reason": reason, "failed_at": failed_at, "attempts": attempts, "event": record},
-                option=orjson.OPT_APPEND_NEWLINE,
-            )
-            for record in records
-        ]
+        lines = entry_lines(batch, reason, attempts, format_epoch(time.time()))
         async with self._lock:
             await asyncio.to_thread(self._write, lines)
 
@@ -66,6 +59,20 @@ class DeadLetterQueue:
             _append_whole_lines(fd, lines)
         finally:
             os.close(fd)  # also releases the lock
+
+
+def entry_lines(batch: EventBatch, reason: str, attempts: int, failed_at: str) -> list[bytes]:
+    """One entry line per event, the event's stored-form bytes inside as the batch holds them.
+
+    The same bytes as orjson.dumps({"reason", "failed_at", "attempts", "event"}) of the
+    event's stored form: the entry is built around its JSON, not re-encoded.
+    """
+    prefix = b'{"reason":%b,"failed_at":%b,"attempts":%d,"event":' % (
+        orjson.dumps(reason),
+        orjson.dumps(failed_at),
+        attempts,
+    )
+    return [b"%b%b}\n" % (prefix, line) for line in batch.lines()]
 
 
 class DeadLetterWriteError(OSError):

@@ -52,7 +52,7 @@ async def replay(
     for segment in leftovers:
         # One segment in memory at a time: bounded by wal.segment_bytes.
         try:
-            submissions, _ = await asyncio.to_thread(read_segment, segment.path)
+            blocks, _ = await asyncio.to_thread(read_segment, segment.path)
         except OSError as error:
             # It stays in the log (and in the backlog) for the next start.
             logger.error(
@@ -62,21 +62,21 @@ async def replay(
             continue
         wal.pin(segment)  # the hold
         backlog = segment.replay_events  # of this segment, in the ledger's wal_backlog_events
-        for records in submissions:
-            nbytes = REPLAY_BYTES_PER_EVENT * len(records)
-            while pipeline.pending_events + len(records) > max(fill_limit, len(records)):
-                await pipeline.wait_for_room(len(records), nbytes, 0.1)
+        for block in blocks:
+            nbytes = REPLAY_BYTES_PER_EVENT * len(block)
+            while pipeline.pending_events + len(block) > max(fill_limit, len(block)):
+                await pipeline.wait_for_room(len(block), nbytes, 0.1)
                 await asyncio.sleep(0.01)
             wal.pin(segment)
             try:
-                pipeline.resubmit(records, nbytes, segment)
+                pipeline.resubmit(block, nbytes, segment)
             except AdmissionRefusedError:
                 wal.committed(segment)  # undo the pin; the hold keeps the segment
                 return
-            submitted = min(backlog, len(records))
+            submitted = min(backlog, len(block))
             backlog -= submitted
-            ledger.replayed(len(records), from_backlog=submitted)
-            events += len(records)
+            ledger.replayed(len(block), from_backlog=submitted)
+            events += len(block)
         ledger.backlog_settled(backlog)
         wal.committed(segment)  # release the hold
     logger.info("write-ahead log replayed", extra={"events": events})

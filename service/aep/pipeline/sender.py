@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from aep.events.block import EventBatch, EventBlock
 from aep.pipeline.admission import Admission
 from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.batcher import Batch
@@ -27,7 +26,7 @@ from aep.storage.base import EventStore
 
 logger = logging.getLogger(__name__)
 
-# (batch, failure reason or None when stored, how many of its first records were dead-lettered)
+# (batch, failure reason or None when stored, how many of its first events were dead-lettered)
 Settle = Callable[[Batch, str | None, int], None]
 
 
@@ -65,7 +64,7 @@ class Sender:
             self.writing.add(batch)
             if self._tracing:
                 contexts = (submission.trace for submission, _ in batch.parts)
-                with self._observer.write_span(contexts, len(batch.records)):
+                with self._observer.write_span(contexts, batch.count):
                     await self._write_with_retry(batch)
             else:
                 await self._write_with_retry(batch)
@@ -79,9 +78,7 @@ class Sender:
             attempt += 1
             started = time.perf_counter()
             try:
-                result = await self._store.write_batch(
-                    EventBatch([EventBlock.of_records(batch.records)])
-                )
+                result = await self._store.write_batch(batch.events)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure is retried, then dead-lettered
@@ -95,7 +92,7 @@ class Sender:
                     backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
                 )
                 continue
-            count = len(batch.records)
+            count = batch.count
             observer.write_attempt(time.perf_counter() - started, None)
             observer.batch_written(count, time.monotonic() - batch.parts[0][0].arrived)
             self._health.succeeded()
@@ -107,11 +104,11 @@ class Sender:
 
     async def give_up(self, batch: Batch, reason: str, attempts: int) -> None:
         """Dead-letter the batch with the reason; what the file cannot take is lost."""
-        count = len(batch.records)
+        count = batch.count
         try:
-            await self._dead_letters.append(batch.records, reason, attempts)
+            await self._dead_letters.append(batch.events, reason, attempts)
         except OSError as error:
-            # The lines that made it are the first `saved` records, in order.
+            # The lines that made it are the first `saved` events, in order.
             saved = error.saved if isinstance(error, DeadLetterWriteError) else 0
             logger.critical(
                 "events lost: store write failed and the dead-letter file could not be written",

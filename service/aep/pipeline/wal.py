@@ -6,8 +6,10 @@ write is in progress are written together with one write + fsync (group
 commit), so the fsync cost is shared by everything that arrived meanwhile.
 
 Segments: `wal-<sequence>.log`, records framed as
-`<payload length: u32 LE><crc32 of payload: u32 LE><payload>`, the payload an
-orjson array of stored-form records. A segment is rotated at
+`<payload length: u32 LE><crc32 of payload: u32 LE><payload>`, the payload the
+submission's block: its events' stored form as JSON Lines, the bytes the
+codec encoded and the file store appends (segments of earlier versions hold a
+JSON array of stored-form records; they are read too). A segment is rotated at
 `wal.segment_bytes` and deleted once every submission in it was written to
 the store (or dead-lettered). At start-up the remaining segments are replayed
 into the pipeline; stores are idempotent by event_id, so events written
@@ -43,15 +45,18 @@ from pathlib import Path
 
 import orjson
 
-from aep.events.schema import EventRecord
+from aep.events.block import EventBlock
 from aep.storage.disk import fsync_directory, write_all
 
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _MAX_RECORD_BYTES = 256 * 1024 * 1024
-# The shortest payload an append writes: an empty JSON array.
+# The shortest payload: "{}\n", or an empty JSON array (earlier versions).
 _MIN_PAYLOAD_BYTES = 2
+# The first and last byte of a payload: JSON Lines, or a JSON array (earlier versions).
+_JSON_LINES_EDGES = (0x7B, 0x0A)  # "{", newline
+_JSON_ARRAY_EDGES = (0x5B, 0x5D)  # "[", "]"
 # `*.corrupt`: quarantined by earlier versions before their replay, which may
 # not have finished.
 _SEGMENT_NAME = re.compile(r"wal-(\d+)\.(?:log|corrupt)")
@@ -92,12 +97,12 @@ class Damage:
 
 @dataclass
 class SegmentScan:
-    records: list[list[EventRecord]] = field(default_factory=list)
+    blocks: list[EventBlock] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
 
     @property
     def events(self) -> int:
-        return sum(len(records) for records in self.records)
+        return sum(len(block) for block in self.blocks)
 
     @property
     def skipped_bytes(self) -> int:
@@ -114,7 +119,7 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _record_at(data: bytes, position: int) -> tuple[list[EventRecord], int] | None:
+def _record_at(data: bytes, position: int) -> tuple[EventBlock, int] | None:
     """The record framed at `position` and the offset after it, or None."""
     start = position + _HEADER.size
     if start + _MIN_PAYLOAD_BYTES > len(data):
@@ -123,19 +128,22 @@ def _record_at(data: bytes, position: int) -> tuple[list[EventRecord], int] | No
     end = start + length
     if not _MIN_PAYLOAD_BYTES <= length <= _MAX_RECORD_BYTES or end > len(data):
         return None
-    # Cheap before the checksum: every payload is a JSON array.
-    if data[start] != 0x5B or data[end - 1] != 0x5D:  # "[" and "]"
+    # Cheap before the checksum: every payload is JSON Lines or a JSON array.
+    edges = (data[start], data[end - 1])
+    if edges != _JSON_LINES_EDGES and edges != _JSON_ARRAY_EDGES:
         return None
-    payload = memoryview(data)[start:end]
-    if zlib.crc32(payload) != checksum:
+    if zlib.crc32(memoryview(data)[start:end]) != checksum:
         return None
+    payload = data[start:end]
     try:
-        decoded = orjson.loads(payload)
-    except orjson.JSONDecodeError:
+        if edges == _JSON_LINES_EDGES:
+            return EventBlock.parse(payload), end
+        records = orjson.loads(payload)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            return None
+        return EventBlock.of_records(records), end
+    except ValueError:  # orjson.JSONDecodeError too
         return None
-    if not isinstance(decoded, list):
-        return None
-    return decoded, end
 
 
 def scan_segment(path: Path) -> SegmentScan:
@@ -143,10 +151,12 @@ def scan_segment(path: Path) -> SegmentScan:
 
     After a record that does not hold, reading goes on at the next offset
     where a whole valid record starts: its length fits in the segment, its
-    payload is a JSON array with the right crc32. Candidates are found with a
-    search for the payload's "[", so a damaged stretch is crossed at C speed.
+    payload is JSON Lines (or an earlier version's JSON array) with the right
+    crc32. Candidates are found with a search for the payload's first byte, so
+    a damaged stretch is crossed at C speed.
     """
     data = path.read_bytes()
+    candidates = _Candidates(data)
     scan = SegmentScan()
     position = 0
     damaged_from: int | None = None
@@ -156,22 +166,43 @@ def scan_segment(path: Path) -> SegmentScan:
             if damaged_from is not None:
                 scan.damage.append(Damage(damaged_from, position - damaged_from))
                 damaged_from = None
-            records, position = found
-            scan.records.append(records)
+            block, position = found
+            scan.blocks.append(block)
             continue
         if damaged_from is None:
             damaged_from = position
-        bracket = data.find(b"[", position + 1 + _HEADER.size)
-        position = len(data) if bracket < 0 else bracket - _HEADER.size
+        position = candidates.after(position + 1 + _HEADER.size)
     if damaged_from is not None:
         scan.damage.append(Damage(damaged_from, len(data) - damaged_from))
     return scan
 
 
-def read_segment(path: Path) -> tuple[list[list[EventRecord]], bool]:
+class _Candidates:
+    """Header offsets of the next possible payload starts ("{" or "[") after damage.
+
+    The next of each byte is remembered, so that crossing a damaged stretch
+    searches every byte once, not once per candidate.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._next = {ord("{"): -1, ord("["): -1}
+
+    def after(self, start: int) -> int:
+        data = self._data
+        best = len(data)
+        for byte, at in self._next.items():
+            if 0 <= at < start or at == -1:
+                at = data.find(bytes((byte,)), start)
+                self._next[byte] = at if at >= 0 else len(data)
+            best = min(best, self._next[byte])
+        return best - _HEADER.size if best < len(data) else len(data)
+
+
+def read_segment(path: Path) -> tuple[list[EventBlock], bool]:
     """The valid records of a segment in order, and whether it had no damage."""
     scan = scan_segment(path)
-    return scan.records, not scan.damage
+    return scan.blocks, not scan.damage
 
 
 class WriteAheadLog:
@@ -257,7 +288,7 @@ class WriteAheadLog:
                 "damaged stretches are skipped",
                 extra={
                     "segment": str(path),
-                    "readable_records": len(scan.records),
+                    "readable_records": len(scan.blocks),
                     "damaged_records": len(scan.damage),
                     "skipped_bytes": scan.skipped_bytes,
                     "damage": [
@@ -266,7 +297,7 @@ class WriteAheadLog:
                     ],
                 },
             )
-        if not scan.records:
+        if not scan.blocks:
             self._retire(segment)
             return None
         self._segments[path] = segment
@@ -276,11 +307,11 @@ class WriteAheadLog:
         self._writer = asyncio.create_task(self._run_writer(), name="wal-writer")
 
     # -- appends -----------------------------------------------------------------
-    async def append(self, records: list[EventRecord]) -> Segment:
+    async def append(self, block: EventBlock) -> Segment:
         """Append and wait for the fsync; the segment is then pinned by one submission."""
         if self._closing:
             raise WalError("the write-ahead log is closed")
-        pending = _Append(orjson.dumps(records), asyncio.get_running_loop().create_future())
+        pending = _Append(block.lines, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.done

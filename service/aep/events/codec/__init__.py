@@ -12,10 +12,10 @@ the pure-Python h11 beside it), chosen by `server.codec`:
 - `auto`: native when it is built, else python with a warning.
 
 `decode` answers one request. What it returns (DecodedRequest) is what the
-servicer needs: the request's fields, the per-event verdicts (the stored
-forms of the valid events, as dicts for today's pipeline), the serialised
-response without its ack_mode, and the valid events encoded once as a block
-of JSON Lines (EventBlock), the form stores will take.
+servicer needs: the request's fields, the per-event verdicts (the rejected
+events and their reasons), the serialised response without its ack_mode, and
+the valid events encoded once as a block of JSON Lines (EventBlock), which
+the pipeline carries and the stores write.
 """
 
 from __future__ import annotations
@@ -180,4 +180,5 @@ def create_codec(
         return ReferenceCodec(validation, max_batch_events)
     from aep.events.codec.native import NativeCodec
 
-    return NativeCodec(validation, max_batch_events)
+    # The pipeline carries the block: no stored form as a dict per event.
+    return NativeCodec(validation, max_batch_events, records=False)
