@@ -8,7 +8,7 @@ SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
-	load-test bench bench-stores bench-telemetry bench-codec native soak lint format clean helm e2e image-test \
+	load-test bench bench-stores bench-telemetry bench-codec bench-queue-memory native soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
 $(BIN)/ad-event-processor: pyproject.toml setup.py
@@ -74,6 +74,10 @@ alerts: system-deps
 ## native: rebuild the native codec in place after editing its C files
 native: deps
 	$(BIN)/pip install --quiet --no-deps -e .
+
+## bench-queue-memory: RSS per queued event with 100,000 events waiting (Redis paused)
+bench-queue-memory: deps system-deps
+	$(PY) tests/benchmarks/bench_queue_memory.py $(BENCH_ARGS)
 
 ## bench-codec: CPU per event of the native codec against the Python reference
 bench-codec: deps

@@ -239,8 +239,9 @@ class BatchSettings(_Section):
 
 class QueueSettings(_Section):
     # Admission bounds: accepted events not yet written count against both.
-    # A queued event takes several times its wire size in RSS (the stored form
-    # as Python objects): max_events is the bound that matters for memory.
+    # A queued event takes about twice its stored form's size in RSS (its JSON
+    # line plus its id and offsets; ~670 bytes measured by bench_queue_memory.py):
+    # max_events is the bound that matters for memory.
     max_events: int = Field(100_000, ge=1)
     max_bytes: ByteSize = Field(64 * 1024**2, ge=1024)
 
