@@ -122,9 +122,7 @@ def measure(events: int, service_path: str | None) -> dict[str, float]:
             held = _rss_mb(pid)
             pending = scrape(server.metrics_port).total("pipeline_pending_events")
             client.execute_command("CLIENT", "UNPAUSE")
-            _wait(
-                lambda: client.xlen(_STREAM) >= warm_up + accepted, 300, "queued not written"
-            )
+            _wait(lambda: client.xlen(_STREAM) >= warm_up + accepted, 300, "queued not written")
             written = client.xlen(_STREAM) - warm_up
         finally:
             try:
