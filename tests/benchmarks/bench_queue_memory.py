@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -77,10 +78,10 @@ def _send(address: str, requests: list[pb.SendAdEventBatchRequest]) -> int:
     return accepted
 
 
-def _wait(until: object, timeout_s: float, what: str) -> None:
+def _wait(until: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if until():  # type: ignore[operator]
+        if until():
             return
         time.sleep(0.1)
     raise TimeoutError(what)
@@ -111,7 +112,7 @@ def measure(events: int, service_path: str | None) -> dict[str, float]:
             _send(server.address, _requests(warm_up, "warm-up"))
             _wait(lambda: client.xlen(_STREAM) >= warm_up, 60, "warm-up not written")
             idle = _rss_mb(pid)
-            client.execute_command("CLIENT", "PAUSE", "600000", "WRITE")
+            client.client_pause(600_000, all=False)  # writes wait, PING answers
             accepted = _send(server.address, _requests(events, "queued"))
             _wait(
                 lambda: scrape(server.metrics_port).total("pipeline_pending_events") >= accepted,
@@ -121,12 +122,12 @@ def measure(events: int, service_path: str | None) -> dict[str, float]:
             time.sleep(1.0)
             held = _rss_mb(pid)
             pending = scrape(server.metrics_port).total("pipeline_pending_events")
-            client.execute_command("CLIENT", "UNPAUSE")
+            client.client_unpause()
             _wait(lambda: client.xlen(_STREAM) >= warm_up + accepted, 300, "queued not written")
             written = client.xlen(_STREAM) - warm_up
         finally:
             try:
-                client.execute_command("CLIENT", "UNPAUSE")
+                client.client_unpause()
             finally:
                 server.stop()
                 store.stop()
