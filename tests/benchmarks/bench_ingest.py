@@ -517,8 +517,9 @@ def print_table(shapes: list[Load], runs: dict[str, ServerRun]) -> None:
         "CPU us/ev",
         "peak RSS MB",
         "x bare",
+        "failed RPCs",
     )
-    header = "{:<11} {:<24} {:>10} {:>8} {:>8} {:>9} {:>11} {:>6}".format(*columns)
+    header = "{:<11} {:<24} {:>10} {:>8} {:>8} {:>9} {:>11} {:>6} {:>11}".format(*columns)
     print(header)
     print("-" * len(header))
     bare = bare_means(runs, shapes)
@@ -535,11 +536,13 @@ def print_table(shapes: list[Load], runs: dict[str, ServerRun]) -> None:
             print(
                 f"{load.name:<11} {name:<24} {r['events_per_s']:>10,.0f} {r['p50_ms']:>8.2f} "
                 f"{r['p99_ms']:>8.2f} {r['cpu_us_per_event']:>9.2f} {r['peak_rss_mb']:>11.1f} "
-                f"{ratio:>6}"
+                f"{ratio:>6} {sum(r['errors'].values()) or '':>11}"
             )
     print(
         "(CPU us/ev = server CPU µs per event (= CPU seconds per million events); x bare ="
-        " events/s / the mean of the two baseline runs, at the start and at the end)"
+        " events/s / the mean of the two baseline runs, at the start and at the end;"
+        " failed RPCs are not counted as events but their CPU is, so rows with some overstate"
+        " CPU per event)"
     )
 
 
