@@ -8,7 +8,7 @@ SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
-	load-test bench bench-stores bench-telemetry bench-codec bench-queue-memory native soak lint format clean helm e2e image-test \
+	load-test bench go-peer bench-stores bench-telemetry bench-codec bench-queue-memory native soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
 $(BIN)/ad-event-processor: pyproject.toml setup.py
@@ -92,9 +92,13 @@ load-test: deps
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 200000 --batch 100 --concurrent 8
 	$(BIN)/ad-event-client --server $(SERVER) --mode load --events 20000 --batch 1 --concurrent 50
 
-## bench: our server against a bare grpc.aio baseline, its two floors and two ablations of ours (server on CPU 0, load on CPU 1; ~9 min)
+## bench: ours (both file formats x native/python codec) against a bare grpc.aio baseline, the Go design (go-peer), two floors and two ablations (server on CPU 0, load on CPU 1; builds the Go server when missing, goes on without it when it cannot; BENCH_ARGS="--quick" for a smoke run, "--json FILE" for the figures)
 bench: deps
 	$(PY) tests/benchmarks/bench_ingest.py $(BENCH_ARGS)
+
+## go-peer: build the Go server of the benchmark (tests/benchmarks/go_peer) into /tmp/gopeer/bin; installs Debian's golang-go and grpc-go packages with apt when missing (root)
+go-peer:
+	bash tests/benchmarks/go_peer/build.sh
 
 ## soak: 10 minutes of mixed load with faults, watching RSS and open fds
 soak: deps
