@@ -34,8 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository: tests.helpers
 from aep.proto.adevents.v1 import ad_events_pb2 as pb  # noqa: E402
 from aep.proto.adevents.v1 import ad_events_pb2_grpc as pb_grpc  # noqa: E402
+from tests.benchmarks.load_driver import load_events  # noqa: E402
 from tests.helpers.servers import RedisServer  # noqa: E402
-from tests.helpers.support import ServerProcess, now_timestamp, scrape  # noqa: E402
+from tests.helpers.support import ServerProcess, scrape  # noqa: E402
 
 _BATCH = 100
 _STREAM = "queue_memory"
@@ -49,23 +50,14 @@ def _rss_mb(pid: int) -> float:
 
 
 def _requests(count: int, prefix: str) -> list[pb.SendAdEventBatchRequest]:
-    stamp = now_timestamp()
-    requests = []
-    for start in range(0, count, _BATCH):
-        events = [
-            pb.AdEvent(
-                user_id=f"user-{index % 9973}",
-                ad_id=f"ad-{index % 997}",
-                event_type=(pb.EVENT_TYPE_IMPRESSION, pb.EVENT_TYPE_CLICK)[index % 2],
-                timestamp=stamp,
-                campaign_id=f"campaign-{index % 97}",
-                publisher_id=f"publisher-{index % 31}",
-                attributes={"origin": prefix},
-            )
-            for index in range(start, min(count, start + _BATCH))
-        ]
-        requests.append(pb.SendAdEventBatchRequest(events=events))
-    return requests
+    """The load driver's events, in batches of 100, each marked with `prefix`."""
+    events = load_events(count)
+    for event in events:
+        event.attributes["origin"] = prefix
+    return [
+        pb.SendAdEventBatchRequest(events=events[start : start + _BATCH])
+        for start in range(0, count, _BATCH)
+    ]
 
 
 def _send(address: str, requests: list[pb.SendAdEventBatchRequest]) -> int:

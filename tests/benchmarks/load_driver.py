@@ -20,7 +20,7 @@ from aep.proto.adevents.v1 import ad_events_pb2 as pb
 SERVICE = "/adevents.v1.AdEventService/"
 
 
-def _events(count: int) -> list[pb.AdEvent]:
+def load_events(count: int) -> list[pb.AdEvent]:
     now = Timestamp()
     now.GetCurrentTime()
     return [
@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(args.server, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
-        events = _events(args.batch)
+        events = load_events(args.batch)
         errors: dict[str, int] = {}
         interval = args.batch / args.rate if args.rate else 0.0
         started = time.perf_counter()
