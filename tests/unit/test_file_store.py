@@ -350,3 +350,22 @@ async def test_a_retry_racing_a_successful_write_is_a_duplicate(tmp_path: Path) 
     assert (second.written, second.duplicates) == (5, 5)
     ids = [str(e["event_id"]) for e in stored_events(tmp_path)]
     assert sorted(ids) == sorted(f"e{i}" for i in range(15))
+
+
+async def test_a_racing_batch_with_repeated_ids_waits_then_writes_each_new_id_once(
+    tmp_path: Path,
+) -> None:
+    """The second batch overlaps the write in flight and repeats its own ids: it
+    waits for the first, then writes only its ids that are new, each once."""
+    store = await open_store(tmp_path, writers=2)
+    repeated = batch(5, 10) + batch(12, 6)  # e12..e14 twice, e15..e17 once
+    first, second = await _write_concurrently(store, batch(0, 10), repeated)
+    third = await store.write_batch(batch_of(batch(0, 20)))
+    await store.close()
+    assert not isinstance(first, BaseException) and not isinstance(second, BaseException)
+    assert (first.written, first.duplicates) == (10, 0)
+    assert (second.written, second.duplicates) == (8, 8)  # e10..e17 new
+    assert (third.written, third.duplicates) == (2, 18)  # e18, e19
+    ids = [str(e["event_id"]) for e in stored_events(tmp_path)]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(20))
+    assert not store._writing and not store._claims  # every claim released

@@ -292,8 +292,12 @@ class FileStore:
         ]
         self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
         self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)
-        # event_id -> the end of the write that is storing it now.
-        self._in_flight: dict[str, asyncio.Future[None]] = {}
+        # The ids being written now, and each write's claim on its ids (done
+        # when the write ends). An id is claimed by one write at a time. Kept as
+        # a set beside the claims so that claiming and releasing are set
+        # operations, with no Python code run per event.
+        self._writing: set[str] = set()
+        self._claims: dict[asyncio.Future[None], list[str]] = {}
         self._codec = CODECS[settings.format]
 
     @classmethod
@@ -326,70 +330,73 @@ class FileStore:
             self._recent.add_batch(ids, modified)
 
     async def write_batch(self, batch: EventBatch) -> WriteResult:
-        fresh = await self._new_events(batch)
-        if not fresh.count:
-            return WriteResult(written=0, duplicates=batch.count)
-        fresh_ids = fresh.event_ids
         # Claimed until the write ends, so a concurrent batch with these ids
         # waits for it instead of writing them too or calling them duplicates.
-        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        in_flight = self._in_flight
-        for event_id in fresh_ids:
-            in_flight[event_id] = claim
+        fresh, claim = await self._claim_new_events(batch)
+        if not fresh.count:
+            self._release(claim)
+            return WriteResult(written=0, duplicates=batch.count)
         try:
             # Joined (or encoded) here, not in the worker thread: that holds the
             # GIL, and a CPU-bound thread would make the event loop wait for it.
             data = self._codec.encode_batch(fresh)
             writer = await self._free.get()
         except BaseException:
-            self._release(fresh_ids, claim)
+            self._release(claim)
             raise
         append = asyncio.ensure_future(asyncio.to_thread(writer.append, data))
         # The bookkeeping runs when the thread ends, even if this call is
         # cancelled first: the writer is not reused and the ids are not released
         # while the thread may still be writing them.
-        append.add_done_callback(
-            lambda done: self._appended(done, writer, fresh_ids, claim),
-        )
+        append.add_done_callback(lambda done: self._appended(done, writer, claim))
         try:
             await asyncio.shield(append)
         except OSError as error:
             raise StoreError(f"file store: writing {writer.path}: {error}") from error
         return WriteResult(written=fresh.count, duplicates=batch.count - fresh.count)
 
-    async def _new_events(self, batch: EventBatch) -> EventBatch:
-        """The events to write: not written recently, not taken by an earlier event
-        of the batch, after waiting for the writes still in flight of any of their ids."""
+    async def _claim_new_events(self, batch: EventBatch) -> tuple[EventBatch, asyncio.Future[None]]:
+        """The events to write, claimed: not written recently, not taken by an
+        earlier event of the batch, after waiting for the writes still in flight
+        of any of their ids. Returns them with their claim, to be released."""
         recent = self._recent
-        in_flight = self._in_flight
+        writing = self._writing
         while True:
+            event_ids = batch.event_ids
             fresh = batch
-            fresh_ids = batch.event_ids
-            if not recent.isdisjoint(fresh_ids) or len(set(fresh_ids)) != len(fresh_ids):
-                fresh = batch.select(recent.fresh_mask(fresh_ids))
-                fresh_ids = fresh.event_ids
-            if not in_flight or in_flight.keys().isdisjoint(fresh_ids):
-                return fresh
-            claims = {in_flight[event_id] for event_id in fresh_ids if event_id in in_flight}
-            await asyncio.wait(claims)
+            if recent.isdisjoint(event_ids) and writing.isdisjoint(event_ids):
+                # The common case, in set operations only: a batch of ids that
+                # are new and distinct grows the set by exactly its length.
+                before = len(writing)
+                writing.update(event_ids)
+                if len(writing) - before == len(event_ids):
+                    return fresh, self._new_claim(event_ids)
+                writing.difference_update(event_ids)  # none was in it: undone
+            fresh = batch.select(recent.fresh_mask(event_ids))
+            fresh_ids = fresh.event_ids
+            if writing.isdisjoint(fresh_ids):
+                writing.update(fresh_ids)  # distinct: fresh_mask keeps first occurrences
+                return fresh, self._new_claim(fresh_ids)
+            overlap = writing.intersection(fresh_ids)
+            await asyncio.wait(
+                [claim for claim, ids in self._claims.items() if not overlap.isdisjoint(ids)]
+            )
+
+    def _new_claim(self, event_ids: list[str]) -> asyncio.Future[None]:
+        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claims[claim] = event_ids
+        return claim
 
     def _appended(
-        self,
-        append: asyncio.Future[None],
-        writer: _SegmentWriter,
-        event_ids: list[str],
-        claim: asyncio.Future[None],
+        self, append: asyncio.Future[None], writer: _SegmentWriter, claim: asyncio.Future[None]
     ) -> None:
         self._free.put_nowait(writer)
         if not append.cancelled() and append.exception() is None:
-            self._recent.add_batch(event_ids, time.time())
-        self._release(event_ids, claim)
+            self._recent.add_batch(self._claims[claim], time.time())
+        self._release(claim)
 
-    def _release(self, event_ids: list[str], claim: asyncio.Future[None]) -> None:
-        in_flight = self._in_flight
-        for event_id in event_ids:
-            if in_flight.get(event_id) is claim:
-                del in_flight[event_id]
+    def _release(self, claim: asyncio.Future[None]) -> None:
+        self._writing.difference_update(self._claims.pop(claim))
         claim.set_result(None)
 
     async def ping(self) -> None:
