@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backends import NETWORK_STORE_KINDS, STORE_KINDS, Backend
-from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.backends import SHARED_STORE_KINDS, STORE_KINDS, Backend
+from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
 from tests.helpers.support import ServerProcess, running_server
 
 
@@ -35,12 +35,23 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """One Tansu broker (in memory) for the session; tests isolate by topic name."""
+    server = KafkaServer(tmp_path_factory.mktemp("kafka"))
+    server.start()
+    yield server
+    server.stop()
+
+
 def make_backend(request: pytest.FixtureRequest, kind: str, directory: Path) -> Backend:
     # Servers start only when a test of their kind runs.
     if kind == "redis":
         return Backend(kind, directory, redis=request.getfixturevalue("redis_server"))
     if kind == "mongodb":
         return Backend(kind, directory, mongo=request.getfixturevalue("mongo_server"))
+    if kind == "kafka":
+        return Backend(kind, directory, kafka=request.getfixturevalue("kafka_server"))
     return Backend(kind, directory)
 
 
@@ -50,7 +61,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request, request.param, tmp_path)
 
 
-@pytest.fixture(params=NETWORK_STORE_KINDS)
+@pytest.fixture(params=SHARED_STORE_KINDS)
 def network_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """The stores that several replicas share (Redis, MongoDB)."""
+    """The stores that several replicas share (Redis, MongoDB, Kafka)."""
     return make_backend(request, request.param, tmp_path)

@@ -27,7 +27,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -207,10 +209,112 @@ class MongoStoreSettings(_Section):
     ttl: Duration = 0.0
 
 
+class KafkaCompression(StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+# Kafka's own rule for topic names (kafka.common.internals.Topic).
+_KAFKA_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:,\[\]]+):(\d{1,5})$")
+
+
+class KafkaStoreSettings(_Section):
+    # Comma-separated host:port; one reachable broker is enough to find the rest.
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = "ad_events"
+    compression: KafkaCompression = KafkaCompression.LZ4
+    security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
+    # With SASL_PLAINTEXT / SASL_SSL: the mechanism, user and password.
+    sasl_mechanism: KafkaSaslMechanism = KafkaSaslMechanism.PLAIN
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # With SSL / SASL_SSL: the CA bundle that signed the brokers' certificates
+    # (unset: the system's), and a client certificate and key for mTLS.
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    client_id: str = Field("ad-event-processor", min_length=1)
+    # How long the producer waits for more records before it sends a request.
+    linger: Duration = Field(0.005, le=900.0)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str) -> str:
+        servers = [server.strip() for server in value.split(",")]
+        for server in servers:
+            match = _HOST_PORT.match(server)
+            if match is None or not 1 <= int(match.group(2)) <= 65535:
+                raise ValueError(
+                    f"{server!r} is not host:port; give a comma-separated list such as "
+                    "kafka-0:9092,kafka-1:9092"
+                )
+        return ",".join(servers)
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _KAFKA_TOPIC.match(value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaStoreSettings:
+        sasl = self.security_protocol in (
+            KafkaSecurityProtocol.SASL_PLAINTEXT,
+            KafkaSecurityProtocol.SASL_SSL,
+        )
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"security_protocol {self.security_protocol.value} needs sasl_username "
+                "and sasl_password"
+            )
+        if not sasl and (self.sasl_username or self.sasl_password is not None):
+            raise ValueError(
+                "sasl_username / sasl_password are set but security_protocol is "
+                f"{self.security_protocol.value}; use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        tls = self.security_protocol in (
+            KafkaSecurityProtocol.SSL,
+            KafkaSecurityProtocol.SASL_SSL,
+        )
+        given = [
+            name
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+            if getattr(self, name) is not None
+        ]
+        if given and not tls:
+            raise ValueError(
+                f"{', '.join(given)} set but security_protocol is "
+                f"{self.security_protocol.value}; use SSL or SASL_SSL"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+        return self
+
+
 class StoreType(StrEnum):
     FILE = "file"
     REDIS = "redis"
     MONGODB = "mongodb"
+    KAFKA = "kafka"
 
 
 class StartupPolicy(StrEnum):
@@ -221,14 +325,16 @@ class StartupPolicy(StrEnum):
 class DatabaseSettings(_Section):
     type: StoreType = StoreType.FILE
     startup: StartupPolicy = StartupPolicy.FAIL_FAST
-    # Bounds connecting and the start-up ping of a network store (Redis, MongoDB).
+    # Bounds connecting and the start-up ping of a network store (Redis, MongoDB, Kafka).
     connect_timeout: Duration = Field(5.0, gt=0)
     # Bounds one call to a network store (a batch write, a ping); a call that
-    # takes longer fails and the pipeline retries it (writes are idempotent).
+    # takes longer fails and the pipeline retries it (writes are idempotent;
+    # Kafka's are at least once: a retry may append a record again).
     operation_timeout: Duration = Field(10.0, gt=0)
     file: FileStoreSettings = FileStoreSettings()
     redis: RedisStoreSettings = RedisStoreSettings()
     mongodb: MongoStoreSettings = MongoStoreSettings()
+    kafka: KafkaStoreSettings = KafkaStoreSettings()
 
 
 class BatchSettings(_Section):

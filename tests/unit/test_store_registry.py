@@ -47,8 +47,8 @@ def test_a_backend_module_is_imported_only_when_its_type_is_selected(tmp_path: P
         "from aep.storage import create_store\n"
         f"create_store(DatabaseSettings(file=FileStoreSettings(dir=Path({str(tmp_path)!r}))),"
         " worker_count=1)\n"
-        "print(sorted(m for m in ('redis', 'pymongo', 'aep.storage.redis', 'aep.storage.mongodb')"
-        " if m in sys.modules))\n"
+        "print(sorted(m for m in ('redis', 'pymongo', 'confluent_kafka', 'aep.storage.redis',"
+        " 'aep.storage.mongodb', 'aep.storage.kafka') if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True

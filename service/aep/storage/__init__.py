@@ -47,12 +47,19 @@ def _mongo_store() -> type[StoreBackend]:
     return MongoStore
 
 
+def _kafka_store() -> type[StoreBackend]:
+    from aep.storage.kafka import KafkaStore
+
+    return KafkaStore
+
+
 # database.type -> the backend class (loaded on first use).
 STORE_BACKENDS: Mapping[str, Callable[[], type[StoreBackend]]] = MappingProxyType(
     {
         StoreType.FILE.value: _file_store,
         StoreType.REDIS.value: _redis_store,
         StoreType.MONGODB.value: _mongo_store,
+        StoreType.KAFKA.value: _kafka_store,
     }
 )
 
