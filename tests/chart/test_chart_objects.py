@@ -39,7 +39,7 @@ def loaded_config(manifests: Manifests, tmp_path: Path) -> Settings:
     """The rendered config.yaml, read by the service's own settings loader."""
     path = tmp_path / "config.yaml"
     path.write_text(manifests.config_text())
-    return load_settings(path, environ={})
+    return load_settings(path, environ=manifests.server_environ())
 
 
 @pytest.mark.parametrize("values_files", ALL_VALUES, ids=ALL_IDS)
@@ -87,6 +87,7 @@ def test_server_pod_runs_the_mounted_config(
     assert not {name for name in env_names if name.startswith("AEP_")} - {
         "AEP_DATABASE_REDIS_URL",
         "AEP_DATABASE_MONGODB_URI",
+        "AEP_DATABASE_KAFKA_SASL_PASSWORD",
     }
 
 

@@ -29,7 +29,7 @@ SUBCHARTS = ("redis", "mongodb", "prometheus", "grafana")
 def _settings(manifests: Manifests, tmp_path: Path) -> Settings:
     path = tmp_path / "config.yaml"
     path.write_text(manifests.config_text())
-    return load_settings(path, environ={})
+    return load_settings(path, environ=manifests.server_environ())
 
 
 def _pod_labels(workload: dict[str, object]) -> dict[str, str]:

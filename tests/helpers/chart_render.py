@@ -235,6 +235,19 @@ class Manifests:
         configmap = self.get("ConfigMap", f"{RELEASE}-ad-event-processor")
         return str(configmap["data"]["config.yaml"])
 
+    def server_environ(self) -> dict[str, str]:
+        """The server container's env as the pod gets it; a value read from a
+        Secret stands in as `secret:<name>/<key>` (the chart never sees it)."""
+        server = container(self.server["spec"]["template"]["spec"], "server")
+        environ: dict[str, str] = {}
+        for item in server.get("env") or []:
+            secret = item.get("valueFrom", {}).get("secretKeyRef")
+            if secret is not None:
+                environ[item["name"]] = f"secret:{secret['name']}/{secret['key']}"
+            elif "value" in item:
+                environ[item["name"]] = str(item["value"])
+        return environ
+
 
 def container(pod_spec: Doc, name: str) -> Doc:
     for candidate in pod_spec["containers"]:

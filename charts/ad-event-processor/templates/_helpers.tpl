@@ -115,6 +115,7 @@ Where the server keeps its files (a volume; the root filesystem is read-only).
 {{- define "ad-event-processor.tlsDir" -}}/etc/aep-tls{{- end }}
 {{- define "ad-event-processor.authDir" -}}/etc/aep-auth{{- end }}
 {{- define "ad-event-processor.clientTlsDir" -}}/etc/aep-client-tls{{- end }}
+{{- define "ad-event-processor.kafkaCaDir" -}}/etc/aep-kafka-ca{{- end }}
 
 {{/*
 "true" when /app/data is on a claim per pod (persistence.claim=perPod), else "".
@@ -212,6 +213,13 @@ database.file.dir: persistence
 database.redis.url: redis.enabled or externalRedis
 database.mongodb.uri: mongodb.enabled or externalMongodb
 database.mongodb.database: mongodb.database or externalMongodb.database
+database.kafka.bootstrap_servers: externalKafka.bootstrapServers
+database.kafka.topic: externalKafka.topic
+database.kafka.security_protocol: externalKafka.securityProtocol
+database.kafka.sasl_mechanism: externalKafka.sasl.mechanism
+database.kafka.sasl_username: externalKafka.sasl.username
+database.kafka.sasl_password: externalKafka.sasl.existingSecret
+database.kafka.ssl_cafile: externalKafka.tls.caSecret
 dead_letter.dir: persistence
 shutdown.grace_period: shutdownGracePeriodSeconds
 wal.dir: wal.enabled
@@ -264,6 +272,27 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- else }}
 {{- fail "database.type=mongodb: set mongodb.enabled=true (a bundled MongoDB), or externalMongodb.uri or externalMongodb.existingSecret" }}
 {{- end }}
+{{- end }}
+{{- if eq .Values.database.type "kafka" }}
+{{- $externalKafka := .Values.externalKafka }}
+{{- if not $externalKafka.bootstrapServers }}
+{{- fail "database.type=kafka: set externalKafka.bootstrapServers (host:port of your brokers; no Kafka is bundled)" }}
+{{- end }}
+{{- $kafka := dict "bootstrap_servers" $externalKafka.bootstrapServers "topic" $externalKafka.topic "security_protocol" $externalKafka.securityProtocol }}
+{{- if hasPrefix "SASL_" $externalKafka.securityProtocol }}
+{{- if not (and $externalKafka.sasl.username $externalKafka.sasl.existingSecret) }}
+{{- fail (printf "externalKafka.securityProtocol=%s: set externalKafka.sasl.username and externalKafka.sasl.existingSecret (the Secret holding the password)" $externalKafka.securityProtocol) }}
+{{- end }}
+{{- $_ := set $kafka "sasl_mechanism" $externalKafka.sasl.mechanism }}
+{{- $_ := set $kafka "sasl_username" $externalKafka.sasl.username }}
+{{- end }}
+{{- if $externalKafka.tls.caSecret }}
+{{- if not (hasSuffix "SSL" $externalKafka.securityProtocol) }}
+{{- fail (printf "externalKafka.tls.caSecret needs externalKafka.securityProtocol SSL or SASL_SSL, not %s" $externalKafka.securityProtocol) }}
+{{- end }}
+{{- $_ := set $kafka "ssl_cafile" (printf "%s/ca.crt" (include "ad-event-processor.kafkaCaDir" .)) }}
+{{- end }}
+{{- $_ := set $database "kafka" $kafka }}
 {{- end }}
 {{- $chart := dict
   "server" (dict "host" "0.0.0.0" "port" .Values.ports.grpc)
