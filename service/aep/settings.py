@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -317,13 +318,61 @@ class StoreType(StrEnum):
     KAFKA = "kafka"
 
 
+def parse_store_types(value: Any) -> Any:
+    """`"mongodb,redis"`, a YAML list or one name -> the StoreTypes, in the order given."""
+    if isinstance(value, StoreType):
+        return (value,)
+    if isinstance(value, str):
+        names: list[Any] = [name.strip() for name in value.split(",")]
+    elif isinstance(value, list | tuple):
+        names = list(value)
+    else:
+        raise ValueError(f"{value!r}: give a store type, a comma-separated list or a YAML list")
+    known = ", ".join(store_type.value for store_type in StoreType)
+    types = []
+    for name in names:
+        try:
+            types.append(StoreType(name))
+        except ValueError:
+            if name == "":
+                raise ValueError(f"{value!r}: an empty name in the list; known: {known}") from None
+            raise ValueError(f"{name!r} is not a store type; known: {known}") from None
+    return tuple(types)
+
+
+def _check_store_types(types: tuple[StoreType, ...]) -> tuple[StoreType, ...]:
+    if not types:
+        raise ValueError("name at least one store type")
+    seen: set[StoreType] = set()
+    for store_type in types:
+        if store_type in seen:
+            raise ValueError(f"{store_type.value!r} is listed twice")
+        seen.add(store_type)
+    return types
+
+
+def _format_store_types(types: tuple[StoreType, ...]) -> str | list[str]:
+    """One store renders as a plain string, as it was written before lists."""
+    return types[0].value if len(types) == 1 else [store_type.value for store_type in types]
+
+
+StoreTypes = Annotated[
+    tuple[StoreType, ...],
+    BeforeValidator(parse_store_types),
+    AfterValidator(_check_store_types),
+    PlainSerializer(_format_store_types),
+]
+
+
 class StartupPolicy(StrEnum):
     FAIL_FAST = "fail_fast"  # exit with code 3 when the store cannot be reached at start
     WAIT = "wait"  # listen NOT_SERVING and keep trying until the store answers
 
 
 class DatabaseSettings(_Section):
-    type: StoreType = StoreType.FILE
+    # One store, or several (`mongodb,redis`; YAML: a string or a list): every
+    # listed store receives every event, each through its own lane.
+    type: StoreTypes = (StoreType.FILE,)
     startup: StartupPolicy = StartupPolicy.FAIL_FAST
     # Bounds connecting and the start-up ping of a network store (Redis, MongoDB, Kafka).
     connect_timeout: Duration = Field(5.0, gt=0)
@@ -360,8 +409,27 @@ class RetrySettings(_Section):
 
 class DeadLetterSettings(_Section):
     # Batches that still fail after retry.max_attempts are appended here as
-    # JSON Lines ({"reason", "failed_at", "attempts", "event"}).
+    # JSON Lines ({"reason", "failed_at", "attempts", "event"}). With several
+    # stores each has its own folder below: `<dir>/<store type>/`.
     dir: Path = Path("data/dead-letter")
+
+
+class SpillPolicy(StrEnum):
+    AUTO = "auto"  # spill when several stores are listed (one store: refuse, as before)
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class SpillSettings(_Section):
+    # When a store's lane is full (queue.max_events / queue.max_bytes), its new
+    # events go to that store's spill, `<dir>/<store type>/`: segments in the
+    # write-ahead log's record format, replayed into the store in order once it
+    # takes writes again. Only when the spill holds max_bytes too is new work
+    # refused (RESOURCE_EXHAUSTED).
+    policy: SpillPolicy = SpillPolicy.AUTO
+    dir: Path = Path("data/spill")
+    max_bytes: ByteSize = Field(1024**3, ge=4096)
+    segment_bytes: ByteSize = Field(16 * 1024**2, ge=4096)
 
 
 MAX_EVENT_AGE_S = 10 * 365 * 24 * 3600.0
@@ -469,6 +537,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     retry: RetrySettings = RetrySettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
+    spill: SpillSettings = SpillSettings()
     validation: ValidationSettings = ValidationSettings()
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
@@ -478,6 +547,14 @@ class Settings(_Section):
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
     wal: WalSettings = WalSettings()
+
+    @property
+    def spills(self) -> bool:
+        """Whether a full lane spills to disk (spill.policy; auto: several stores)."""
+        policy = self.spill.policy
+        return policy is SpillPolicy.ALWAYS or (
+            policy is SpillPolicy.AUTO and len(self.database.type) > 1
+        )
 
     @model_validator(mode="after")
     def _check_cross_field(self) -> Settings:

@@ -32,7 +32,7 @@ def test_the_kafka_scenario_configures_sasl_over_tls_from_secrets(
     manifests = render(helm, KAFKA_VALUES)
     settings = settings_of(manifests, tmp_path)
     kafka = settings.database.kafka
-    assert settings.database.type is StoreType.KAFKA
+    assert settings.database.type == (StoreType.KAFKA,)
     assert kafka.bootstrap_servers == "events-kafka-bootstrap.kafka.svc:9093"
     assert kafka.topic == "ad_events"
     assert kafka.security_protocol is KafkaSecurityProtocol.SASL_SSL

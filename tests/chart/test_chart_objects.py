@@ -251,7 +251,7 @@ def test_database_type_wires_the_bundled_store(
 ) -> None:
     manifests = render(helm, scenario(name))
     settings = loaded_config(manifests, tmp_path)
-    assert settings.database.type is store
+    assert settings.database.type == (store,)
     if store is StoreType.FILE:
         assert manifests.of_kind("StatefulSet") == []
         return
@@ -284,7 +284,7 @@ def test_external_stores(helm: Helm, tmp_path: Path) -> None:
 
     mongodb = render(helm, scenario("external"))
     settings = loaded_config(mongodb, tmp_path)
-    assert settings.database.type is StoreType.MONGODB
+    assert settings.database.type == (StoreType.MONGODB,)
     assert settings.database.mongodb.database == "ad_events"
     env = {
         e["name"]: e for e in container(mongodb.server["spec"]["template"]["spec"], "server")["env"]

@@ -49,7 +49,7 @@ def test_the_default_install_is_the_whole_stack(helm: Helm, tmp_path: Path) -> N
     assert "replicas" not in server["spec"]
 
     # The bundled Redis is the store.
-    assert settings.database.type is StoreType.REDIS
+    assert settings.database.type == (StoreType.REDIS,)
     redis = manifests.workload("redis")
     redis_service = manifests.get("Service", "aep-redis")
     assert settings.database.redis.url == "redis://aep-redis:6379/0"
@@ -125,7 +125,7 @@ def test_every_part_can_be_switched_off(helm: Helm, tmp_path: Path) -> None:
     assert manifests.of_kind("NetworkPolicy") == []
     assert manifests.of_kind("Pod") == []
     assert manifests.of_kind("Secret") == []
-    assert _settings(manifests, tmp_path).database.type is StoreType.FILE
+    assert _settings(manifests, tmp_path).database.type == (StoreType.FILE,)
     pod = manifests.server["spec"]["template"]["spec"]
     data = next(v for v in pod["volumes"] if v["name"] == "data")
     assert "emptyDir" in data

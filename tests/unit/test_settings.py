@@ -26,7 +26,7 @@ from tests.helpers.support import free_port
 
 def test_defaults_run_the_file_store_on_the_contract_ports() -> None:
     settings = load_settings(environ={})
-    assert settings.database.type is StoreType.FILE
+    assert settings.database.type == (StoreType.FILE,)
     assert settings.server.port == 8080
     assert settings.metrics.port == 9464
     assert settings.ack.mode is AckMode.ACCEPTED
@@ -228,7 +228,7 @@ def test_store_keys_have_their_env_vars() -> None:
         }
     )
     database = settings.database
-    assert database.type is StoreType.REDIS
+    assert database.type == (StoreType.REDIS,)
     assert database.startup is StartupPolicy.WAIT
     assert (database.connect_timeout, database.operation_timeout) == (2.0, 0.5)
     assert database.redis.max_len == 1_000_000

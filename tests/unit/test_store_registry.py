@@ -23,9 +23,9 @@ def test_every_store_type_builds_its_own_backend(store_type: StoreType, tmp_path
 def test_an_unknown_store_type_is_refused_naming_the_known_ones(name: str) -> None:
     """Settings validation refuses these; code that builds settings without it
     (model_construct, a YAML-less caller) must not get some other store instead."""
-    settings = DatabaseSettings.model_construct(type=name)  # type: ignore[arg-type]
+    settings = DatabaseSettings.model_construct(type=(name,))  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as refused:
-        create_store(settings, worker_count=1)
+        create_store(settings, name, worker_count=1)
     message = str(refused.value)
     print(f"database.type {name!r}: {message}")
     assert message.startswith("database.type:")

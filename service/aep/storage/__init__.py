@@ -2,7 +2,7 @@
 
 STORE_BACKENDS maps each database.type to its backend class. A backend's
 module is imported only when its type is selected: the network stores'
-client libraries take long to import, and a deployment uses one store.
+client libraries take long to import, and a deployment uses one or a few.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "WriteResult",
     "backend_class",
     "create_store",
+    "create_stores",
 ]
 
 
@@ -75,6 +76,21 @@ def backend_class(store_type: str) -> type[StoreBackend]:
     return load()
 
 
-def create_store(settings: DatabaseSettings, *, worker_count: int) -> EventStore:
-    """The store database.type selects, not yet opened."""
-    return backend_class(settings.type).from_settings(settings, worker_count=worker_count)
+def create_store(
+    settings: DatabaseSettings, store_type: str | None = None, *, worker_count: int
+) -> EventStore:
+    """The store of `store_type` (default: the one database.type names), not yet opened."""
+    if store_type is None:
+        if len(settings.type) != 1:
+            listed = ",".join(str(name) for name in settings.type)
+            raise ConfigError(f"database.type lists several stores ({listed}); name one")
+        store_type = settings.type[0]
+    return backend_class(store_type).from_settings(settings, worker_count=worker_count)
+
+
+def create_stores(settings: DatabaseSettings, *, worker_count: int) -> list[EventStore]:
+    """The stores database.type lists, in its order, not yet opened."""
+    return [
+        create_store(settings, store_type, worker_count=worker_count)
+        for store_type in settings.type
+    ]
