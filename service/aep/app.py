@@ -37,12 +37,13 @@ from aep.observability.store_monitor import StoreMonitor
 from aep.observability.telemetry import Telemetry
 from aep.pipeline import recovery
 from aep.pipeline.backoff import backoff_delay
-from aep.pipeline.core import Pipeline
+from aep.pipeline.core import Outlet, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger
+from aep.pipeline.spill import Spill
 from aep.pipeline.wal import Segment, WriteAheadLog
 from aep.settings import Settings, StartupPolicy
-from aep.storage import StoreError, create_store
+from aep.storage import EventStore, StoreError, create_stores
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,11 @@ class Application:
     def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
         self.ledger = Ledger()
-        self.store = create_store(settings.database, worker_count=settings.batch.worker_pool_size)
+        self.stores = create_stores(settings.database, worker_count=settings.batch.worker_pool_size)
+        self.store_names = [store.name for store in self.stores]
         # span_exporter: for tests; by default tracing follows OTEL_EXPORTER_OTLP_*.
         self.telemetry = Telemetry(
-            settings.metrics, self.ledger, self.store.name, span_exporter=span_exporter
+            settings.metrics, self.ledger, self.store_names, span_exporter=span_exporter
         )
         self.wal = (
             WriteAheadLog(settings.wal.dir, settings.wal.segment_bytes)
@@ -74,10 +76,10 @@ class Application:
         self._started = False
         self._deadline: float | None = None
         self._drained = True
+        self._opened: list[EventStore] = []  # the stores open() succeeded for
         self.pipeline = Pipeline(
-            self.store,
+            [self._outlet(store) for store in self.stores],
             self.ledger,
-            DeadLetterQueue(settings.dead_letter.dir),
             batch=settings.batch,
             queue=settings.queue,
             retry=settings.retry,
@@ -94,7 +96,7 @@ class Application:
             self.serving,
             server=settings.server,
             default_ack=settings.ack.mode,
-            store_type=self.store.name,
+            store_type=",".join(self.store_names),
             observe_rpc=self.telemetry.observe_rpc,
         )
         self.telemetry.watch(self.pipeline)
@@ -105,12 +107,27 @@ class Application:
             idle_timeout=settings.metrics.idle_timeout,
         )
         self.monitor = StoreMonitor(
-            self.store,
             self.pipeline,
             self.serving,
             settings.health,
             ping_timeout=settings.database.connect_timeout,
         )
+
+    def _outlet(self, store: EventStore) -> Outlet:
+        """A store's dead-letter folder and spill: `<dir>/<store type>/` with several stores."""
+        settings = self.settings
+        several = len(self.stores) > 1
+        dead_letter_dir = settings.dead_letter.dir
+        if several:
+            dead_letter_dir = dead_letter_dir / store.name
+        spill = None
+        if settings.spills:
+            spill = Spill(
+                settings.spill.dir / store.name,
+                max_bytes=settings.spill.max_bytes,
+                segment_bytes=settings.spill.segment_bytes,
+            )
+        return Outlet(store, DeadLetterQueue(dead_letter_dir), spill)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start, serve until `stop` is set, shut down in order; the exit code."""
@@ -133,17 +150,25 @@ class Application:
         """Open and start everything, registering each closing step; False: start-up failed."""
         settings = self.settings
         store_open = False
+        resources.push_async_callback(self._close_stores)
         if settings.database.startup is StartupPolicy.FAIL_FAST:
-            try:
-                await self.store.open()
-            except StoreError as error:
-                logger.error(
-                    "cannot open the store; exiting (database.startup=wait would keep retrying)",
-                    extra={"error": str(error)},
-                )
-                return False
+            for lane in self.pipeline.lanes:
+                try:
+                    await lane.store.open()
+                except StoreError as error:
+                    logger.error(
+                        "cannot open the store; exiting (database.startup=wait would keep "
+                        "retrying)",
+                        extra={"store": lane.name, "error": str(error)},
+                    )
+                    return False
+                self._opened.append(lane.store)
             store_open = True
-        resources.push_async_callback(self._close_store)
+        try:
+            await self.pipeline.open_spills()
+        except OSError as error:
+            logger.error("cannot open the spill", extra={"error": str(error)})
+            return False
         leftovers: list[Segment] = []
         if self.wal is not None:
             try:
@@ -184,7 +209,8 @@ class Application:
         await self.serving.set_serving(False)
         if not store_open:
             not_yet = StoreError("not connected yet (database.startup=wait)")
-            self.pipeline.store_health.failed(not_yet)
+            for lane in self.pipeline.lanes:
+                lane.health.failed(not_yet)
         tune_garbage_collector()
         await grpc_server.start()
         resources.push_async_callback(self._stop_rpcs, grpc_server)
@@ -192,7 +218,7 @@ class Application:
         listening = {
             "grpc_port": grpc_port,
             "metrics_port": http_port,
-            "store": self.store.name,
+            "store": ",".join(self.store_names),
             "ack_mode": settings.ack.mode.value,
             "codec": self.servicer.codec_name,
             "pid": os.getpid(),
@@ -225,20 +251,28 @@ class Application:
             self._replay_task = asyncio.create_task(replay, name="wal-replay")
 
     async def _open_store_when_reachable(self, stop: asyncio.Event) -> bool:
-        """database.startup=wait: retry opening until it works (True) or stop is set."""
+        """database.startup=wait: retry opening every store until all work (True) or stop is set."""
         interval = self.settings.health.store_check_interval
         attempt = 0
         while not stop.is_set():
             attempt += 1
-            try:
-                await self.store.open()
-            except StoreError as error:
-                self.pipeline.store_health.failed(error)
-                log = logger.warning if attempt == 1 else logger.debug
-                log("store not reachable yet; retrying", extra={"error": str(error)})
-            else:
-                self.pipeline.store_health.succeeded()
-                logger.info("store reachable", extra={"attempts": attempt})
+            for lane in self.pipeline.lanes:
+                if lane.store in self._opened:
+                    continue
+                try:
+                    await lane.store.open()
+                except StoreError as error:
+                    lane.health.failed(error)
+                    log = logger.warning if attempt == 1 else logger.debug
+                    log(
+                        "store not reachable yet; retrying",
+                        extra={"store": lane.name, "error": str(error)},
+                    )
+                else:
+                    self._opened.append(lane.store)
+                    lane.health.succeeded()
+                    logger.info("store reachable", extra={"store": lane.name, "attempts": attempt})
+            if len(self._opened) == len(self.stores):
                 return True
             delay = backoff_delay(
                 attempt, interval, max(interval, _MAX_OPEN_RETRY_DELAY_S), jitter=False
@@ -275,12 +309,13 @@ class Application:
         # Events only in the log (replay interrupted or not started) are not drained.
         self._drained = drained and self.ledger.wal_backlog_events == 0
 
-    async def _close_store(self) -> None:
-        try:
-            await self.store.close()
-        except Exception:
-            logger.exception("closing the store failed")
-            self._drained = False
+    async def _close_stores(self) -> None:
+        for store in self._opened:
+            try:
+                await store.close()
+            except Exception:
+                logger.exception("closing the store failed", extra={"store": store.name})
+                self._drained = False
 
     def _report_stopped(self) -> None:
         if not self._started:

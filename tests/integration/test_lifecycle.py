@@ -58,7 +58,7 @@ def record_steps(app: Application) -> list[str]:
     app._stop_rpcs = async_step("stop RPCs", app._stop_rpcs)  # type: ignore[method-assign]
     app.pipeline.drain = async_step("drain", app.pipeline.drain)  # type: ignore[method-assign]
     app.wal.close = async_step("close WAL", app.wal.close)  # type: ignore[method-assign]
-    app.store.close = async_step("close store", app.store.close)  # type: ignore[method-assign]
+    app.stores[0].close = async_step("close store", app.stores[0].close)  # type: ignore[method-assign]
     app.http.close = async_step("close HTTP", app.http.close)  # type: ignore[method-assign]
     app.telemetry.shutdown = sync_step("telemetry", app.telemetry.shutdown)  # type: ignore[method-assign]
     return steps

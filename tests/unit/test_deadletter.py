@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aep.pipeline.core import CommitFailedError, Pipeline
+from aep.pipeline.core import CommitFailedError, Outlet, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
 from aep.pipeline.ledger import Ledger
 from aep.settings import AckMode, BatchSettings, QueueSettings, RetrySettings, load_settings
@@ -31,9 +31,8 @@ def failing_pipeline(dead_letter_dir: Path) -> tuple[Pipeline, Ledger, FakeStore
     store.fail_next = 10**9  # the store refuses everything: each batch is dead-lettered
     stats = Ledger()
     pipeline = Pipeline(
-        store,
+        [Outlet(store, DeadLetterQueue(dead_letter_dir))],
         stats,
-        DeadLetterQueue(dead_letter_dir),
         batch=BatchSettings(size=2000, flush_interval=0.001, worker_pool_size=1),
         queue=QueueSettings(max_events=100_000, max_bytes=10**9),
         retry=RetrySettings(max_attempts=1, initial_backoff=0.001, max_backoff=0.001),

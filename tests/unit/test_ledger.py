@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
-from aep.pipeline.core import Pipeline
+from aep.pipeline.core import Outlet, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger, Rejection, RequestRejection, type_tally
 from aep.pipeline.wal import WriteAheadLog
@@ -39,8 +39,8 @@ def test_each_verb_books_its_counters() -> None:
     ledger.refused_whole(7, Rejection.INVALID)
     ledger.refused_whole(2, Rejection.OVERLOAD)
     ledger.rejected(1, Rejection.UNAVAILABLE)
-    ledger.stored(written=2, duplicates=1)
-    ledger.dead_lettered(saved=3, lost=1)
+    ledger.book("file").stored(written=2, duplicates=1)
+    ledger.book("file").dead_lettered(saved=3, lost=1)
     ledger.request_refused(RequestRejection.EMPTY)
     assert ledger.events_received == 9 + 7 + 2
     assert ledger.events_received_by_type[1:] == [2, 3, 4]  # refused whole: not by type
@@ -92,9 +92,8 @@ async def test_a_durable_offer_the_log_refuses_gives_its_room_back(tmp_path: Pat
     wal.start()
     await wal.close()  # every append now fails
     pipeline = Pipeline(
-        FakeStore(),
+        [Outlet(FakeStore(), DeadLetterQueue(tmp_path / "dlq"))],
         ledger,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(size=4, flush_interval=60.0, worker_pool_size=1),
         queue=QueueSettings(max_events=100, max_bytes=10**6),
         retry=RetrySettings(),

@@ -9,7 +9,7 @@ import pytest
 from aep.events.block import EventBatch
 from aep.events.schema import EventRecord
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
-from aep.pipeline.core import CommitFailedError, Pipeline
+from aep.pipeline.core import CommitFailedError, Outlet, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog, read_segment
@@ -73,9 +73,8 @@ def make_pipeline(
 ) -> tuple[Pipeline, Ledger]:
     stats = Ledger()
     pipeline = Pipeline(
-        store,
+        [Outlet(store, DeadLetterQueue(tmp_path / "dlq"))],
         stats,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(size=size, flush_interval=flush, worker_pool_size=workers),
         queue=QueueSettings(max_events=max_events, max_bytes=max_bytes),
         retry=RetrySettings(max_attempts=attempts, initial_backoff=0.001, max_backoff=0.01),
@@ -246,9 +245,8 @@ async def test_durable_events_the_dead_letter_file_could_not_take_stay_in_the_lo
     assert wal.open() == []
     wal.start()
     pipeline = Pipeline(
-        store,
+        [Outlet(store, DeadLetterQueue(tmp_path / "dlq"))],
         stats,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(size=4, flush_interval=60.0, worker_pool_size=1),
         queue=QueueSettings(max_events=100, max_bytes=10**6),
         retry=RetrySettings(max_attempts=3, initial_backoff=0.001, max_backoff=0.01),

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from aep.pipeline import recovery
-from aep.pipeline.core import Pipeline
+from aep.pipeline.core import Outlet, Pipeline
 from aep.pipeline.dead_letters import DeadLetterQueue
 from aep.pipeline.ledger import Ledger
 from aep.pipeline.wal import WriteAheadLog
@@ -35,9 +35,8 @@ async def test_leftovers_are_replayed_written_and_deleted(tmp_path: Path) -> Non
     wal.start()
     store = FakeStore()
     pipeline = Pipeline(
-        store,
+        [Outlet(store, DeadLetterQueue(tmp_path / "dlq"))],
         ledger,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(size=25, flush_interval=0.01, worker_pool_size=2),
         queue=QueueSettings(max_events=40, max_bytes=10**6),
         retry=RetrySettings(),
@@ -77,9 +76,8 @@ async def test_a_replay_interrupted_by_the_shutdown_leaves_the_rest_in_the_log(
     leftovers = await recovery.open_log(wal, ledger)
     wal.start()
     pipeline = Pipeline(
-        FakeStore(),
+        [Outlet(FakeStore(), DeadLetterQueue(tmp_path / "dlq"))],
         ledger,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(),
         queue=QueueSettings(),
         retry=RetrySettings(),

@@ -7,7 +7,7 @@ import pytest
 
 from aep.observability.health import ServingState
 from aep.observability.store_monitor import StoreMonitor
-from aep.pipeline.core import Pipeline
+from aep.pipeline.core import Outlet, Pipeline
 from aep.settings import AckMode, HealthSettings
 from aep.storage.base import StoreError
 from tests.helpers.support import block_of
@@ -37,7 +37,6 @@ async def start_monitor(
     serving = ServingState(["adevents.v1.AdEventService"])
     await serving.set_serving(True)
     monitor = StoreMonitor(
-        store,
         pipeline,
         serving,
         HealthSettings(store_down_after=down_after, store_check_interval=0.02),
@@ -150,9 +149,9 @@ async def test_a_crashed_pipeline_task_is_not_serving(tmp_path: Path) -> None:
 
     crashed = asyncio.create_task(crash())
     await asyncio.gather(crashed, return_exceptions=True)
-    pipeline._tasks.append(crashed)  # as if a writer had died of this bug
+    pipeline.lanes[0].tasks.append(crashed)  # as if a writer had died of this bug
     await wait_until(lambda: not serving.serving, timeout_s=2)
-    pipeline._tasks.remove(crashed)
+    pipeline.lanes[0].tasks.remove(crashed)
     await stop(task, pipeline)
 
 
@@ -166,9 +165,8 @@ async def test_drain_of_a_pipeline_that_never_started_dead_letters_the_queue(
 
     stats = Ledger()
     pipeline = Pipeline(
-        PingableStore(),
+        [Outlet(PingableStore(), DeadLetterQueue(tmp_path / "dlq"))],
         stats,
-        DeadLetterQueue(tmp_path / "dlq"),
         batch=BatchSettings(),
         queue=QueueSettings(),
         retry=RetrySettings(),

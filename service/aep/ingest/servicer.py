@@ -31,6 +31,7 @@ from aep.events.validation import Verdicts
 from aep.observability.health import ServingState
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
 from aep.pipeline.core import CommitFailedError, Pipeline
+from aep.pipeline.lane import Lane
 from aep.pipeline.ledger import Ledger, Rejection, RequestRejection
 from aep.pipeline.wal import REPLAY_BYTES_PER_EVENT
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
@@ -323,9 +324,15 @@ class AdEventServicer:
         self, request: pb.HealthCheckRequest, wire_bytes: int
     ) -> pb.HealthCheckResponse:
         pipeline = self._pipeline
-        store = pipeline.store_state
         server_time = Timestamp()
         server_time.GetCurrentTime()
+        now = time.monotonic()
+        stores = [_store_status(lane, now) for lane in pipeline.lanes]
+        unhealthy = [status for status in stores if not status.healthy]
+        if len(stores) == 1:
+            detail = stores[0].detail
+        else:
+            detail = "; ".join(f"{s.store_type}: {s.detail}" for s in unhealthy) or "ok"
         return pb.HealthCheckResponse(
             status=(
                 pb.HealthCheckResponse.SERVING_STATUS_SERVING
@@ -337,10 +344,11 @@ class AdEventServicer:
             pending_bytes=pipeline.pending_bytes
             + self._ledger.wal_backlog_events * REPLAY_BYTES_PER_EVENT,
             store_type=self._store_type,
-            store_healthy=store.healthy,
-            store_detail=store.detail,
+            store_healthy=not unhealthy,
+            store_detail=detail,
             version=__version__,
             server_time=server_time,
+            stores=stores,
         )
 
     # -- the per-event path -----------------------------------------------------------
@@ -413,3 +421,31 @@ class AdEventServicer:
                 f"the store refused the events past the retry bound; {where} "
                 f"(retrying with the same event_ids is safe): {error.reason}",
             ) from error
+
+
+def _store_status(lane: Lane, now: float) -> pb.StoreStatus:
+    """One store's line of HealthCheck."""
+    state = lane.health.state
+    spill = lane.spill
+    if not state.healthy:
+        full = lane.spill_full if spill is not None else not lane.admission.has_room(1, 1)
+        lane_state = pb.StoreStatus.STATE_FULL if full else pb.StoreStatus.STATE_FAILING
+    elif lane.spilling:
+        lane_state = pb.StoreStatus.STATE_SPILLING
+    else:
+        lane_state = pb.StoreStatus.STATE_WRITING
+    return pb.StoreStatus(
+        store_type=lane.name,
+        state=lane_state,
+        healthy=state.healthy,
+        detail=state.detail,
+        pending_events=lane.pending_events,
+        spill_events=spill.events if spill is not None else 0,
+        spill_bytes=lane.spill_bytes,
+        spill_capacity_bytes=spill.max_bytes if spill is not None else 0,
+        failing_seconds=(
+            now - state.failing_since
+            if not state.healthy and state.failing_since is not None
+            else 0.0
+        ),
+    )

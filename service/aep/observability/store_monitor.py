@@ -1,6 +1,6 @@
-"""Serving state from store health: NOT_SERVING while the store is down.
+"""Serving state from store health: NOT_SERVING while a store is down.
 
-The pipeline records the outcome of every batch write in `Pipeline.store_health`.
+Each store's lane records the outcome of every batch write in its `health`.
 While writes flow, that is all the monitor needs; while the store is failing
 or nothing was written lately, it pings the store every
 `health.store_check_interval`, so a dead store is noticed without traffic and a
@@ -9,7 +9,10 @@ NOT_SERVING pod. The store counts as down once it has failed for
 `health.store_down_after` without a success in between; the first success
 makes it SERVING again. A ping only vouches for what pings fail on: after a
 failed write, only a successful write counts (a full disk still passes the file
-store's ping). Shutdown wins: ServingState ignores set_serving once
+store's ping). With several stores each is checked on its own; a store whose
+lane can spill to disk and whose spill still has room does not make the
+server NOT_SERVING: its events wait on disk, the other stores are written.
+Shutdown wins: ServingState ignores set_serving once
 begin_shutdown was called.
 """
 
@@ -21,8 +24,8 @@ import time
 
 from aep.observability.health import ServingState
 from aep.pipeline.core import Pipeline
+from aep.pipeline.lane import Lane
 from aep.settings import HealthSettings
-from aep.storage.base import EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +33,12 @@ logger = logging.getLogger(__name__)
 class StoreMonitor:
     def __init__(
         self,
-        store: EventStore,
         pipeline: Pipeline,
         serving: ServingState,
         settings: HealthSettings,
         *,
         ping_timeout: float,
     ) -> None:
-        self._store = store
         self._pipeline = pipeline
         self._serving = serving
         self._down_after = settings.store_down_after
@@ -51,16 +52,17 @@ class StoreMonitor:
             await asyncio.sleep(self._interval)
 
     async def check(self) -> None:
-        """Ping when needed, then set the serving state from the store's state."""
-        state = self._pipeline.store_state
+        """Ping where needed, then set the serving state from the stores' states."""
         now = time.monotonic()
-        writes_flow = (
-            state.healthy
-            and state.last_write_at is not None
-            and now - state.last_write_at < self._interval
-        )
-        if not writes_flow:
-            await self._ping()
+        for lane in self._pipeline.lanes:
+            state = lane.health.state
+            writes_flow = (
+                state.healthy
+                and state.last_write_at is not None
+                and now - state.last_write_at < self._interval
+            )
+            if not writes_flow:
+                await self._ping(lane)
         serve = self.should_serve(time.monotonic())
         if serve != self._serving.serving and not self._serving.shutting_down:
             if serve:
@@ -68,31 +70,44 @@ class StoreMonitor:
             else:
                 logger.error(
                     "store down: NOT_SERVING",
-                    extra={"down_after_s": self._down_after, "detail": state.detail},
+                    extra={"down_after_s": self._down_after, "detail": self.down_detail()},
                 )
             await self._serving.set_serving(serve)
 
-    async def _ping(self) -> None:
+    async def _ping(self, lane: Lane) -> None:
+        health = lane.health
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
             # cancel that arrives as the ping completes, and then the task
             # would outlive its cancellation at shutdown.
             async with asyncio.timeout(self._ping_timeout):
-                await self._store.ping()
+                await lane.store.ping()
         except TimeoutError:
-            self._pipeline.store_health.failed(
-                TimeoutError(f"ping: no answer within {self._ping_timeout}s"), ping=True
-            )
+            health.failed(TimeoutError(f"ping: no answer within {self._ping_timeout}s"), ping=True)
         except Exception as error:  # any failure means "down"; the monitor must keep going
-            self._pipeline.store_health.failed(error, ping=True)
+            health.failed(error, ping=True)
         else:
-            self._pipeline.store_health.succeeded(ping=True)
+            health.succeeded(ping=True)
+
+    def lane_down(self, lane: Lane, now: float) -> bool:
+        """Failing for health.store_down_after, and not spilling within bounds."""
+        state = lane.health.state
+        if state.healthy or state.failing_since is None:
+            return False
+        if now - state.failing_since < self._down_after:
+            return False
+        return lane.spill is None or lane.spill_full
 
     def should_serve(self, now: float) -> bool:
         pipeline = self._pipeline
         if pipeline.broken:
             return False
-        state = pipeline.store_state
-        if state.healthy or state.failing_since is None:
-            return True
-        return now - state.failing_since < self._down_after
+        return not any(self.lane_down(lane, now) for lane in pipeline.lanes)
+
+    def down_detail(self) -> str:
+        now = time.monotonic()
+        return "; ".join(
+            f"{lane.name}: {lane.health.state.detail}"
+            for lane in self._pipeline.lanes
+            if self.lane_down(lane, now)
+        )

@@ -46,7 +46,8 @@ from prometheus_client.core import HistogramMetricFamily
 from aep import __version__
 from aep.events.event_types import EVENT_TYPE_SHORT_NAMES
 from aep.pipeline.core import Pipeline
-from aep.pipeline.ledger import Ledger
+from aep.pipeline.lane import Lane
+from aep.pipeline.ledger import Ledger, StoreBook
 from aep.pipeline.observer import PipelineObserver
 from aep.settings import MetricsSettings
 
@@ -176,7 +177,7 @@ class RpcDurations:
 class _Metrics:
     """The MeterProvider, its Prometheus reader and the synchronous instruments."""
 
-    def __init__(self, resource: Resource, ledger: Ledger, store_type: str) -> None:
+    def __init__(self, resource: Resource, ledger: Ledger, store_types: Sequence[str]) -> None:
         # A registry of our own: two services in one process (tests) do not
         # collide, and it carries the process collector (CPU, memory, fds).
         self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
@@ -199,7 +200,8 @@ class _Metrics:
             ],
         )
         self.meter = self.provider.get_meter("aep", __version__)
-        self.store = {"store": store_type}
+        self.stores = list(store_types)
+        self.store = {"store": self.stores[0]}
         meter = self.meter
         self.rpc_durations = RpcDurations(SECONDS_BUCKETS)
         self.registry.register(self.rpc_durations)
@@ -222,7 +224,11 @@ class _Metrics:
         self._observable_counters(ledger)
 
     def _observable_counters(self, ledger: Ledger) -> None:
-        store = self.store
+        books = [ledger.book(name) for name in self.stores]
+
+        def per_store(read: Callable[[StoreBook], int]) -> _Reading:
+            return lambda: [(read(book), {"store": book.store}) for book in books]
+
         counters: dict[str, tuple[str, _Reading]] = {
             "events_received": (
                 "Events received in requests, valid or not, by event type",
@@ -235,15 +241,15 @@ class _Metrics:
             ),
             "events_processed": (
                 "Events written to the store (new, not duplicates)",
-                lambda: [(ledger.events_written, store)],
+                per_store(lambda book: book.events_written),
             ),
             "batches_processed": (
                 "Batches written to the store",
-                lambda: [(ledger.batches_written, store)],
+                per_store(lambda book: book.batches_written),
             ),
             "processing_errors": (
                 "Failed store write attempts (each is retried, then dead-lettered)",
-                lambda: [(ledger.write_failures, store)],
+                per_store(lambda book: book.write_failures),
             ),
             "events_rejected": (
                 "Events refused at the API, by reason (invalid|overload|unavailable)",
@@ -263,15 +269,25 @@ class _Metrics:
             ),
             "events_duplicate": (
                 "Events not written because their event_id was already stored",
-                lambda: [(ledger.events_duplicate, store)],
+                per_store(lambda book: book.events_duplicate),
             ),
             "events_dead_lettered": (
                 "Events written to the dead-letter file after the retry bound",
-                lambda: [(ledger.events_dead_lettered, {})],
+                per_store(lambda book: book.events_dead_lettered),
             ),
             "events_lost": (
                 "Events that could be neither stored nor dead-lettered (should stay 0)",
-                lambda: [(ledger.events_lost, {})],
+                per_store(lambda book: book.events_lost),
+            ),
+            "events_spilled": (
+                "Events put in a store's spill on disk because its lane was full (they are "
+                "in flight, part of pipeline_pending_events, until written)",
+                per_store(lambda book: book.events_spilled),
+            ),
+            "events_spill_recovered": (
+                "Events an earlier run left in a store's spill, taken back at start-up (with "
+                "events_replayed, received by an earlier process)",
+                per_store(lambda book: book.events_spill_recovered),
             ),
             "wal_segments_quarantined": (
                 "Write-ahead log segments found damaged at start-up (every intact record "
@@ -300,31 +316,44 @@ class _Metrics:
         )
 
     def watch(self, pipeline: Pipeline) -> None:
-        store = self.store
+        lanes = pipeline.lanes
+
+        def per_lane(read: Callable[[Lane], float]) -> _Reading:
+            return lambda: [(read(lane), {"store": lane.name}) for lane in lanes]
+
         gauges: dict[str, tuple[str, _Reading]] = {
             "pipeline_pending_events": (
-                "Accepted events not yet written: in flight (the admission bound counts these)",
-                lambda: [(pipeline.pending_events, {})],
+                "Accepted events not yet written to the store: in memory (the admission bound "
+                "counts these) or in its spill",
+                per_lane(lambda lane: lane.pending_events),
             ),
             "pipeline_queued_events": (
                 "Accepted events waiting for a batch (part of pipeline_pending_events)",
-                lambda: [(pipeline.queued_events, {})],
+                per_lane(lambda lane: lane.batcher.queued_events),
             ),
             "pipeline_pending_bytes": (
-                "Request bytes of the pending events",
-                lambda: [(pipeline.pending_bytes, {})],
+                "Request bytes of the pending events in memory",
+                per_lane(lambda lane: lane.admission.pending_bytes),
             ),
             "pipeline_queue_capacity_events": (
                 "queue.max_events",
-                lambda: [(pipeline.max_events, {})],
+                per_lane(lambda lane: lane.admission.max_events),
             ),
             "pipeline_queue_capacity_bytes": (
                 "queue.max_bytes",
-                lambda: [(pipeline.max_bytes, {})],
+                per_lane(lambda lane: lane.admission.max_bytes),
+            ),
+            "spill_bytes": (
+                "Bytes in the store's spill on disk (its lane was full); 0 without a spill",
+                per_lane(lambda lane: lane.spill_bytes),
+            ),
+            "spill_capacity_bytes": (
+                "spill.max_bytes (0: this store's lane does not spill)",
+                per_lane(lambda lane: lane.spill.max_bytes if lane.spill is not None else 0),
             ),
             "store_up": (
                 "1 while the last store write succeeded",
-                lambda: [(int(pipeline.store_state.healthy), store)],
+                per_lane(lambda lane: int(lane.health.state.healthy)),
             ),
             "average_processing_latency": (
                 "Seconds from admission to durable write, mean over the events written in "
@@ -378,7 +407,9 @@ class _Tracing:
         return interceptor
 
     @contextlib.contextmanager
-    def write_span(self, contexts: Iterator[Any], events: int) -> Iterator[None]:
+    def write_span(
+        self, contexts: Iterator[Any], events: int, store: str | None = None
+    ) -> Iterator[None]:
         unique: dict[int, SpanContext] = {}
         for context in contexts:
             if context is not None and context.trace_flags.sampled:
@@ -392,7 +423,7 @@ class _Tracing:
             kind=SpanKind.INTERNAL,
             links=[Link(context) for context in unique.values()],
             attributes={
-                "aep.store": self.store_type,
+                "aep.store": store or self.store_type,
                 "aep.batch.events": events,
                 "aep.batch.requests": len(unique),
             },
@@ -403,13 +434,20 @@ class _Tracing:
 class _Observer(PipelineObserver):
     """Feeds the pipeline's reports into the histograms and the batch spans."""
 
-    def __init__(self, metrics: _Metrics | None, tracing: _Tracing | None) -> None:
+    def __init__(
+        self, metrics: _Metrics | None, tracing: _Tracing | None, store: str | None = None
+    ) -> None:
         self._metrics = metrics
         self._tracing_impl = tracing
         self.tracing = tracing is not None
+        self._store = store
         if metrics is not None:
-            self._ok = {**metrics.store, "outcome": "ok"}
-            self._error = {**metrics.store, "outcome": "error"}
+            labels = metrics.store if store is None else {"store": store}
+            self._ok = {**labels, "outcome": "ok"}
+            self._error = {**labels, "outcome": "error"}
+
+    def for_store(self, store: str) -> PipelineObserver:
+        return _Observer(self._metrics, self._tracing_impl, store)
 
     def trace_context(self) -> Any:
         return trace.get_current_span().get_span_context()
@@ -418,7 +456,7 @@ class _Observer(PipelineObserver):
         self, contexts: Iterator[Any], events: int
     ) -> contextlib.AbstractContextManager[Any]:
         assert self._tracing_impl is not None
-        return self._tracing_impl.write_span(contexts, events)
+        return self._tracing_impl.write_span(contexts, events, self._store)
 
     def write_attempt(self, seconds: float, error: Exception | None) -> None:
         metrics = self._metrics
@@ -456,19 +494,20 @@ class Telemetry:
         self,
         settings: MetricsSettings,
         ledger: Ledger,
-        store_type: str,
+        store_types: Sequence[str] | str,
         *,
         span_exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         resource = Resource.create({"service.name": SERVICE_NAME, "service.version": __version__})
-        self._metrics = _Metrics(resource, ledger, store_type) if settings.enabled else None
+        stores = [store_types] if isinstance(store_types, str) else list(store_types)
+        self._metrics = _Metrics(resource, ledger, stores) if settings.enabled else None
         if span_exporter is None:
             span_exporter = span_exporter_from_environment(
                 os.environ if environ is None else environ
             )
         self._tracing = (
-            _Tracing(resource, span_exporter, store_type) if span_exporter is not None else None
+            _Tracing(resource, span_exporter, stores[0]) if span_exporter is not None else None
         )
         self.observer: PipelineObserver = (
             _Observer(self._metrics, self._tracing)

@@ -19,21 +19,62 @@ from aep.pipeline.wal import Segment
 from aep.settings import BatchSettings
 
 
+class Ticket:
+    """One offer across every lane: what its acknowledgement and its log segment wait for.
+
+    Each lane takes the offer's events as a Submission of its own. The ticket
+    is settled once every lane stored (or dead-lettered) them: then a
+    committed-mode caller hears back. Its write-ahead log segment may go
+    earlier, once every lane holds the events durably: stored, dead-lettered,
+    or in the lane's spill on disk.
+    """
+
+    __slots__ = (
+        "count",
+        "dead_lettered",
+        "done",
+        "failure",
+        "lanes_unsafe",
+        "lanes_unsettled",
+        "lost",
+        "wal_segment",
+    )
+
+    def __init__(
+        self,
+        count: int,
+        lanes: int,
+        done: asyncio.Future[None] | None,
+        wal_segment: Segment | None,
+    ) -> None:
+        self.count = count
+        self.lanes_unsettled = lanes
+        self.lanes_unsafe = lanes
+        self.done = done
+        self.wal_segment = wal_segment
+        # Set when a lane gave some of its events up (the first such reason),
+        # with how many it dead-lettered and lost, summed over the lanes.
+        self.failure: str | None = None
+        self.dead_lettered = 0
+        self.lost = 0
+
+
 class Submission:
-    """The events of one offer, followed until every one of them was written or given up."""
+    """One lane's share of an offer, followed until every event was written or given up."""
 
     __slots__ = (
         "arrived",
         "block",
         "count",
         "dead_lettered",
-        "done",
         "failure",
         "lost",
         "nbytes",
         "remaining",
+        "safe",
+        "spill_segment",
+        "ticket",
         "trace",
-        "wal_segment",
     )
 
     def __init__(
@@ -41,18 +82,24 @@ class Submission:
         block: EventBlock,
         nbytes: int,
         arrived: float,
-        done: asyncio.Future[None] | None,
-        wal_segment: Segment | None,
+        ticket: Ticket | None,
         trace: Any,
+        *,
+        safe: bool = False,
+        spill_segment: Segment | None = None,
     ) -> None:
         self.block = block
         self.count = len(block)
         self.nbytes = nbytes
         self.remaining = self.count
         self.arrived = arrived
-        self.done = done
-        self.wal_segment = wal_segment
+        self.ticket = ticket
         self.trace = trace
+        # Already durable outside memory (it came back from the spill): its
+        # settling does not count towards the ticket's lanes_unsafe again.
+        self.safe = safe
+        # The spill segment it was read from, released once it is settled.
+        self.spill_segment = spill_segment
         # Set when a batch holding some of its events was given up on.
         self.failure: str | None = None
         self.dead_lettered = 0

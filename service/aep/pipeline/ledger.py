@@ -7,9 +7,17 @@ Every event received ends in exactly one of these, so at any moment
 
 (`pending` is the pipeline's count of accepted events not yet written: in
 flight; `replayed` the events re-submitted from the write-ahead log at
-start-up). Other modules read the counters and change them only through the
-verbs below; whoever decides what happens to events calls the verb, once per
-request or per batch, never per event:
+start-up). With several stores (database.type a list) every store receives
+every event, so the identity holds for each store on its own: its StoreBook
+(`Ledger.books`) holds written, duplicates, dead_lettered and lost for that
+store, `pending` is its lane's (queued, being written, or in its spill), and
+`spill_recovered` (events an earlier run left in its spill) joins `replayed`
+on the left. The Ledger's own written/duplicates/dead_lettered/lost are the
+sums over the books, which is the identity itself when there is one store.
+
+Other modules read the counters and change them only through the verbs below
+(a store's through its StoreBook); whoever decides what happens to events
+calls the verb, once per request or per batch, never per event:
 
 - a request's events are counted as received exactly once: by `received`
   after validation, or by `refused_whole` when the request is refused before
@@ -56,25 +64,64 @@ def type_tally() -> list[int]:
     return [0] * EVENT_TYPE_COUNT
 
 
-class Ledger:
+class StoreBook:
+    """What became of the events one store's lane took (the per-store half of the books)."""
+
     __slots__ = (
         "batches_written",
         "events_dead_lettered",
         "events_duplicate",
         "events_lost",
+        "events_spill_recovered",
+        "events_spilled",
+        "events_written",
+        "store",
+        "write_failures",
+    )
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.events_written = 0
+        self.events_duplicate = 0
+        self.events_dead_lettered = 0
+        self.events_lost = 0
+        self.batches_written = 0
+        self.write_failures = 0
+        # Events put in the store's spill (a lane was full); in flight until stored.
+        self.events_spilled = 0
+        # Events an earlier run left in the spill, taken back into the lane.
+        self.events_spill_recovered = 0
+
+    def stored(self, written: int, duplicates: int) -> None:
+        """One batch written: `written` new events, `duplicates` already stored."""
+        self.events_written += written
+        self.events_duplicate += duplicates
+        self.batches_written += 1
+
+    def write_failed(self) -> None:
+        """One store write attempt failed (it is retried, then dead-lettered)."""
+        self.write_failures += 1
+
+    def dead_lettered(self, saved: int, lost: int) -> None:
+        """A batch given up on: `saved` events in the dead-letter file, `lost` not."""
+        self.events_dead_lettered += saved
+        self.events_lost += lost
+
+
+class Ledger:
+    __slots__ = (
+        "books",
         "events_received",
         "events_received_by_type",
         "events_rejected_invalid",
         "events_rejected_overload",
         "events_rejected_unavailable",
         "events_replayed",
-        "events_written",
         "requests_rejected",
         "wal_backlog_events",
         "wal_damaged_records",
         "wal_segments_quarantined",
         "wal_skipped_bytes",
-        "write_failures",
     )
 
     def __init__(self) -> None:
@@ -84,12 +131,8 @@ class Ledger:
         self.events_rejected_invalid = 0
         self.events_rejected_overload = 0
         self.events_rejected_unavailable = 0
-        self.events_written = 0
-        self.events_duplicate = 0
-        self.events_dead_lettered = 0
-        self.events_lost = 0
-        self.batches_written = 0
-        self.write_failures = 0
+        # One per store, in database.type's order (created by book()).
+        self.books: dict[str, StoreBook] = {}
         self.requests_rejected = dict.fromkeys(RequestRejection, 0)
         # Found in the write-ahead log at start-up: segments with damage (set aside
         # in quarantine/ once replayed), damaged stretches skipped, and their bytes.
@@ -99,6 +142,37 @@ class Ledger:
         # Events earlier runs left in the write-ahead log and not yet re-submitted;
         # outside the equation until replayed (they were received by another process).
         self.wal_backlog_events = 0
+
+    def book(self, store: str) -> StoreBook:
+        """The books of one store (made on first use)."""
+        book = self.books.get(store)
+        if book is None:
+            book = self.books[store] = StoreBook(store)
+        return book
+
+    @property
+    def events_written(self) -> int:
+        return sum(book.events_written for book in self.books.values())
+
+    @property
+    def events_duplicate(self) -> int:
+        return sum(book.events_duplicate for book in self.books.values())
+
+    @property
+    def events_dead_lettered(self) -> int:
+        return sum(book.events_dead_lettered for book in self.books.values())
+
+    @property
+    def events_lost(self) -> int:
+        return sum(book.events_lost for book in self.books.values())
+
+    @property
+    def batches_written(self) -> int:
+        return sum(book.batches_written for book in self.books.values())
+
+    @property
+    def write_failures(self) -> int:
+        return sum(book.write_failures for book in self.books.values())
 
     @property
     def events_rejected(self) -> int:
@@ -141,22 +215,6 @@ class Ledger:
 
     def request_refused(self, reason: RequestRejection) -> None:
         self.requests_rejected[reason] += 1
-
-    # -- in the pipeline -----------------------------------------------------------
-    def stored(self, written: int, duplicates: int) -> None:
-        """One batch written: `written` new events, `duplicates` already stored."""
-        self.events_written += written
-        self.events_duplicate += duplicates
-        self.batches_written += 1
-
-    def write_failed(self) -> None:
-        """One store write attempt failed (it is retried, then dead-lettered)."""
-        self.write_failures += 1
-
-    def dead_lettered(self, saved: int, lost: int) -> None:
-        """A batch given up on: `saved` events in the dead-letter file, `lost` not."""
-        self.events_dead_lettered += saved
-        self.events_lost += lost
 
     # -- the write-ahead log at start-up ---------------------------------------------
     def log_opened(

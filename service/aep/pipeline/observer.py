@@ -16,6 +16,10 @@ class PipelineObserver:
 
     tracing = False  # when True: trace_context() at submit, write_span() per batch
 
+    def for_store(self, store: str) -> PipelineObserver:
+        """The observer for one store's lane (its reports carry the store's name)."""
+        return self
+
     def trace_context(self) -> Any:
         """The caller's trace context, kept with its events for the batch span's links."""
         return None

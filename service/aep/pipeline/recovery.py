@@ -64,7 +64,7 @@ async def replay(
         backlog = segment.replay_events  # of this segment, in the ledger's wal_backlog_events
         for block in blocks:
             nbytes = REPLAY_BYTES_PER_EVENT * len(block)
-            while pipeline.pending_events + len(block) > max(fill_limit, len(block)):
+            while pipeline.memory_pending_events + len(block) > max(fill_limit, len(block)):
                 await pipeline.wait_for_room(len(block), nbytes, 0.1)
                 await asyncio.sleep(0.01)
             wal.pin(segment)

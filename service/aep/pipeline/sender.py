@@ -18,7 +18,7 @@ from aep.pipeline.admission import Admission
 from aep.pipeline.backoff import backoff_delay
 from aep.pipeline.batcher import Batch
 from aep.pipeline.dead_letters import DeadLetterQueue, DeadLetterWriteError
-from aep.pipeline.ledger import Ledger
+from aep.pipeline.ledger import StoreBook
 from aep.pipeline.observer import PipelineObserver
 from aep.pipeline.store_health import StoreHealth
 from aep.settings import RetrySettings
@@ -38,7 +38,7 @@ class Sender:
         *,
         retry: RetrySettings,
         admission: Admission,
-        ledger: Ledger,
+        book: StoreBook,
         health: StoreHealth,
         dead_letters: DeadLetterQueue,
         observer: PipelineObserver,
@@ -48,7 +48,7 @@ class Sender:
         self._batches = batches
         self._retry = retry
         self._admission = admission
-        self._ledger = ledger
+        self._book = book
         self._health = health
         self._dead_letters = dead_letters
         self._observer = observer
@@ -83,7 +83,7 @@ class Sender:
                 raise
             except Exception as error:  # any failure is retried, then dead-lettered
                 observer.write_attempt(time.perf_counter() - started, error)
-                self._ledger.write_failed()
+                self._book.write_failed()
                 self._health.failed(error)
                 if attempt >= retry.max_attempts:
                     await self.give_up(batch, f"{type(error).__name__}: {error}", attempt)
@@ -98,7 +98,7 @@ class Sender:
             self._health.succeeded()
             self._health.state.last_write_at = time.monotonic()
             self._admission.written(count)
-            self._ledger.stored(result.written, result.duplicates)
+            self._book.stored(result.written, result.duplicates)
             self._settle(batch, None, 0)
             return
 
@@ -118,6 +118,7 @@ class Sender:
                     "reason": reason,
                     "error": str(error),
                     "path": str(self._dead_letters.path),
+                    "store": self._store.name,
                 },
             )
         else:
@@ -129,7 +130,8 @@ class Sender:
                     "reason": reason,
                     "attempts": attempts,
                     "path": str(self._dead_letters.path),
+                    "store": self._store.name,
                 },
             )
-        self._ledger.dead_lettered(saved, count - saved)
+        self._book.dead_lettered(saved, count - saved)
         self._settle(batch, reason, saved)

@@ -40,6 +40,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,12 @@ class SegmentScan:
 class _Append:
     payload: bytes
     done: asyncio.Future[Segment]
+    tag: object = None
+
+
+# Told of every record once it is written and fsynced, in log order, before its
+# appender resumes: (the segment, the append's tag).
+WrittenHook = Callable[[Segment, object], None]
 
 
 def frame(payload: bytes) -> bytes:
@@ -208,7 +215,10 @@ def read_segment(path: Path) -> tuple[list[EventBlock], bool]:
 class WriteAheadLog:
     """Group-committed append-only segments; owned by the event loop."""
 
-    def __init__(self, directory: Path, segment_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, segment_bytes: int, *, on_written: WrittenHook | None = None
+    ) -> None:
+        self._on_written = on_written
         self._directory = directory
         self._segment_bytes = segment_bytes
         self._segments: dict[Path, Segment] = {}
@@ -222,6 +232,7 @@ class WriteAheadLog:
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = False  # a group's write is in progress
         # Found at start-up: segments with damage, damaged stretches, their bytes.
         self.quarantined = 0
         self.damaged_records = 0
@@ -307,11 +318,14 @@ class WriteAheadLog:
         self._writer = asyncio.create_task(self._run_writer(), name="wal-writer")
 
     # -- appends -----------------------------------------------------------------
-    async def append(self, block: EventBlock) -> Segment:
-        """Append and wait for the fsync; the segment is then pinned by one submission."""
+    async def append(self, block: EventBlock, tag: object = None) -> Segment:
+        """Append and wait for the fsync; the segment is then pinned by one submission.
+
+        `tag` goes to the on_written hook with the record.
+        """
         if self._closing:
             raise WalError("the write-ahead log is closed")
-        pending = _Append(block.lines, asyncio.get_running_loop().create_future())
+        pending = _Append(block.lines, asyncio.get_running_loop().create_future(), tag)
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.done
@@ -334,17 +348,23 @@ class WriteAheadLog:
                 continue
             group, self._queue = self._queue, []
             data = b"".join(frame(a.payload) for a in group)
+            self._writing = True
             try:
                 segment = self._segment_for(len(data))
                 await asyncio.to_thread(self._write, segment, data)
             except Exception as error:  # the writer must outlive any failure
                 self._fail(group, error)
                 continue
+            finally:
+                self._writing = False
             if self._failing:
                 self._failing = False
                 logger.info("write-ahead log appends succeed again")
             segment.size += len(data)
             segment.pending += len(group)
+            if self._on_written is not None:
+                for item in group:
+                    self._on_written(segment, item.tag)
             for item in group:
                 if item.done.done():  # the caller went away before the fsync
                     segment.pending -= 1
@@ -456,6 +476,37 @@ class WriteAheadLog:
         segment.path = target
 
     # -- state and shutdown ---------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No append is queued or being written."""
+        return not self._queue and not self._writing
+
+    @property
+    def current(self) -> Segment | None:
+        """The segment appends go to now."""
+        return self._current
+
+    def held_bytes(self) -> int:
+        """Bytes of every segment on disk not yet deleted (the current one included)."""
+        return sum(segment.size for segment in self._segments.values())
+
+    def rotate_now(self) -> Segment:
+        """Seal the current segment (it must be idle) so it can be read whole; the sealed one.
+
+        Later appends go to a new segment. Raises OSError when that cannot be created.
+        """
+        assert self.idle, "rotate_now() while an append is in flight"
+        current = self._current
+        assert current is not None
+        new, fd = self._create_segment(current.sequence + 1)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # everything in it was fsynced
+                os.close(self._fd)
+        self._current, self._fd = new, fd
+        self._rotate_before_next = False
+        current.sealed = True
+        return current
+
     async def close(self) -> None:
         """After the pipeline drained: write what is queued, delete what is committed."""
         self._closing = True

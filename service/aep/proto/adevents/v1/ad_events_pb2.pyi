@@ -531,20 +531,31 @@ class HealthCheckResponse(_message.Message):
     STORE_DETAIL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
     status: Global___HealthCheckResponse.ServingStatus.ValueType
     pending_events: _builtins.int
-    """Events accepted and not yet written to the store."""
+    """Events accepted and not yet written to every store (with several stores:
+    the most any one store is behind, spilled events included).
+    """
     pending_bytes: _builtins.int
-    """Bytes (wire size) of those events."""
+    """Bytes (wire size) of the pending events held in memory."""
     store_type: _builtins.str
-    """Configured store type: file, redis or mongodb."""
+    """Configured store type: file, redis, mongodb or kafka; with several stores
+    the list, comma-separated (`mongodb,redis`).
+    """
     store_healthy: _builtins.bool
-    """Whether the last store operation succeeded."""
+    """Whether the last operation of every store succeeded."""
     store_detail: _builtins.str
-    """Human-readable detail of the store state (last error when unhealthy)."""
+    """Human-readable detail of the store state (last error when unhealthy;
+    with several stores, `<store>: <detail>` of each unhealthy one).
+    """
     version: _builtins.str
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreStatus]:
+        """One per configured store, in database.type's order."""
+
     def __init__(
         self,
         *,
@@ -556,11 +567,94 @@ class HealthCheckResponse(_message.Message):
         store_detail: _builtins.str = ...,
         version: _builtins.str = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
+        stores: _abc.Iterable[Global___StoreStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_bytes", b"pending_bytes", "pending_events", b"pending_events", "server_time", b"server_time", "status", b"status", "store_detail", b"store_detail", "store_healthy", b"store_healthy", "store_type", b"store_type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_bytes", b"pending_bytes", "pending_events", b"pending_events", "server_time", b"server_time", "status", b"status", "store_detail", b"store_detail", "store_healthy", b"store_healthy", "store_type", b"store_type", "stores", b"stores", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthCheckResponse: _TypeAlias = HealthCheckResponse  # noqa: Y015
+
+@_typing.final
+class StoreStatus(_message.Message):
+    """One store's lane: its health, how far behind it is, its spill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[StoreStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: StoreStatus._State.ValueType  # 0
+        STATE_WRITING: StoreStatus._State.ValueType  # 1
+        """Writes succeed and nothing is in its spill."""
+        STATE_SPILLING: StoreStatus._State.ValueType  # 2
+        """Its lane was full: new events go to its spill on disk, which is being
+        written to the store (or waits for it to answer).
+        """
+        STATE_FAILING: StoreStatus._State.ValueType  # 3
+        """The last write or ping failed; events wait in its lane."""
+        STATE_FULL: StoreStatus._State.ValueType  # 4
+        """Failing, and its queue and spill are full: new events are refused."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: StoreStatus.State.ValueType  # 0
+    STATE_WRITING: StoreStatus.State.ValueType  # 1
+    """Writes succeed and nothing is in its spill."""
+    STATE_SPILLING: StoreStatus.State.ValueType  # 2
+    """Its lane was full: new events go to its spill on disk, which is being
+    written to the store (or waits for it to answer).
+    """
+    STATE_FAILING: StoreStatus.State.ValueType  # 3
+    """The last write or ping failed; events wait in its lane."""
+    STATE_FULL: StoreStatus.State.ValueType  # 4
+    """Failing, and its queue and spill are full: new events are refused."""
+
+    STORE_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PENDING_EVENTS_FIELD_NUMBER: _builtins.int
+    SPILL_EVENTS_FIELD_NUMBER: _builtins.int
+    SPILL_BYTES_FIELD_NUMBER: _builtins.int
+    SPILL_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    FAILING_SECONDS_FIELD_NUMBER: _builtins.int
+    store_type: _builtins.str
+    """The store type (file, redis, mongodb, kafka)."""
+    state: Global___StoreStatus.State.ValueType
+    healthy: _builtins.bool
+    detail: _builtins.str
+    """The last error when unhealthy, else "ok"."""
+    pending_events: _builtins.int
+    """Lag: accepted events this store has not written yet (in memory or spilled)."""
+    spill_events: _builtins.int
+    """Events and bytes in its spill on disk."""
+    spill_bytes: _builtins.int
+    spill_capacity_bytes: _builtins.int
+    """spill.max_bytes, 0 when this store's lane does not spill."""
+    failing_seconds: _builtins.float
+    """Seconds since its first failure in a row (0 while healthy)."""
+    def __init__(
+        self,
+        *,
+        store_type: _builtins.str = ...,
+        state: Global___StoreStatus.State.ValueType = ...,
+        healthy: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        pending_events: _builtins.int = ...,
+        spill_events: _builtins.int = ...,
+        spill_bytes: _builtins.int = ...,
+        spill_capacity_bytes: _builtins.int = ...,
+        failing_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "failing_seconds", b"failing_seconds", "healthy", b"healthy", "pending_events", b"pending_events", "spill_bytes", b"spill_bytes", "spill_capacity_bytes", b"spill_capacity_bytes", "spill_events", b"spill_events", "state", b"state", "store_type", b"store_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreStatus: _TypeAlias = StoreStatus  # noqa: Y015
