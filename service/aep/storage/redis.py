@@ -445,3 +445,14 @@ class RedisStore:
             client, self._client = self._client, None
             self._append = None
             await client.aclose()
+            if isinstance(client, RedisCluster):
+                # redis-py's aclose() does nothing while the client waits to
+                # re-read the slot map (after a connection error): close every
+                # node's connections here, or their sockets outlive the store.
+                nodes = {id(node): node for node in client.get_nodes()}
+                nodes.update(
+                    (id(node), node) for node in client.nodes_manager.startup_nodes.values()
+                )
+                await asyncio.gather(
+                    *(node.disconnect() for node in nodes.values()), return_exceptions=True
+                )
