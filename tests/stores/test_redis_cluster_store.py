@@ -280,6 +280,36 @@ async def test_max_len_is_shared_by_the_shards(
     assert 1600 <= total < 8000
 
 
+async def test_a_consumer_reads_every_shard_with_a_group_per_shard_in_arrival_order(
+    cluster_backend: Backend, admin: RedisCluster
+) -> None:
+    """The documented recipe: the shard list, then XREADGROUP per shard stream (one
+    XREAD over several shards is refused: CROSSSLOT)."""
+    store = open_cluster_store(cluster_backend)
+    await store.open()
+    try:
+        for start in range(0, 300, 50):
+            await store.write_batch(batch_of(events(start, 50)))
+    finally:
+        await store.close()
+    shards = cast(list[str], admin.lrange(shard_list_key(cluster_backend.name), 0, -1))
+    with pytest.raises(redis.exceptions.RedisClusterException):
+        admin.xread({shards[0]: 0, shards[1]: 0})
+    read: dict[str, list[str]] = {}
+    for shard in shards:
+        admin.xgroup_create(shard, "consumers", id="0", mkstream=True)
+        replies = cast(
+            list[tuple[str, list[tuple[str, dict[str, str]]]]],
+            admin.xreadgroup("consumers", "c1", {shard: ">"}, count=1000),
+        )
+        read[shard] = [fields["event_id"] for _key, entries in replies for _id, fields in entries]
+    everything = [event_id for ids in read.values() for event_id in ids]
+    assert sorted(everything) == sorted(f"e{i}" for i in range(300))
+    for shard, ids in read.items():  # each shard: the order its events arrived in
+        expected = [f"e{i}" for i in range(300) if shards[shard_of(f"e{i}", 16)] == shard]
+        assert ids == expected
+
+
 # -- clusters of their own (nodes get killed) ------------------------------------------
 
 
