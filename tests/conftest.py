@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.backends import SHARED_STORE_KINDS, STORE_KINDS, Backend
-from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
+from tests.helpers.servers import KafkaServer, MongoServer, RedisClusterServer, RedisServer
 from tests.helpers.support import ServerProcess, running_server
 
 
@@ -24,6 +24,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """One 3-master Redis Cluster (6 redis-server) for the session; tests isolate by
+    stream name. Tests that kill nodes start their own."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +58,8 @@ def make_backend(request: pytest.FixtureRequest, kind: str, directory: Path) -> 
     # Servers start only when a test of their kind runs.
     if kind == "redis":
         return Backend(kind, directory, redis=request.getfixturevalue("redis_server"))
+    if kind == "redis-cluster":
+        return Backend(kind, directory, redis_cluster=request.getfixturevalue("redis_cluster"))
     if kind == "mongodb":
         return Backend(kind, directory, mongo=request.getfixturevalue("mongo_server"))
     if kind == "kafka":
@@ -63,5 +75,5 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 @pytest.fixture(params=SHARED_STORE_KINDS)
 def network_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """The stores that several replicas share (Redis, MongoDB, Kafka)."""
+    """The stores that several replicas share (Redis, a Redis Cluster, MongoDB, Kafka)."""
     return make_backend(request, request.param, tmp_path)

@@ -200,6 +200,23 @@ class RedisStoreSettings(_Section):
     # Per-minute counts by ad and event type, in hashes `{<stream>}:counts:<minute>`.
     counters: bool = False
     counters_ttl: Duration = Field(86400.0, ge=1)
+    # Redis Cluster: `url` is then one or more comma-separated startup nodes
+    # (credentials and options from the first), and the stream is split into
+    # `shards` streams `<stream>:{<shard>:<n>}`, each with its dedupe keys and
+    # counters in its own slot, an event placed by a hash of its event_id.
+    cluster: bool = False
+    # More shards spread the load over more masters; changing the number moves
+    # ids to other shards, so dedupe does not hold across the change.
+    shards: int = Field(16, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> RedisStoreSettings:
+        if "," in self.url and not self.cluster:
+            raise ValueError("url lists several nodes: that needs cluster: true")
+        if self.cluster and ("{" in self.stream or "}" in self.stream):
+            # Its own braces would be the hash tag of every shard: one slot for all.
+            raise ValueError("stream: no { or } in cluster mode (the shards' hash tags)")
+        return self
 
 
 class MongoStoreSettings(_Section):

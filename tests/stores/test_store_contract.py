@@ -1,5 +1,5 @@
-"""The EventStore contract, for every store, against real servers (redis-server, nx-27017,
-Tansu).
+"""The EventStore contract, for every store, against real servers (redis-server, alone
+and as a 3-master cluster, nx-27017, Tansu).
 
 The file, Redis and MongoDB stores keep an event_id once: a repeated id is
 counted as a duplicate and not stored. Kafka is at least once by design (no
@@ -30,6 +30,7 @@ from aep.events.schema import (
 )
 from aep.storage import EventStore, StoreError
 from tests.helpers.backends import Backend
+from tests.helpers.servers import RedisClusterServer
 from tests.helpers.support import batch_of, free_port, full_stored_record, stored_forms, valid_event
 
 
@@ -90,7 +91,7 @@ def in_backend_form(kind: str, record: EventRecord) -> dict[str, Any]:
         form["_id"] = record[KEY_FIELD]
     for field in STORED_FIELDS:
         value = record[field.name]
-        if kind == "redis" and field.kind is FieldKind.INT64:
+        if kind in ("redis", "redis-cluster") and field.kind is FieldKind.INT64:
             value = str(value)  # stream fields are text; maps are JSON text, read back
         elif kind == "mongodb" and field.kind is FieldKind.TIMESTAMP:
             exact = datetime.fromisoformat(value)  # BSON dates keep milliseconds
@@ -225,13 +226,15 @@ async def test_an_unreachable_server_fails_open_within_the_connect_timeout(
     # Nothing listens on a fresh free port.
     if backend.redis is not None:
         backend.redis = replace(backend.redis, port=free_port())
+    if backend.redis_cluster is not None:  # nodes on fresh ports, never started
+        backend.redis_cluster = RedisClusterServer(backend.directory / "never-started")
     if backend.mongo is not None:
         backend.mongo = replace(backend.mongo, port=free_port())
     if backend.kafka is not None:
         backend.kafka = replace(backend.kafka, port=free_port())
     store = backend.make_store()
     started = time.monotonic()
-    with pytest.raises(StoreError, match=f"{backend.kind} store"):
+    with pytest.raises(StoreError, match=f"{backend.store_name} store"):
         await store.open()
     assert time.monotonic() - started < 10  # connect_timeout is 2s in these settings
     await store.close()  # harmless after a failed open
