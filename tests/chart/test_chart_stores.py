@@ -6,6 +6,7 @@ What the chart renders is read back by the service's own settings loader."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -36,7 +37,7 @@ def values_file(tmp_path: Path, name: str, values: object) -> Path:
     return path
 
 
-def server_pod(manifests: Manifests) -> dict[str, object]:
+def server_pod(manifests: Manifests) -> dict[str, Any]:
     return dict(manifests.server["spec"]["template"]["spec"])
 
 
@@ -243,7 +244,7 @@ def test_the_spill_is_on_the_data_volume_with_the_dead_letters(
     assert settings.spill.dir.is_absolute()
     # A volume, so the spill outlives a container restart: a claim per pod, the
     # release's one claim, or an emptyDir (the pod's own).
-    volumes = {v["name"]: v for v in pod["volumes"]}  # type: ignore[attr-defined]
+    volumes = {v["name"]: v for v in pod["volumes"]}
     claims = manifests.server["spec"].get("volumeClaimTemplates", [])
     if not sets:
         assert "data" not in volumes
