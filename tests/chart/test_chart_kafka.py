@@ -15,6 +15,7 @@ KAFKA_VALUES = (CHART / "ci" / "kafka-values.yaml",)
 PLAIN_KAFKA = {
     "database.type": "kafka",
     "redis.enabled": "false",
+    "mongodb.enabled": "false",
     "externalKafka.bootstrapServers": "kafka-0:9092\\,kafka-1:9092",
 }
 
@@ -71,7 +72,7 @@ def test_plaintext_kafka_needs_no_secret(helm: Helm, tmp_path: Path) -> None:
     ("sets", "message"),
     [
         (
-            {"database.type": "kafka", "redis.enabled": "false"},
+            {"database.type": "kafka", "redis.enabled": "false", "mongodb.enabled": "false"},
             "database.type=kafka: set externalKafka.bootstrapServers",
         ),
         (

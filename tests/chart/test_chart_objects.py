@@ -26,6 +26,8 @@ from tests.helpers.chart_render import (
 )
 
 FULLNAME = "aep-ad-event-processor"
+# Set by the chart on every server pod (the config file has the same values).
+CHART_ENV = ("AEP_DATABASE_TYPE", "AEP_SPILL_DIR", "AEP_SPILL_MAX_BYTES")
 SCENARIO_IDS = [path.name.removesuffix("-values.yaml") for path in SCENARIOS]
 ALL_VALUES = [(), *((path,) for path in SCENARIOS), (KIND_VALUES,)]
 ALL_IDS = ["defaults", *SCENARIO_IDS, "kind"]
@@ -88,7 +90,15 @@ def test_server_pod_runs_the_mounted_config(
         "AEP_DATABASE_REDIS_URL",
         "AEP_DATABASE_MONGODB_URI",
         "AEP_DATABASE_KAFKA_SASL_PASSWORD",
+        "AEP_DATABASE_REDIS_CLUSTER",
+        *CHART_ENV,
     }
+    # The values the chart sets as env vars are the config file's too.
+    config = yaml.safe_load(configmap["data"][config_path.name])
+    environ = manifests.server_environ()
+    assert environ["AEP_DATABASE_TYPE"] == config["database"]["type"]
+    assert environ["AEP_SPILL_DIR"] == config["spill"]["dir"]
+    assert environ["AEP_SPILL_MAX_BYTES"] == str(config["spill"]["max_bytes"])
 
 
 def test_config_checksum_rolls_the_pods_on_a_config_change(helm: Helm) -> None:
@@ -234,7 +244,7 @@ def test_server_writes_only_to_volumes(helm: Helm, tmp_path: Path) -> None:
     pod = manifests.server["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in container(pod, "server")["volumeMounts"]}
     settings = loaded_config(manifests, tmp_path)
-    for directory in (settings.database.file.dir, settings.dead_letter.dir):
+    for directory in (settings.database.file.dir, settings.dead_letter.dir, settings.spill.dir):
         assert any(
             Path(directory).is_relative_to(path) and not mount.get("readOnly")
             for path, mount in mounts.items()
@@ -331,7 +341,16 @@ def test_network_policies(helm: Helm) -> None:
     assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
     redis_pod = manifests.workload("redis")["spec"]["template"]["metadata"]["labels"]
     assert selects(redis_policy["spec"]["podSelector"]["matchLabels"], redis_pod)
-    assert manifests.find("NetworkPolicy", "aep-mongodb") is None
+    mongodb_policy = manifests.get("NetworkPolicy", "aep-mongodb")
+    (rule,) = mongodb_policy["spec"]["ingress"]
+    assert selects(rule["from"][0]["podSelector"]["matchLabels"], server_pod)
+    assert rule["ports"] == [{"port": "mongodb", "protocol": "TCP"}]
+    mongodb_pod = manifests.workload("mongodb")["spec"]["template"]["metadata"]["labels"]
+    assert selects(mongodb_policy["spec"]["podSelector"]["matchLabels"], mongodb_pod)
+    assert manifests.find("NetworkPolicy", "aep-mongodb") is not None
+    single = render(helm, scenario("redis"))
+    assert single.find("NetworkPolicy", "aep-redis") is not None
+    assert single.find("NetworkPolicy", "aep-mongodb") is None
 
 
 def test_prometheus_discovers_the_server_pods_with_least_privilege(helm: Helm) -> None:

@@ -38,6 +38,9 @@ def test_scenarios_cover_the_documented_setups() -> None:
         "minimal-values.yaml",
         "redis-values.yaml",
         "mongodb-values.yaml",
+        "kafka-values.yaml",
+        "redis-cluster-values.yaml",
+        "multi-store-values.yaml",
         "external-values.yaml",
         "hpa-custom-metric-values.yaml",
         "servicemonitor-values.yaml",
@@ -151,7 +154,8 @@ def test_the_validator_rejects_what_kubernetes_rejects(kube_version: str) -> Non
     ("sets", "message"),
     [
         ({"replicaCount": "-1"}, "replicaCount"),
-        ({"database.type": "postgres"}, "database"),
+        ({"database.type": "{redis,postgres}"}, "database"),
+        ({"database.type": "7"}, "database"),
         ({"unknownKey": "1"}, "unknownKey"),
         ({"ports.grpc": "70000"}, "grpc"),
         ({"image.digest": "sha256:nothex"}, "digest"),
@@ -174,14 +178,17 @@ def test_the_schema_rejects_bad_values(helm: Helm, sets: dict[str, str], message
             {"config.database.file.dir": "/elsewhere"},
             "config.database.file.dir is set by the chart",
         ),
-        ({"redis.enabled": "false"}, "database.type=redis: set redis.enabled=true"),
         (
-            {"database.type": "mongodb", "redis.enabled": "false"},
+            {"database.type": "redis", "redis.enabled": "false", "mongodb.enabled": "false"},
+            "database.type=redis: set redis.enabled=true",
+        ),
+        (
+            {"database.type": "mongodb", "redis.enabled": "false", "mongodb.enabled": "false"},
             "database.type=mongodb: set mongodb.enabled=true",
         ),
         ({"database.type": "file"}, "redis.enabled deploys a Redis that the server does not use"),
         (
-            {"database.type": "redis", "mongodb.enabled": "true"},
+            {"database.type": "redis"},
             "mongodb.enabled deploys a MongoDB that the server does not use",
         ),
         (
@@ -209,6 +216,7 @@ def test_inconsistent_values_fail_with_a_message(
 
 def test_a_single_replica_may_share_a_read_write_once_claim(helm: Helm) -> None:
     sets = {"persistence.claim": "shared", "replicaCount": "1", "autoscaling.enabled": "false"}
+    sets |= {"database.type": "redis", "mongodb.enabled": "false"}  # one store: no spill
     manifests = render(helm, sets=sets)
     claim = manifests.get("PersistentVolumeClaim", "aep-ad-event-processor")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]

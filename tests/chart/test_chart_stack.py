@@ -48,14 +48,22 @@ def test_the_default_install_is_the_whole_stack(helm: Helm, tmp_path: Path) -> N
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     assert "replicas" not in server["spec"]
 
-    # The bundled Redis is the store.
-    assert settings.database.type == (StoreType.REDIS,)
+    # The bundled MongoDB and Redis are the stores: every event goes to both.
+    assert settings.database.type == (StoreType.MONGODB, StoreType.REDIS)
+    assert manifests.server_environ()["AEP_DATABASE_TYPE"] == "mongodb,redis"
     redis = manifests.workload("redis")
     redis_service = manifests.get("Service", "aep-redis")
     assert settings.database.redis.url == "redis://aep-redis:6379/0"
     assert selects(redis_service["spec"]["selector"], _pod_labels(redis))
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-    assert manifests.find("StatefulSet", "aep-mongodb") is None
+    mongodb = manifests.workload("mongodb")
+    mongodb_service = manifests.get("Service", "aep-mongodb")
+    assert settings.database.mongodb.uri == "mongodb://aep-mongodb:27017"
+    assert settings.database.mongodb.database == "ad_events"
+    assert selects(mongodb_service["spec"]["selector"], _pod_labels(mongodb))
+    assert 27017 in [port["port"] for port in mongodb_service["spec"]["ports"]]
+    assert mongodb["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert settings.spills  # a full lane spills to the pod's claim
 
     # Prometheus scrapes the server pods and loads the alert rules.
     prometheus = manifests.workload("prometheus")
@@ -99,7 +107,7 @@ def test_no_acknowledged_event_lives_only_in_an_empty_dir(helm: Helm, tmp_path: 
     claims = {claim["metadata"]["name"] for claim in server["spec"]["volumeClaimTemplates"]}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = container(pod, "server")["volumeMounts"]
-    directories = [settings.dead_letter.dir, settings.database.file.dir]
+    directories = [settings.dead_letter.dir, settings.database.file.dir, settings.spill.dir]
     if settings.wal.dir is not None:
         directories.append(settings.wal.dir)
     for directory in directories:
@@ -135,13 +143,17 @@ def test_each_part_can_point_at_an_existing_service(helm: Helm, tmp_path: Path) 
     sets = {
         "redis.enabled": "false",
         "externalRedis.url": "rediss://redis.data.svc:6380/0",
+        "mongodb.enabled": "false",
+        "externalMongodb.uri": "mongodb://mongodb.data.svc:27017/?replicaSet=rs0",
         "prometheus.enabled": "false",
         "grafana.prometheusUrl": "http://prometheus-operated.monitoring.svc:9090",
         "serviceMonitor.enabled": "true",
         "prometheusRule.enabled": "true",
     }
     manifests = render(helm, sets=sets)
-    assert _settings(manifests, tmp_path).database.redis.url == "rediss://redis.data.svc:6380/0"
+    settings = _settings(manifests, tmp_path)
+    assert settings.database.redis.url == "rediss://redis.data.svc:6380/0"
+    assert settings.database.mongodb.uri == sets["externalMongodb.uri"]
     workloads = sorted(w["metadata"]["name"] for w in manifests.workloads())
     assert workloads == sorted(["aep-grafana", FULLNAME])
     provisioning = manifests.get("ConfigMap", "aep-grafana")["data"]
@@ -203,6 +215,8 @@ def test_a_disabled_subchart_renders_nothing(newest_helm: Helm, name: str) -> No
     sets = {f"{name}.enabled": "false"}
     if name == "redis":
         sets.update({"externalRedis.url": "redis://elsewhere:6379/0"})
+    if name == "mongodb":
+        sets.update({"externalMongodb.uri": "mongodb://elsewhere:27017"})
     if name == "prometheus":
         sets.update({"grafana.enabled": "false"})
     manifests = render(newest_helm, sets=sets)

@@ -83,7 +83,8 @@ INSTALLED = {"wal.enabled": "true", "wal.persistence.type": "pvc", "config.ack.m
 def installed(newest_helm: Helm, tmp_path: Path) -> Path:
     """The default stack plus the WAL on claims, as installed (three StatefulSets)."""
     statefulsets = render(newest_helm, sets=INSTALLED).of_kind("StatefulSet")
-    assert sorted(s["metadata"]["name"] for s in statefulsets) == [FULLNAME, "aep-redis"]
+    names = sorted(s["metadata"]["name"] for s in statefulsets)
+    assert names == [FULLNAME, "aep-mongodb", "aep-redis"]
     live = [as_live(s) for s in statefulsets]
     return chart_with_live_statefulsets(tmp_path, live)
 
@@ -220,6 +221,7 @@ def test_wal_retention_alone_sets_the_policy(newest_helm: Helm) -> None:
         "persistence.claim": "shared",
         "persistence.accessModes[0]": "ReadWriteMany",
         "wal.persistence.retentionPolicy.whenScaled": "Delete",
+        "config.spill.policy": "never",  # a shared claim holds no spill
     }
     manifests = render(newest_helm, sets=sets)
     assert _retention(manifests, FULLNAME) == {"whenDeleted": "Retain", "whenScaled": "Delete"}

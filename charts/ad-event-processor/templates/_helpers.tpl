@@ -112,6 +112,9 @@ Where the server keeps its files (a volume; the root filesystem is read-only).
 {{- define "ad-event-processor.dataDir" -}}/app/data{{- end }}
 {{- define "ad-event-processor.configDir" -}}/etc/ad-event-processor{{- end }}
 {{- define "ad-event-processor.walDir" -}}/app/wal{{- end }}
+{{- /* On the data volume, beside dead-letter/: a spill outlives container restarts
+and, on a claim per pod, the pod; the pod that wrote it replays it. */}}
+{{- define "ad-event-processor.spillDir" -}}/app/data/spill{{- end }}
 {{- define "ad-event-processor.tlsDir" -}}/etc/aep-tls{{- end }}
 {{- define "ad-event-processor.authDir" -}}/etc/aep-auth{{- end }}
 {{- define "ad-event-processor.clientTlsDir" -}}/etc/aep-client-tls{{- end }}
@@ -200,6 +203,118 @@ The ack mode the server will run with: AEP_ACK_MODE in env wins over config.ack.
 {{- end }}
 
 {{/*
+The stores of database.type, in the order given, as a JSON list: a string (one
+name, or comma-separated `mongodb,redis`) or a YAML list. An unknown, empty or
+repeated name fails the render (the schema checks only the list form's names:
+its messages cannot name the culprit in a comma-separated string).
+Usage: include "ad-event-processor.storeTypes" . | fromJsonArray
+*/}}
+{{- define "ad-event-processor.storeTypes" -}}
+{{- $given := .Values.database.type }}
+{{- $names := list }}
+{{- if kindIs "string" $given }}
+{{- $names = splitList "," $given }}
+{{- else if kindIs "slice" $given }}
+{{- $names = $given }}
+{{- end }}
+{{- $shown := join "," $names }}
+{{- $known := list "file" "redis" "mongodb" "kafka" }}
+{{- $types := list }}
+{{- range $names }}
+{{- $name := toString . | trim }}
+{{- if not $name }}
+{{- fail (printf "database.type=%s: an empty store name; give one of %s, several comma-separated (mongodb,redis) or a YAML list" $shown (join ", " $known)) }}
+{{- end }}
+{{- if not (has $name $known) }}
+{{- fail (printf "database.type=%s: %q is not a store; known: %s" $shown $name (join ", " $known)) }}
+{{- end }}
+{{- if has $name $types }}
+{{- fail (printf "database.type=%s: %s is listed twice; every listed store receives every event once" $shown $name) }}
+{{- end }}
+{{- $types = append $types $name }}
+{{- end }}
+{{- if not $types }}
+{{- fail (printf "database.type: name at least one store of %s" (join ", " $known)) }}
+{{- end }}
+{{- toJson $types }}
+{{- end }}
+
+{{/*
+database.type as the server reads it (AEP_DATABASE_TYPE): the stores comma-joined.
+*/}}
+{{- define "ad-event-processor.databaseType" -}}
+{{- include "ad-event-processor.storeTypes" . | fromJsonArray | join "," }}
+{{- end }}
+
+{{/*
+"true" when database.type lists the store given, else "".
+Usage: include "ad-event-processor.usesStore" (list . "redis")
+*/}}
+{{- define "ad-event-processor.usesStore" -}}
+{{- if has (index . 1) (include "ad-event-processor.storeTypes" (index . 0) | fromJsonArray) }}true{{ end }}
+{{- end }}
+
+{{/*
+How a refusal about one listed store starts: "database.type=redis" for one
+store, "database.type=mongodb,redis lists redis" for several.
+Usage: include "ad-event-processor.storeContext" (list . "redis")
+*/}}
+{{- define "ad-event-processor.storeContext" -}}
+{{- $types := include "ad-event-processor.storeTypes" (index . 0) | fromJsonArray }}
+{{- if eq (len $types) 1 }}
+{{- printf "database.type=%s" (index . 1) }}
+{{- else }}
+{{- printf "database.type=%s lists %s" (join "," $types) (index . 1) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The spill policy the server will run with: AEP_SPILL_POLICY in env wins over
+config.spill.policy (default auto).
+*/}}
+{{- define "ad-event-processor.spillPolicy" -}}
+{{- $policy := "auto" }}
+{{- with .Values.config.spill }}{{ with .policy }}{{ $policy = . }}{{ end }}{{ end }}
+{{- range .Values.env }}
+{{- if and (eq .name "AEP_SPILL_POLICY") (hasKey . "value") }}{{ $policy = .value }}{{ end }}
+{{- end }}
+{{- $policy }}
+{{- end }}
+
+{{/*
+"true" when a full lane spills to the data volume (spill.policy always, or
+auto with several stores), else "".
+*/}}
+{{- define "ad-event-processor.spills" -}}
+{{- $policy := include "ad-event-processor.spillPolicy" . }}
+{{- $types := include "ad-event-processor.storeTypes" . | fromJsonArray }}
+{{- if or (eq $policy "always") (and (eq $policy "auto") (gt (len $types) 1)) }}true{{ end }}
+{{- end }}
+
+{{/*
+spill.maxBytes (a Kubernetes quantity) in bytes, as the integer
+AEP_SPILL_MAX_BYTES takes (the server reads 1GiB, not Kubernetes' 1Gi).
+*/}}
+{{- define "ad-event-processor.spillMaxBytes" -}}
+{{- $bytes := include "ad-event-processor.quantityBytes" .Values.spill.maxBytes | float64 | int64 }}
+{{- if lt $bytes 4096 }}
+{{- fail (printf "spill.maxBytes (%s) is below the server's least spill, 4Ki" .Values.spill.maxBytes) }}
+{{- end }}
+{{- $bytes }}
+{{- end }}
+
+{{/*
+Environment variables the chart sets on the server container; the same names
+under env are refused (the chart's value and yours would both be in the pod).
+*/}}
+{{- define "ad-event-processor.chartOwnedEnv" -}}
+AEP_DATABASE_TYPE: database.type
+AEP_SPILL_DIR: persistence (the spill is on the data volume)
+AEP_SPILL_MAX_BYTES: spill.maxBytes
+AEP_DATABASE_REDIS_CLUSTER: externalRedis.cluster
+{{- end }}
+
+{{/*
 Keys of the service configuration that the chart sets from other values; a
 value for them under .Values.config is refused rather than silently replaced.
 */}}
@@ -221,6 +336,8 @@ database.kafka.sasl_username: externalKafka.sasl.username
 database.kafka.sasl_password: externalKafka.sasl.existingSecret
 database.kafka.ssl_cafile: externalKafka.tls.caSecret
 dead_letter.dir: persistence
+spill.dir: persistence (the spill is on the data volume)
+spill.max_bytes: spill.maxBytes
 shutdown.grace_period: shutdownGracePeriodSeconds
 wal.dir: wal.enabled
 tls.cert_file: tls.enabled and tls.secretName
@@ -250,17 +367,17 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- end }}
 {{- end }}
 {{- $dataDir := include "ad-event-processor.dataDir" . }}
-{{- $database := dict "type" .Values.database.type "file" (dict "dir" (printf "%s/events" $dataDir)) }}
-{{- if eq .Values.database.type "redis" }}
+{{- $database := dict "type" (include "ad-event-processor.databaseType" .) "file" (dict "dir" (printf "%s/events" $dataDir)) }}
+{{- if include "ad-event-processor.usesStore" (list . "redis") }}
 {{- if .Values.redis.enabled }}
 {{- $_ := set $database "redis" (dict "url" (printf "redis://%s:6379/0" (include "redis.fullname" .Subcharts.redis))) }}
 {{- else if .Values.externalRedis.url }}
 {{- $_ := set $database "redis" (dict "url" .Values.externalRedis.url) }}
 {{- else if not .Values.externalRedis.existingSecret }}
-{{- fail "database.type=redis: set redis.enabled=true (a bundled Redis), or externalRedis.url or externalRedis.existingSecret" }}
+{{- fail (printf "%s: set redis.enabled=true (a bundled Redis), or externalRedis.url or externalRedis.existingSecret" (include "ad-event-processor.storeContext" (list . "redis"))) }}
 {{- end }}
 {{- end }}
-{{- if eq .Values.database.type "mongodb" }}
+{{- if include "ad-event-processor.usesStore" (list . "mongodb") }}
 {{- if .Values.mongodb.enabled }}
 {{- $_ := set $database "mongodb" (dict "uri" (printf "mongodb://%s:27017" (include "mongodb.fullname" .Subcharts.mongodb)) "database" .Subcharts.mongodb.Values.database) }}
 {{- else if or .Values.externalMongodb.uri .Values.externalMongodb.existingSecret }}
@@ -270,13 +387,13 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- end }}
 {{- $_ := set $database "mongodb" $mongodb }}
 {{- else }}
-{{- fail "database.type=mongodb: set mongodb.enabled=true (a bundled MongoDB), or externalMongodb.uri or externalMongodb.existingSecret" }}
+{{- fail (printf "%s: set mongodb.enabled=true (a bundled MongoDB), or externalMongodb.uri or externalMongodb.existingSecret" (include "ad-event-processor.storeContext" (list . "mongodb"))) }}
 {{- end }}
 {{- end }}
-{{- if eq .Values.database.type "kafka" }}
+{{- if include "ad-event-processor.usesStore" (list . "kafka") }}
 {{- $externalKafka := .Values.externalKafka }}
 {{- if not $externalKafka.bootstrapServers }}
-{{- fail "database.type=kafka: set externalKafka.bootstrapServers (host:port of your brokers; no Kafka is bundled)" }}
+{{- fail (printf "%s: set externalKafka.bootstrapServers (host:port of your brokers; no Kafka is bundled)" (include "ad-event-processor.storeContext" (list . "kafka"))) }}
 {{- end }}
 {{- $kafka := dict "bootstrap_servers" $externalKafka.bootstrapServers "topic" $externalKafka.topic "security_protocol" $externalKafka.securityProtocol }}
 {{- if hasPrefix "SASL_" $externalKafka.securityProtocol }}
@@ -299,6 +416,7 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
   "metrics" (dict "host" "0.0.0.0" "port" .Values.ports.metrics)
   "database" $database
   "dead_letter" (dict "dir" (printf "%s/dead-letter" $dataDir))
+  "spill" (dict "dir" (include "ad-event-processor.spillDir" .) "max_bytes" (include "ad-event-processor.spillMaxBytes" . | int64))
   "shutdown" (dict "grace_period" (printf "%ds" (int .Values.shutdownGracePeriodSeconds)))
 }}
 {{- if .Values.wal.enabled }}
@@ -319,6 +437,33 @@ The service configuration file (YAML): .Values.config plus what the chart sets.
 {{- end }}
 
 {{/*
+The spill on the data volume: what the volume must hold, and who may share it.
+Every listed store has a spill of up to spill.maxBytes (`<spill dir>/<store>/`),
+beside the dead letters (persistence.deadLetterHeadroom). Checked only when the
+server spills (ad-event-processor.spills).
+*/}}
+{{- define "ad-event-processor.validateSpill" -}}
+{{- if include "ad-event-processor.spills" . }}
+{{- $persistence := .Values.persistence }}
+{{- if and $persistence.enabled (eq $persistence.claim "shared") }}
+{{- fail "the spill (several stores, or config.spill.policy=always) is replayed by the pod that wrote it, but persistence.claim=shared gives every pod the same directory (a rollout runs old and new pods side by side): use persistence.claim=perPod (a claim per pod, the default) or persistence.enabled=false (an emptyDir), or set config.spill.policy=never" }}
+{{- end }}
+{{- $types := include "ad-event-processor.storeTypes" . | fromJsonArray }}
+{{- $spill := mulf (len $types) (include "ad-event-processor.spillMaxBytes" . | float64) }}
+{{- $needed := addf $spill (include "ad-event-processor.quantityBytes" $persistence.deadLetterHeadroom | float64) }}
+{{- $key := "persistence.size" }}
+{{- $size := $persistence.size }}
+{{- if not $persistence.enabled }}
+{{- $key = "persistence.emptyDir.sizeLimit" }}
+{{- $size = $persistence.emptyDir.sizeLimit }}
+{{- end }}
+{{- if and $size (lt (include "ad-event-processor.quantityBytes" $size | float64) $needed) }}
+{{- fail (printf "%s (%s) must hold the spill of each of the %d listed stores (spill.maxBytes %s each) plus persistence.deadLetterHeadroom (%s): at least %.0fMi. Raise %s, or lower spill.maxBytes, or set config.spill.policy=never" $key $size (len $types) .Values.spill.maxBytes $persistence.deadLetterHeadroom (ceil (divf $needed 1048576)) $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks across values that the schema cannot express.
 */}}
 {{- define "ad-event-processor.validate" -}}
@@ -331,12 +476,23 @@ Checks across values that the schema cannot express.
 {{- if and .Values.persistence.enabled .Values.persistence.existingClaim (ne .Values.persistence.claim "shared") }}
 {{- fail "persistence.existingClaim is one claim for every replica: set persistence.claim=shared with it" }}
 {{- end }}
-{{- if and .Values.redis.enabled (ne .Values.database.type "redis") }}
-{{- fail (printf "redis.enabled deploys a Redis that the server does not use (database.type=%s): set redis.enabled=false" .Values.database.type) }}
+{{- $databaseType := include "ad-event-processor.databaseType" . }}
+{{- if and .Values.redis.enabled (not (include "ad-event-processor.usesStore" (list . "redis"))) }}
+{{- fail (printf "redis.enabled deploys a Redis that the server does not use (database.type=%s): set redis.enabled=false, or list redis in database.type" $databaseType) }}
 {{- end }}
-{{- if and .Values.mongodb.enabled (ne .Values.database.type "mongodb") }}
-{{- fail (printf "mongodb.enabled deploys a MongoDB that the server does not use (database.type=%s): set mongodb.enabled=false" .Values.database.type) }}
+{{- if and .Values.mongodb.enabled (not (include "ad-event-processor.usesStore" (list . "mongodb"))) }}
+{{- fail (printf "mongodb.enabled deploys a MongoDB that the server does not use (database.type=%s): set mongodb.enabled=false, or list mongodb in database.type" $databaseType) }}
 {{- end }}
+{{- if and .Values.externalRedis.cluster (include "ad-event-processor.usesStore" (list . "redis")) .Values.redis.enabled }}
+{{- fail "externalRedis.cluster describes a Redis Cluster of yours, but redis.enabled deploys the bundled Redis (one node, not a cluster): set redis.enabled=false and externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+{{- $ownedEnv := include "ad-event-processor.chartOwnedEnv" . | fromYaml }}
+{{- range .Values.env }}
+{{- if hasKey $ownedEnv .name }}
+{{- fail (printf "env: %s is set by the chart; set %s instead" .name (index $ownedEnv .name)) }}
+{{- end }}
+{{- end }}
+{{- include "ad-event-processor.validateSpill" . }}
 {{- if and .Values.grafana.enabled (not .Values.grafana.prometheusUrl) }}
 {{- if not .Values.prometheus.enabled }}
 {{- fail "grafana.enabled needs prometheus.enabled=true or grafana.prometheusUrl (e.g. http://prometheus-operated.monitoring.svc:9090)" }}
