@@ -369,3 +369,23 @@ async def test_a_batch_the_store_refuses_for_its_content_is_written_event_by_eve
     assert stored == sorted(f"e{i}" for i in range(10) if i != 3)
     (kept,) = rejected_lines(tmp_path)
     assert orjson.loads(kept)["event"]["event_id"] == "e3"
+
+
+async def test_with_several_stores_each_folder_goes_to_its_own_store(tmp_path: Path) -> None:
+    """database.type file,kafka: dlq/file/ is replayed into the file store; kafka's
+    folder is empty, so its (unreachable) broker is not even contacted."""
+    settings = settings_for(
+        tmp_path,
+        AEP_DATABASE_TYPE="file,kafka",
+        AEP_DATABASE_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+    )
+    await dead_letter(tmp_path / "dlq" / "file", records(0, 10))
+    code, out = await replay(settings)
+    print(out)
+    assert code == 0
+    assert "store kafka: nothing to replay" in out
+    assert sorted(e["event_id"] for e in stored_events(tmp_path / "events")) == sorted(
+        r["event_id"] for r in records(0, 10)
+    )
+    code, _ = await replay(settings, tmp_path / "dlq" / "file")
+    assert code == 1, "named files with several stores: which store is ambiguous"

@@ -233,7 +233,40 @@ def _keep_rejected(claimed: Path, rejected: Sequence[RejectedLine]) -> Path:
 async def replay_dead_letters(
     settings: Settings, paths: Iterable[Path], out: TextIO = sys.stdout
 ) -> int:
+    """Replay into the store database.type names; with several stores, each store's
+    own folder `<dead_letter.dir>/<store type>/` into that store."""
     named = list(paths)
+    types = settings.database.type
+    if len(types) == 1:
+        return await _replay_into_one_store(settings, named, out)
+    if named:
+        listed = ",".join(store_type.value for store_type in types)
+        print(
+            f"replay-dlq: database.type lists several stores ({listed}); to replay named "
+            "files, name their store: AEP_DATABASE_TYPE=<store> replay-dlq PATH...",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
+    exit_code = EXIT_OK
+    for store_type in types:
+        one_store = settings.model_copy(
+            update={
+                "database": settings.database.model_copy(update={"type": (store_type,)}),
+                "dead_letter": settings.dead_letter.model_copy(
+                    update={"dir": settings.dead_letter.dir / store_type.value}
+                ),
+            }
+        )
+        files, _ = find_dead_letter_files([one_store.dead_letter.dir])
+        if not files:
+            print(f"replay-dlq: store {store_type.value}: nothing to replay", file=out)
+            continue  # its store is not even opened: it may be the one that is down
+        print(f"replay-dlq: store {store_type.value}", file=out)
+        exit_code = max(exit_code, await _replay_into_one_store(one_store, [], out))
+    return exit_code
+
+
+async def _replay_into_one_store(settings: Settings, named: list[Path], out: TextIO) -> int:
     files, missing = find_dead_letter_files(named or [settings.dead_letter.dir])
     if named and missing:
         names = ", ".join(str(path) for path in missing)
