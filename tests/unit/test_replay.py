@@ -384,7 +384,7 @@ async def test_with_several_stores_each_folder_goes_to_its_own_store(tmp_path: P
     print(out)
     assert code == 0
     assert "store kafka: nothing to replay" in out
-    assert sorted(e["event_id"] for e in stored_events(tmp_path / "events")) == sorted(
+    assert sorted(str(e["event_id"]) for e in stored_events(tmp_path / "events")) == sorted(
         r["event_id"] for r in records(0, 10)
     )
     code, _ = await replay(settings, tmp_path / "dlq" / "file")
