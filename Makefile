@@ -8,7 +8,7 @@ SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
-	load-test bench go-peer bench-stores bench-telemetry bench-codec bench-queue-memory native soak lint format clean helm e2e image-test \
+	load-test bench go-peer bench-stores bench-lanes bench-telemetry bench-codec bench-queue-memory native soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
 $(BIN)/ad-event-processor: pyproject.toml setup.py
@@ -61,6 +61,10 @@ image-test: deps
 ## bench-stores: events/s and batch latency of each store's write_batch (own servers, loopback)
 bench-stores: deps system-deps
 	$(PY) tests/benchmarks/bench_stores.py
+
+## bench-lanes: lane isolation: file,redis,kafka under load with Redis paused 30s (per-store events/s, spill, catch-up, exactly once)
+bench-lanes: deps system-deps
+	$(PY) tests/benchmarks/bench_lanes.py
 
 ## test-observability: promtool on the alert rules, every dashboard query against a real Prometheus
 test-observability: deps system-deps
