@@ -1,7 +1,8 @@
 """Store throughput and batch latency: N events through each store's write_batch.
 
 Not a test: a bounded benchmark on loopback. Starts its own redis-server
-(appendonly everysec, as the outage tests run it) and nx-27017 (SQLite file),
+(appendonly everysec, as the outage tests run it), nx-27017 (SQLite file) and
+Tansu (Kafka protocol, in memory; acks=all, idempotent producer, lz4),
 writes into a temporary directory for the file store (fsync per batch, the
 default), and prints events/s and per-batch latency (p50/p99) per store and
 batch size, with `batch.worker_pool_size` concurrent writers like the pipeline.
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from tests.helpers.backends import Backend
-from tests.helpers.servers import MongoServer, RedisServer
+from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
 from tests.helpers.support import batch_of, stored_forms, valid_event
 
 
@@ -82,14 +83,19 @@ async def run_one(
 
 
 @contextmanager
-def servers(directory: Path) -> Iterator[tuple[RedisServer, MongoServer]]:
+def servers(directory: Path) -> Iterator[tuple[RedisServer, MongoServer, KafkaServer]]:
     redis_server = RedisServer(directory / "redis", append_only=True)
     mongo_server = MongoServer(directory / "mongo", file_backed=True)
+    kafka_server = KafkaServer(directory / "kafka")
     redis_server.start()
     try:
         mongo_server.start()
         try:
-            yield redis_server, mongo_server
+            kafka_server.start()
+            try:
+                yield redis_server, mongo_server, kafka_server
+            finally:
+                kafka_server.stop()
         finally:
             mongo_server.stop()
     finally:
@@ -97,7 +103,11 @@ def servers(directory: Path) -> Iterator[tuple[RedisServer, MongoServer]]:
 
 
 async def benchmark_stores(
-    args: argparse.Namespace, directory: Path, redis_server: RedisServer, mongo: MongoServer
+    args: argparse.Namespace,
+    directory: Path,
+    redis_server: RedisServer,
+    mongo: MongoServer,
+    kafka: KafkaServer,
 ) -> None:
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     print(
@@ -108,8 +118,14 @@ async def benchmark_stores(
     for kind in args.stores.split(","):
         for batch_size in batch_sizes:
             backend = Backend(
-                kind, directory / f"{kind}-{batch_size}", redis=redis_server, mongo=mongo
+                kind,
+                directory / f"{kind}-{batch_size}",
+                redis=redis_server,
+                mongo=mongo,
+                kafka=kafka,
             )
+            if kind == "kafka":
+                kafka.create_topic(backend.name)
             events = make_events(args.events, f"{kind}{batch_size}")
             written, elapsed, latencies = await run_one(
                 backend, events, batch_size, args.writers, args.max_seconds
@@ -138,14 +154,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch-sizes", default="100,500,2000")
     parser.add_argument("--writers", type=int, default=4)
-    parser.add_argument("--stores", default="file,redis,mongodb")
+    parser.add_argument("--stores", default="file,redis,mongodb,kafka")
     parser.add_argument("--max-seconds", type=float, default=60.0)
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="aep-bench-") as directory,
-        servers(Path(directory)) as (redis_server, mongo_server),
+        servers(Path(directory)) as (redis_server, mongo_server, kafka_server),
     ):
-        asyncio.run(benchmark_stores(args, Path(directory), redis_server, mongo_server))
+        asyncio.run(
+            benchmark_stores(args, Path(directory), redis_server, mongo_server, kafka_server)
+        )
         print(redis_ceiling(redis_server))
 
 
