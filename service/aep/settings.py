@@ -345,7 +345,7 @@ def parse_store_types(value: Any) -> Any:
         names = list(value)
     else:
         raise ValueError(f"{value!r}: give a store type, a comma-separated list or a YAML list")
-    known = ", ".join(store_type.value for store_type in StoreType)
+    known = ", ".join(repr(store_type.value) for store_type in StoreType)
     types = []
     for name in names:
         try:

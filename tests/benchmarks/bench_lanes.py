@@ -87,15 +87,17 @@ def main() -> None:
         redis.start()
         redis_backend = Backend("redis", directory, redis=redis)
         env.update(redis_backend.service_env())
+    kafka_backend = None
     if "kafka" in stores:
         kafka = KafkaServer(directory / "kafka")
         children["kafka"] = kafka
         kafka.start()
-        kafka.create_topic("bench_lanes", partitions=3)
+        kafka_backend = Backend("kafka", directory, kafka=kafka)
+        kafka.create_topic(kafka_backend.name, partitions=3)
         env.update(
             {
                 "AEP_DATABASE_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-                "AEP_DATABASE_KAFKA_TOPIC": "bench_lanes",
+                "AEP_DATABASE_KAFKA_TOPIC": kafka_backend.name,
             }
         )
     if "mongodb" in stores:
@@ -165,6 +167,14 @@ def main() -> None:
             repeated = sum(1 for n in Counter(in_file).values() if n > 1)
             missing = len(acknowledged - set(in_file))
             print(f"file: {len(acknowledged):,} acknowledged, missing {missing}, twice {repeated}")
+        if kafka_backend is not None:
+            keys = [key.decode() for key, _value, _partition in kafka_backend.read_kafka()]
+            extra = len(keys) - len(set(keys))
+            missing = len(acknowledged - set(keys))
+            print(
+                f"kafka: {len(acknowledged):,} acknowledged, missing {missing}, "
+                f"{len(keys):,} records ({extra} repeated: at least once)"
+            )
     finally:
         server.stop()
         for child in children.values():
