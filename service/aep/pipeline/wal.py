@@ -417,15 +417,22 @@ class WriteAheadLog:
         current = self._current
         assert current is not None
         if self._rotate_before_next or (current.size and current.size + size > self._segment_bytes):
-            new, fd = self._create_segment(current.sequence + 1)
-            if self._fd is not None:
-                with contextlib.suppress(OSError):  # everything in it was fsynced
-                    os.close(self._fd)
-            self._current, self._fd = new, fd
-            self._rotate_before_next = False
-            current.sealed = True
-            self._maybe_delete(current)
-            return new
+            self._maybe_delete(self._rotate())
+            assert self._current is not None
+            return self._current
+        return current
+
+    def _rotate(self) -> Segment:
+        """Appends go to a new segment from now on; the old one, sealed (raises OSError)."""
+        current = self._current
+        assert current is not None
+        new, fd = self._create_segment(current.sequence + 1)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # everything in it was fsynced
+                os.close(self._fd)
+        self._current, self._fd = new, fd
+        self._rotate_before_next = False
+        current.sealed = True
         return current
 
     def _create_segment(self, sequence: int) -> tuple[Segment, int]:
@@ -496,16 +503,7 @@ class WriteAheadLog:
         Later appends go to a new segment. Raises OSError when that cannot be created.
         """
         assert self.idle, "rotate_now() while an append is in flight"
-        current = self._current
-        assert current is not None
-        new, fd = self._create_segment(current.sequence + 1)
-        if self._fd is not None:
-            with contextlib.suppress(OSError):  # everything in it was fsynced
-                os.close(self._fd)
-        self._current, self._fd = new, fd
-        self._rotate_before_next = False
-        current.sealed = True
-        return current
+        return self._rotate()
 
     async def close(self) -> None:
         """After the pipeline drained: write what is queued, delete what is committed."""
