@@ -9,11 +9,11 @@ prints each store's events/s from the server's own counters
 (events_processed_total + events_duplicate_total, scraped from /metrics), the
 ratio paused/unpaused for the other stores, the paused store's spill peak and
 catch-up time, and at the end checks every acknowledged event is in the Redis
-stream and the file store exactly once (Kafka: the count of records written, at
-least once).
+stream, the MongoDB collection and the file store exactly once (Kafka: the count
+of records written, at least once).
 
     .venv/bin/python tests/benchmarks/bench_lanes.py [--stores file,redis,kafka] \\
-        [--paused redis] [--phase-seconds 30] [--workers 4] [--batch 100]
+        [--paused redis] [--phase-seconds 30] [--workers 4] [--batch 100] [--pause 0]
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def main() -> None:
     parser.add_argument("--phase-seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds each worker waits between batches (0: as fast as the server takes them;"
+        " e.g. 0.05 to stay under what nx-27017 writes with mongodb in --stores)",
+    )
     parser.add_argument("--max-catch-up-seconds", type=float, default=120.0)
     args = parser.parse_args()
     stores = args.stores.split(",")
@@ -100,12 +107,17 @@ def main() -> None:
                 "AEP_DATABASE_KAFKA_TOPIC": kafka_backend.name,
             }
         )
+    mongo_backend = None
     if "mongodb" in stores:
         mongo = MongoServer(directory / "mongo")
         children["mongodb"] = mongo
         mongo.start()
+        mongo_backend = Backend("mongodb", directory, mongo=mongo)
         env.update(
-            {"AEP_DATABASE_MONGODB_URI": mongo.uri, "AEP_DATABASE_MONGODB_DATABASE": "bench"}
+            {
+                "AEP_DATABASE_MONGODB_URI": mongo.uri,
+                "AEP_DATABASE_MONGODB_DATABASE": mongo_backend.name,
+            }
         )
     paused = children[args.paused]
     server = ServerProcess(
@@ -125,7 +137,10 @@ def main() -> None:
     phase = args.phase_seconds
     print(f"stores {args.stores}, {args.paused} paused in phase 2; {phase:g}s phases")
     try:
-        with LoadSender(server.address, workers=args.workers, batch=args.batch, pause_s=0) as load:
+        load_sender = LoadSender(
+            server.address, workers=args.workers, batch=args.batch, pause_s=args.pause
+        )
+        with load_sender as load:
             time.sleep(3)  # warm-up
             start = store_counts(server)
             time.sleep(phase)
@@ -157,16 +172,19 @@ def main() -> None:
             f"{catch_up:.1f}s after resuming; refusals during the run: {refusals or 'none'}"
         )
         assert server.stop() == 0, server.log()
+        stored: dict[str, list[str]] = {}
         if redis_backend is not None:
-            in_redis = redis_backend.read_ids()
-            repeated = sum(1 for n in Counter(in_redis).values() if n > 1)
-            missing = len(acknowledged - set(in_redis))
-            print(f"redis: {len(acknowledged):,} acknowledged, missing {missing}, twice {repeated}")
+            stored["redis"] = redis_backend.read_ids()
+        if mongo_backend is not None:
+            stored["mongodb"] = mongo_backend.read_ids()
         if "file" in stores:
-            in_file = [str(e["event_id"]) for e in stored_events(server.events_dir)]
-            repeated = sum(1 for n in Counter(in_file).values() if n > 1)
-            missing = len(acknowledged - set(in_file))
-            print(f"file: {len(acknowledged):,} acknowledged, missing {missing}, twice {repeated}")
+            stored["file"] = [str(e["event_id"]) for e in stored_events(server.events_dir)]
+        for name, ids in stored.items():
+            repeated = sum(1 for n in Counter(ids).values() if n > 1)
+            missing = len(acknowledged - set(ids))
+            print(
+                f"{name}: {len(acknowledged):,} acknowledged, missing {missing}, twice {repeated}"
+            )
         if kafka_backend is not None:
             keys = [key.decode() for key, _value, _partition in kafka_backend.read_kafka()]
             extra = len(keys) - len(set(keys))

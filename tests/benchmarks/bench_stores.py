@@ -5,7 +5,10 @@ Not a test: a bounded benchmark on loopback. Starts its own redis-server
 Tansu (Kafka protocol, in memory; acks=all, idempotent producer, lz4),
 writes into a temporary directory for the file store (fsync per batch, the
 default), and prints events/s and per-batch latency (p50/p99) per store and
-batch size, with `batch.worker_pool_size` concurrent writers like the pipeline.
+batch size, with `batch.worker_pool_size` concurrent writers like the pipeline;
+then the --together stores (default mongodb,redis,kafka) written at once, every
+batch to each with its own writers, as the lanes of `database.type=<list>` run:
+events/s stored everywhere, and each store's own rate beside it.
 Then `redis-benchmark -P 100 -t set -n 200000 -q` on the same Redis, as the
 ceiling of what that Redis takes on this machine.
 
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 
 from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.storage.base import EventStore
 from tests.helpers.backends import Backend
 from tests.helpers.servers import KafkaServer, MongoServer, RedisServer
 from tests.helpers.support import batch_of, stored_forms, valid_event
@@ -80,6 +84,45 @@ async def run_one(
         elapsed = time.perf_counter() - started
         await store.close()
     return written, elapsed, latencies
+
+
+async def run_together(
+    backends: dict[str, Backend],
+    events: list[EventRecord],
+    batch_size: int,
+    writers: int,
+    budget_s: float,
+) -> tuple[float, dict[str, tuple[int, float]]]:
+    """Every batch to every store, each store with its own writers, as the lanes run.
+
+    Returns (seconds until the slowest store finished, {store: (written, its seconds)}).
+    """
+    batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
+    stores = {kind: backend.make_store(writers) for kind, backend in backends.items()}
+    await asyncio.gather(*(store.open() for store in stores.values()))
+    started = time.perf_counter()
+    deadline = started + budget_s
+
+    async def lane(store: EventStore) -> tuple[int, float]:
+        next_batch = iter(batches)
+        written = 0
+
+        async def writer() -> None:
+            nonlocal written
+            for batch in next_batch:
+                if time.perf_counter() > deadline:
+                    return
+                result = await store.write_batch(batch_of(batch))
+                written += result.written  # after the await: `written +=` reads it once
+
+        try:
+            await asyncio.gather(*(writer() for _ in range(writers)))
+            return written, time.perf_counter() - started
+        finally:
+            await store.close()
+
+    results = await asyncio.gather(*(lane(store) for store in stores.values()))
+    return time.perf_counter() - started, dict(zip(backends, results, strict=True))
 
 
 @contextmanager
@@ -136,6 +179,34 @@ async def benchmark_stores(
                 f"{percentile(latencies, 0.99) * 1e3:>8.2f} {len(latencies):>8}",
                 flush=True,
             )
+    if not args.together:
+        return
+    group = args.together.split(",")
+    print(f"together: every batch to each of {', '.join(group)}, {args.writers} writers each")
+    print(f"{'batch':>6} {'events/s':>10}  per store (events/s on its own clock)")
+    for batch_size in batch_sizes:
+        backends = {
+            kind: Backend(
+                kind,
+                directory / f"together-{kind}-{batch_size}",
+                redis=redis_server,
+                mongo=mongo,
+                kafka=kafka,
+            )
+            for kind in group
+        }
+        if "kafka" in backends:
+            kafka.create_topic(backends["kafka"].name)
+        events = make_events(args.events, f"together{batch_size}")
+        elapsed, per_store = await run_together(
+            backends, events, batch_size, args.writers, args.max_seconds
+        )
+        # Every store got every event only if none ran out of --max-seconds.
+        everywhere = min(written for written, _seconds in per_store.values())
+        stores = "  ".join(
+            f"{kind} {written / seconds:,.0f}" for kind, (written, seconds) in per_store.items()
+        )
+        print(f"{batch_size:>6} {everywhere / elapsed:>10,.0f}  {stores}", flush=True)
 
 
 def redis_ceiling(redis_server: RedisServer) -> str:
@@ -156,6 +227,11 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--stores", default="file,redis,mongodb,kafka")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--together",
+        default="mongodb,redis,kafka",
+        help="stores written together, each batch to all (as database.type=<list>); '' skips",
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="aep-bench-") as directory,

@@ -36,6 +36,8 @@ SHARED_STORE_KINDS = [*NETWORK_STORE_KINDS, "redis-cluster", "kafka"]
 DEDUPING_STORE_KINDS = ["file", "redis", "redis-cluster", "mongodb"]
 # How long reading a Kafka topic back to its end may take.
 KAFKA_READ_TIMEOUT_S = 30.0
+# Stream entries read per XRANGE.
+REDIS_READ_PAGE = 10_000
 
 
 @dataclass
@@ -173,18 +175,22 @@ def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
     import redis
 
     client = redis.Redis.from_url(url, decode_responses=True)
+    entries: list[tuple[str, dict[str, str]]] = []
     try:
-        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(stream))
+        # In pages: one XRANGE of millions of entries outlasts the socket timeout.
+        start = "-"
+        while True:
+            page = cast(
+                list[tuple[str, dict[str, str]]],
+                client.xrange(stream, min=start, count=REDIS_READ_PAGE),
+            )
+            entries += page
+            if len(page) < REDIS_READ_PAGE:
+                break
+            start = "(" + page[-1][0]
     finally:
         client.close()
-    records = []
-    for _entry_id, fields in entries:
-        record: dict[str, Any] = dict(fields)
-        for name in STRING_MAP_FIELDS:  # JSON text fields
-            if name in record:
-                record[name] = orjson.loads(record[name])
-        records.append(record)
-    return records
+    return _stream_records(entries)
 
 
 def _stream_records(entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
