@@ -58,7 +58,7 @@ e2e: deps system-deps
 image-test: deps
 	bash .ci/image-test
 
-## bench-stores: events/s and batch latency of each store's write_batch (own servers, loopback)
+## bench-stores: events/s and batch latency of each store's write_batch, then mongodb,redis,kafka together (own servers, loopback)
 bench-stores: deps system-deps
 	$(PY) tests/benchmarks/bench_stores.py
 
