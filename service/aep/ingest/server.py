@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn, TypeAlias
@@ -12,6 +11,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
+from aep.ingest.deadlines import ReadDeadlines
 from aep.ingest.reflection import enable_reflection
 from aep.ingest.servicer import AdEventServicer
 from aep.observability.health import ServingState
@@ -56,29 +56,32 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 
 
-async def _read_request(context: Context, timeout_s: float | None) -> Any:
-    """The one request message of a unary call, read within timeout_s.
+async def _read_request(context: Context, deadlines: ReadDeadlines | None) -> Any:
+    """The one request message of a unary call, read within the deadline.
 
     gRPC core has no deadline for receiving a message: a client that declares
     a large message and stops sending would hold the call forever. Unary
     methods are therefore served as stream-unary ones (the same wire format),
     so that the handler itself reads the request, with a deadline.
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            request = await context.read()
-    except TimeoutError:
-        await context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"the request did not arrive whole within server.request_read_timeout={timeout_s:g}s",
-        )
+    if deadlines is None:
+        request = await context.read()
+    else:
+        try:
+            request = await deadlines.within(context.read())
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the request did not arrive whole within "
+                f"server.request_read_timeout={deadlines.timeout_s:g}s",
+            )
     if request is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing in grpc-stubs
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
     return request
 
 
-def _reading_with_deadline(handler: Handler, timeout_s: float | None) -> Handler:
-    """The same method, its request read by the handler within timeout_s (see _read_request)."""
+def _reading_with_deadline(handler: Handler, deadlines: ReadDeadlines | None) -> Handler:
+    """The same method, its request read by the handler within the deadline (see _read_request)."""
     if handler.request_streaming:
         return handler
     deserializer, serializer = handler.request_deserializer, handler.response_serializer
@@ -86,22 +89,28 @@ def _reading_with_deadline(handler: Handler, timeout_s: float | None) -> Handler
         unary: Any = handler.unary_unary  # async here; grpc-stubs type the sync API
 
         async def unary_call(requests: object, context: Context) -> Any:
-            return await unary(await _read_request(context, timeout_s), context)
+            return await unary(await _read_request(context, deadlines), context)
 
         return grpc.stream_unary_rpc_method_handler(unary_call, deserializer, serializer)
     streaming: Any = handler.unary_stream
     if inspect.isasyncgenfunction(streaming):
 
         async def stream_call(requests: object, context: Context) -> AsyncIterator[Any]:
-            async for response in streaming(await _read_request(context, timeout_s), context):
+            async for response in streaming(await _read_request(context, deadlines), context):
                 yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_call, deserializer, serializer)
 
     async def writing_call(requests: object, context: Context) -> None:
-        await streaming(await _read_request(context, timeout_s), context)
+        await streaming(await _read_request(context, deadlines), context)
 
     return grpc.stream_stream_rpc_method_handler(writing_call, deserializer, serializer)
+
+
+def read_deadlines(settings: ServerSettings) -> ReadDeadlines | None:
+    """server.request_read_timeout's deadlines (0: none)."""
+    timeout = settings.request_read_timeout
+    return ReadDeadlines(timeout) if timeout else None
 
 
 class _CallLimit:
@@ -188,11 +197,11 @@ def _ad_event_handler(
         else:
             raise NotImplementedError(f"{method.full_name}: one-sided streaming is not served")
     limit = _CallLimit(settings.max_concurrent_rpcs)
-    read_timeout = settings.request_read_timeout or None
+    deadlines = read_deadlines(settings)
     return grpc.method_handlers_generic_handler(
         AD_EVENT_SERVICE_NAME,
         {
-            name: _limited(_reading_with_deadline(handler, read_timeout), limit)
+            name: _limited(_reading_with_deadline(handler, deadlines), limit)
             for name, handler in handlers.items()
         },
     )
@@ -218,12 +227,12 @@ def _health_handlers(
     registrations = _Registrations()
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, registrations)
     assert HEALTH_SERVICE_NAME in registrations.services, registrations.services.keys()
-    read_timeout = settings.request_read_timeout or None
+    deadlines = read_deadlines(settings)
     return tuple(
         grpc.method_handlers_generic_handler(
             service,
             {
-                name: _reading_with_deadline(handler, read_timeout)
+                name: _reading_with_deadline(handler, deadlines)
                 for name, handler in handlers.items()
             },
         )

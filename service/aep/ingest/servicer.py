@@ -28,6 +28,7 @@ from aep.events.block import EventBlock
 from aep.events.codec import KIND_OF_REQUEST_TYPE, Codec, DecodedRequest, MalformedRequestError
 from aep.events.schema import format_epoch
 from aep.events.validation import Verdicts
+from aep.ingest.deadlines import ReadDeadlines
 from aep.observability.health import ServingState
 from aep.pipeline.admission import AdmissionRefusedError, RefusalKind
 from aep.pipeline.core import CommitFailedError, Pipeline
@@ -132,7 +133,9 @@ class AdEventServicer:
         self._max_message_bytes = server.max_message_bytes
         self._max_unacked_chunks = server.stream_max_unacked_chunks
         self._backpressure_wait = server.stream_backpressure_wait
-        self._stream_idle_timeout = server.stream_idle_timeout or None
+        self._stream_idle = (
+            ReadDeadlines(server.stream_idle_timeout) if server.stream_idle_timeout else None
+        )
         self._default_ack = _ACK_OF_SETTING[default_ack]
         self._store_type = store_type
         self._observe_rpc = observe_rpc
@@ -279,18 +282,18 @@ class AdEventServicer:
         acks: asyncio.Queue[_Ack | _StreamEnd],
     ) -> None:
         chunks = aiter(request_iterator)
-        idle_timeout = self._stream_idle_timeout
+        idle = self._stream_idle
         try:
             while True:
                 try:
-                    async with asyncio.timeout(idle_timeout):
-                        raw = await anext(chunks)
+                    raw = await (anext(chunks) if idle is None else idle.within(anext(chunks)))
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
+                    assert idle is not None
                     raise RequestRefusedError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"no chunk for server.stream_idle_timeout={idle_timeout:g}s: "
+                        f"no chunk for server.stream_idle_timeout={idle.timeout_s:g}s: "
                         "the stream is ended; open a new one to send more",
                     ) from None
                 started = time.perf_counter()
