@@ -51,7 +51,7 @@ async def test_each_read_has_its_own_deadline_and_the_quick_ones_are_untouched()
         return "answered"
 
     results = await asyncio.gather(stalled(), quick(30), stalled(), quick(5))
-    assert results == ["timed out", "answered", "timed out", "answered"]
+    assert list(results) == ["timed out", "answered", "timed out", "answered"]
 
 
 async def test_a_cancel_from_elsewhere_is_not_turned_into_a_timeout() -> None:
@@ -63,17 +63,21 @@ async def test_a_cancel_from_elsewhere_is_not_turned_into_a_timeout() -> None:
         await reading
 
 
+def sweeping(deadlines: ReadDeadlines) -> bool:
+    return deadlines._sweeper is not None
+
+
 async def test_the_sweeper_runs_only_while_reads_are_waiting() -> None:
     deadlines = ReadDeadlines(30.0)
     assert deadlines.resolution_s == MAX_RESOLUTION_S
     await deadlines.within(asyncio.sleep(0.01))
     await asyncio.sleep(MAX_RESOLUTION_S + 0.1)
-    assert deadlines._sweeper is None, "no task left behind once nothing is read"
+    assert not sweeping(deadlines), "no task left behind once nothing is read"
     # And it starts again for the next read.
     never = asyncio.get_running_loop().create_future()
     reading = asyncio.create_task(deadlines.within(never))
     await asyncio.sleep(0.01)
-    assert deadlines._sweeper is not None
+    assert sweeping(deadlines)
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reading
