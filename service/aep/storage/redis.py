@@ -36,11 +36,12 @@ machine crash; `always` loses nothing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -287,11 +288,17 @@ class RedisStore:
     async def _publish_shards(self) -> None:
         client = self._client
         assert client is not None
+        async with self._answering_within_connect_timeout():
+            await client.eval(
+                SHARD_LIST_SCRIPT, 1, shard_list_key(self._stream), *self._shard_streams
+            )
+
+    @contextlib.asynccontextmanager
+    async def _answering_within_connect_timeout(self) -> AsyncIterator[None]:
+        """A short call (ping, shard list) answers within connect_timeout; else StoreError."""
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await client.eval(
-                    SHARD_LIST_SCRIPT, 1, shard_list_key(self._stream), *self._shard_streams
-                )
+                yield
         except TimeoutError as error:
             raise StoreError(
                 f"redis store at {redact_credentials(self._settings.url)}: "
@@ -403,25 +410,15 @@ class RedisStore:
         client = self._client
         if client is None:
             raise StoreError("redis store: not open")
-        try:
-            # A ping answers within connect_timeout or the store counts as down
-            # (socket_timeout is the longer operation_timeout, meant for writes).
-            async with asyncio.timeout(self._connect_timeout):
-                if isinstance(client, RedisCluster):
-                    await self._ping_cluster(client)
-                else:
-                    # A write, not PING: a Redis that answers but refuses writes (out
-                    # of memory, read-only replica, failed snapshot) must count as down.
-                    await client.set(f"{{{self._stream}}}:alive", str(time.time()), ex=60)
-        except TimeoutError as error:
-            raise StoreError(
-                f"redis store at {redact_credentials(self._settings.url)}: "
-                f"no answer within {self._connect_timeout}s"
-            ) from error
-        except _CLUSTER_ERRORS as error:
-            raise StoreError(
-                f"redis store at {redact_credentials(self._settings.url)}: {error}"
-            ) from error
+        # A ping answers within connect_timeout or the store counts as down
+        # (socket_timeout is the longer operation_timeout, meant for writes).
+        async with self._answering_within_connect_timeout():
+            if isinstance(client, RedisCluster):
+                await self._ping_cluster(client)
+            else:
+                # A write, not PING: a Redis that answers but refuses writes (out
+                # of memory, read-only replica, failed snapshot) must count as down.
+                await client.set(f"{{{self._stream}}}:alive", str(time.time()), ex=60)
 
     async def _ping_cluster(self, client: RedisCluster) -> None:
         """A write on every master that holds a shard (one shard stream's slot each):
