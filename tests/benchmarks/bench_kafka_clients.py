@@ -43,24 +43,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.helpers
 
 from aep.events.block import EventBatch
-from aep.events.schema import format_epoch
-from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from tests.benchmarks.bench_stores import make_events
 from tests.helpers.servers import KafkaServer
-from tests.helpers.support import batch_of, stored_forms, valid_event
+from tests.helpers.support import batch_of
 
 Write = Callable[[EventBatch], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
 
 
 def make_batches(count: int, size: int, run: str) -> list[EventBatch]:
-    template = valid_event(attributes={"os": "ios", "geo": "FR"}, campaign_id="camp-1")
-    events = []
-    for i in range(count):
-        event = pb.AdEvent()
-        event.CopyFrom(template)
-        event.event_id = f"{run}-{i:08d}"
-        events.append(event)
-    records = stored_forms(events, format_epoch(time.time()))
+    records = make_events(count, run)
     return [batch_of(records[i : i + size]) for i in range(0, len(records), size)]
 
 
