@@ -369,3 +369,28 @@ async def test_a_racing_batch_with_repeated_ids_waits_then_writes_each_new_id_on
     ids = [str(e["event_id"]) for e in stored_events(tmp_path)]
     assert sorted(ids) == sorted(f"e{i}" for i in range(20))
     assert not store._writing and not store._claims  # every claim released
+
+
+async def test_a_write_cancelled_before_it_had_a_writer_leaves_its_ids_new(
+    tmp_path: Path,
+) -> None:
+    """Ids count as recent from their claim on; a batch cancelled while every writer
+    is busy was never written, so the same ids are written by the next batch."""
+    import asyncio
+
+    store = await open_store(tmp_path, writers=1)
+    busy = await store._free.get()  # the only writer, taken
+    waiting = asyncio.ensure_future(store.write_batch(batch_of(batch(0, 10))))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "it waits for a free writer"
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    store._free.put_nowait(busy)
+    again = await store.write_batch(batch_of(batch(0, 10)))
+    await store.close()
+    assert (again.written, again.duplicates) == (10, 0)
+    assert sorted(str(e["event_id"]) for e in stored_events(tmp_path)) == sorted(
+        f"e{i}" for i in range(10)
+    )
+    assert not store._writing and not store._claims

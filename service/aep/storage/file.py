@@ -201,9 +201,23 @@ class RecentIds:
         return mask
 
     def add_batch(self, event_ids: list[str], at: float) -> None:
+        self.claim(event_ids)
+        self.confirm(event_ids, at)
+
+    def claim(self, event_ids: list[str]) -> None:
+        """Counted as recent from now: right after the lookup that found them new,
+        while their slots of the set are still in the CPU's cache (inserting them
+        after the write, milliseconds later, cost a cache miss per id)."""
         self._ids.update(event_ids)
+
+    def confirm(self, event_ids: list[str], at: float) -> None:
+        """Claimed ids written at `at`: from now on they age out with the window."""
         self._batches.append((at, event_ids))
         self._evict(at)
+
+    def forget(self, event_ids: list[str]) -> None:
+        """Claimed ids whose write failed: new again."""
+        self._ids.difference_update(event_ids)
 
     def _evict(self, now: float) -> None:
         horizon = now - self._window
@@ -363,40 +377,48 @@ class FileStore:
         writing = self._writing
         while True:
             event_ids = batch.event_ids
-            fresh = batch
-            if recent.isdisjoint(event_ids) and writing.isdisjoint(event_ids):
+            if not writing.isdisjoint(event_ids):
+                # Ids of a write in flight: whether they are duplicates is known
+                # once it ended (written: recent; failed: new again).
+                overlap = writing.intersection(event_ids)
+                await asyncio.wait(
+                    [claim for claim, ids in self._claims.items() if not overlap.isdisjoint(ids)]
+                )
+                continue
+            if recent.isdisjoint(event_ids):
                 # The common case, in set operations only: a batch of ids that
                 # are new and distinct grows the set by exactly its length.
                 before = len(writing)
                 writing.update(event_ids)
                 if len(writing) - before == len(event_ids):
-                    return fresh, self._new_claim(event_ids)
+                    return batch, self._new_claim(event_ids)
                 writing.difference_update(event_ids)  # none was in it: undone
             fresh = batch.select(recent.fresh_mask(event_ids))
             fresh_ids = fresh.event_ids
-            if writing.isdisjoint(fresh_ids):
-                writing.update(fresh_ids)  # distinct: fresh_mask keeps first occurrences
-                return fresh, self._new_claim(fresh_ids)
-            overlap = writing.intersection(fresh_ids)
-            await asyncio.wait(
-                [claim for claim, ids in self._claims.items() if not overlap.isdisjoint(ids)]
-            )
+            writing.update(fresh_ids)  # distinct: fresh_mask keeps first occurrences
+            return fresh, self._new_claim(fresh_ids)
 
     def _new_claim(self, event_ids: list[str]) -> asyncio.Future[None]:
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._claims[claim] = event_ids
+        self._recent.claim(event_ids)
         return claim
 
     def _appended(
         self, append: asyncio.Future[None], writer: _SegmentWriter, claim: asyncio.Future[None]
     ) -> None:
         self._free.put_nowait(writer)
-        if not append.cancelled() and append.exception() is None:
-            self._recent.add_batch(self._claims[claim], time.time())
-        self._release(claim)
+        written = not append.cancelled() and append.exception() is None
+        if written:
+            self._recent.confirm(self._claims[claim], time.time())
+        self._release(claim, written=written)
 
-    def _release(self, claim: asyncio.Future[None]) -> None:
-        self._writing.difference_update(self._claims.pop(claim))
+    def _release(self, claim: asyncio.Future[None], *, written: bool = False) -> None:
+        """The claim's ids are no longer being written; unless written, new again."""
+        event_ids = self._claims.pop(claim)
+        if not written:
+            self._recent.forget(event_ids)
+        self._writing.difference_update(event_ids)
         claim.set_result(None)
 
     async def ping(self) -> None:
