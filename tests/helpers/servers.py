@@ -433,6 +433,30 @@ class RedisClusterServer:
         master.kill()
         return master, replica
 
+    def wait_replicated(self, master: RedisClusterNode, timeout_s: float = 20.0) -> None:
+        """Until `master`'s replica is linked and has everything the master wrote so far.
+
+        Redis replicates asynchronously: a write acknowledged just before its master
+        dies is lost if the replica had not received it yet (right after the cluster
+        is created the replica may still be in its first full sync)."""
+        deadline = time.monotonic() + timeout_s
+        target: int | None = None
+        while True:
+            info = master.info("replication")
+            if target is None and "master_repl_offset" in info:
+                target = int(info["master_repl_offset"])
+            replica = info.get("slave0")
+            if (
+                target is not None
+                and isinstance(replica, dict)
+                and replica.get("state") == "online"
+                and int(replica.get("offset", -1)) >= target
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{master.address}: replica not caught up within {timeout_s}s")
+            time.sleep(0.02)
+
     def wait_promoted(self, replica: RedisClusterNode, timeout_s: float = 20.0) -> float:
         """Until `replica` is a master and every live node says cluster_state:ok;
         returns how long that took."""
