@@ -43,17 +43,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.helpers
 
 from aep.events.block import EventBatch
-from tests.benchmarks.bench_stores import make_events
+from tests.benchmarks.bench_stores import cut, make_events, write_concurrently
 from tests.helpers.servers import KafkaServer
-from tests.helpers.support import batch_of
 
 Write = Callable[[EventBatch], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
 
 
 def make_batches(count: int, size: int, run: str) -> list[EventBatch]:
-    records = make_events(count, run)
-    return [batch_of(records[i : i + size]) for i in range(0, len(records), size)]
+    return cut(make_events(count, run), size)
 
 
 async def aiokafka_client(servers: str, topic: str, compression: str) -> tuple[Write, Close]:
@@ -200,22 +198,18 @@ async def run_client(
     write, close = await CLIENTS[name](server.bootstrap_servers, topic, args.compression)
     # Warm-up (connections, metadata, producer id), not measured.
     await write(batches[0])
-    queue = iter(batches[1:])
-    deadline = time.perf_counter() + args.max_seconds
-    written = 0
 
-    async def writer() -> None:
-        nonlocal written
-        for batch in queue:
-            if time.perf_counter() > deadline:
-                return
-            await write(batch)
-            written += batch.count
+    async def counted(batch: EventBatch) -> int:
+        await write(batch)
+        return batch.count
 
     cpu_started = time.process_time()
     started = time.perf_counter()
+    written = 0
     try:
-        await asyncio.gather(*(writer() for _ in range(writers)))
+        written = await write_concurrently(
+            counted, batches[1:], writers, started + args.max_seconds
+        )
     finally:
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started

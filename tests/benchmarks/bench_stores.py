@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.helpers
 
+from aep.events.block import EventBatch
 from aep.events.schema import EventRecord, format_epoch
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.storage.base import EventStore
@@ -55,17 +56,17 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def run_one(
-    backend: Backend, events: list[EventRecord], batch_size: int, writers: int, budget_s: float
-) -> tuple[int, float, list[float]]:
-    """(events written, seconds, per-batch latencies)."""
-    store = backend.make_store(writers)
-    await store.open()
-    batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
-    latencies: list[float] = []
-    written = 0
+async def write_concurrently(
+    write: Callable[[EventBatch], Awaitable[int]],
+    batches: Iterable[EventBatch],
+    writers: int,
+    deadline: float,
+    latencies: list[float] | None = None,
+) -> int:
+    """`writers` concurrent writers take the batches in turn until `deadline`
+    (perf_counter); returns the events written (what `write` returned, summed)."""
     next_batch = iter(batches)
-    deadline = time.perf_counter() + budget_s
+    written = 0
 
     async def writer() -> None:
         nonlocal written
@@ -73,13 +74,39 @@ async def run_one(
             if time.perf_counter() > deadline:
                 return
             started = time.perf_counter()
-            result = await store.write_batch(batch_of(batch))
-            latencies.append(time.perf_counter() - started)
-            written += result.written
+            count = await write(batch)
+            if latencies is not None:
+                latencies.append(time.perf_counter() - started)
+            written += count  # after the await: `written += await ...` would lose updates
 
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return written
+
+
+def store_writer(store: EventStore) -> Callable[[EventBatch], Awaitable[int]]:
+    async def write(batch: EventBatch) -> int:
+        return (await store.write_batch(batch)).written
+
+    return write
+
+
+def cut(events: list[EventRecord], batch_size: int) -> list[EventBatch]:
+    return [batch_of(events[i : i + batch_size]) for i in range(0, len(events), batch_size)]
+
+
+async def run_one(
+    backend: Backend, events: list[EventRecord], batch_size: int, writers: int, budget_s: float
+) -> tuple[int, float, list[float]]:
+    """(events written, seconds, per-batch latencies)."""
+    store = backend.make_store(writers)
+    await store.open()
+    batches = cut(events, batch_size)
+    latencies: list[float] = []
     started = time.perf_counter()
     try:
-        await asyncio.gather(*(writer() for _ in range(writers)))
+        written = await write_concurrently(
+            store_writer(store), batches, writers, started + budget_s, latencies
+        )
     finally:
         elapsed = time.perf_counter() - started
         await store.close()
@@ -97,26 +124,16 @@ async def run_together(
 
     Returns (seconds until the slowest store finished, {store: (written, its seconds)}).
     """
-    batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
+    batches = cut(events, batch_size)
     stores = {kind: backend.make_store(writers) for kind, backend in backends.items()}
     await asyncio.gather(*(store.open() for store in stores.values()))
     started = time.perf_counter()
-    deadline = started + budget_s
 
     async def lane(store: EventStore) -> tuple[int, float]:
-        next_batch = iter(batches)
-        written = 0
-
-        async def writer() -> None:
-            nonlocal written
-            for batch in next_batch:
-                if time.perf_counter() > deadline:
-                    return
-                result = await store.write_batch(batch_of(batch))
-                written += result.written  # after the await: `written +=` reads it once
-
         try:
-            await asyncio.gather(*(writer() for _ in range(writers)))
+            written = await write_concurrently(
+                store_writer(store), batches, writers, started + budget_s
+            )
             return written, time.perf_counter() - started
         finally:
             await store.close()

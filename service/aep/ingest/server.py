@@ -107,12 +107,6 @@ def _reading_with_deadline(handler: Handler, deadlines: ReadDeadlines | None) ->
     return grpc.stream_stream_rpc_method_handler(writing_call, deserializer, serializer)
 
 
-def read_deadlines(settings: ServerSettings) -> ReadDeadlines | None:
-    """server.request_read_timeout's deadlines (0: none)."""
-    timeout = settings.request_read_timeout
-    return ReadDeadlines(timeout) if timeout else None
-
-
 class _CallLimit:
     """AdEventService calls in progress; past server.max_concurrent_rpcs one is refused.
 
@@ -177,7 +171,7 @@ def _serialize(response: bytes | Message) -> bytes:
 
 
 def _ad_event_handler(
-    servicer: AdEventServicer, settings: ServerSettings
+    servicer: AdEventServicer, settings: ServerSettings, deadlines: ReadDeadlines | None
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """A handler per method of the service descriptor: the servicer's method of that
     name, by the method's kind. Raw bytes in (no request_deserializer): the servicer
@@ -197,7 +191,6 @@ def _ad_event_handler(
         else:
             raise NotImplementedError(f"{method.full_name}: one-sided streaming is not served")
     limit = _CallLimit(settings.max_concurrent_rpcs)
-    deadlines = read_deadlines(settings)
     return grpc.method_handlers_generic_handler(
         AD_EVENT_SERVICE_NAME,
         {
@@ -221,13 +214,12 @@ class _Registrations:
 
 
 def _health_handlers(
-    serving: ServingState, settings: ServerSettings
+    serving: ServingState, deadlines: ReadDeadlines | None
 ) -> tuple[grpc.GenericRpcHandler[Any, Any], ...]:
     """grpc.health.v1, its requests read with server.request_read_timeout too."""
     registrations = _Registrations()
     health_pb2_grpc.add_HealthServicer_to_server(serving.servicer, registrations)
     assert HEALTH_SERVICE_NAME in registrations.services, registrations.services.keys()
-    deadlines = read_deadlines(settings)
     return tuple(
         grpc.method_handlers_generic_handler(
             service,
@@ -252,8 +244,11 @@ def build_server(
     # No maximum_concurrent_rpcs: AdEventService calls are limited by
     # _CallLimit, and health checks and reflection not at all.
     server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
-    server.add_generic_rpc_handlers((_ad_event_handler(servicer, settings),))
-    server.add_generic_rpc_handlers(_health_handlers(serving, settings))
+    # One sweeper for the request reads of every service (0: no deadline).
+    timeout = settings.request_read_timeout
+    deadlines = ReadDeadlines(timeout) if timeout else None
+    server.add_generic_rpc_handlers((_ad_event_handler(servicer, settings, deadlines),))
+    server.add_generic_rpc_handlers(_health_handlers(serving, deadlines))
     enable_reflection(server, (AD_EVENT_SERVICE_NAME, HEALTH_SERVICE_NAME))
     address = f"{settings.host}:{settings.port}"
     try:
