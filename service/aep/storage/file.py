@@ -186,8 +186,20 @@ class RecentIds:
         self._ids: set[str] = set()
         self._batches: deque[tuple[float, list[str]]] = deque()
 
-    def isdisjoint(self, event_ids: list[str]) -> bool:
-        return self._ids.isdisjoint(event_ids)
+    def claim_if_new(self, event_ids: list[str]) -> bool:
+        """Claims them (see claim) if none is recent and none repeats; else claims none.
+
+        The common case, in set operations only: a batch of ids that are new and
+        distinct grows the set by exactly its length."""
+        ids = self._ids
+        if not ids.isdisjoint(event_ids):
+            return False
+        before = len(ids)
+        ids.update(event_ids)
+        if len(ids) - before == len(event_ids):
+            return True
+        ids.difference_update(event_ids)  # an id repeats; none was recent: undone
+        return False
 
     def fresh_mask(self, event_ids: Iterable[str]) -> list[bool]:
         """Per id: neither recent nor taken by an earlier one of these."""
@@ -306,11 +318,10 @@ class FileStore:
         ]
         self._free: asyncio.Queue[_SegmentWriter] = asyncio.Queue()
         self._recent = RecentIds(settings.dedupe_window, settings.dedupe_max_ids)
-        # The ids being written now, and each write's claim on its ids (done
-        # when the write ends). An id is claimed by one write at a time. Kept as
-        # a set beside the claims so that claiming and releasing are set
-        # operations, with no Python code run per event.
-        self._writing: set[str] = set()
+        # Each write in flight's claim on its ids (done when the write ends). An
+        # id is claimed by one write at a time. Claimed ids are in _recent from
+        # the claim on, so an id that is not recent is neither written nor being
+        # written: the common case needs no other set.
         self._claims: dict[asyncio.Future[None], list[str]] = {}
         self._codec = CODECS[settings.format]
 
@@ -374,34 +385,26 @@ class FileStore:
         earlier event of the batch, after waiting for the writes still in flight
         of any of their ids. Returns them with their claim, to be released."""
         recent = self._recent
-        writing = self._writing
         while True:
             event_ids = batch.event_ids
-            if not writing.isdisjoint(event_ids):
-                # Ids of a write in flight: whether they are duplicates is known
-                # once it ended (written: recent; failed: new again).
-                overlap = writing.intersection(event_ids)
-                await asyncio.wait(
-                    [claim for claim, ids in self._claims.items() if not overlap.isdisjoint(ids)]
-                )
+            if recent.claim_if_new(event_ids):
+                return batch, self._new_claim(event_ids)
+            # Some id is recent or repeats. Ids of a write in flight: whether they
+            # are duplicates is known once it ended (written: recent; failed: new
+            # again), so wait for it first.
+            wanted = set(event_ids)
+            in_flight = [claim for claim, ids in self._claims.items() if not wanted.isdisjoint(ids)]
+            if in_flight:
+                await asyncio.wait(in_flight)
                 continue
-            if recent.isdisjoint(event_ids):
-                # The common case, in set operations only: a batch of ids that
-                # are new and distinct grows the set by exactly its length.
-                before = len(writing)
-                writing.update(event_ids)
-                if len(writing) - before == len(event_ids):
-                    return batch, self._new_claim(event_ids)
-                writing.difference_update(event_ids)  # none was in it: undone
             fresh = batch.select(recent.fresh_mask(event_ids))
             fresh_ids = fresh.event_ids
-            writing.update(fresh_ids)  # distinct: fresh_mask keeps first occurrences
+            recent.claim(fresh_ids)  # distinct and new: fresh_mask keeps first occurrences
             return fresh, self._new_claim(fresh_ids)
 
     def _new_claim(self, event_ids: list[str]) -> asyncio.Future[None]:
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._claims[claim] = event_ids
-        self._recent.claim(event_ids)
         return claim
 
     def _appended(
@@ -418,7 +421,6 @@ class FileStore:
         event_ids = self._claims.pop(claim)
         if not written:
             self._recent.forget(event_ids)
-        self._writing.difference_update(event_ids)
         claim.set_result(None)
 
     async def ping(self) -> None:
