@@ -11,8 +11,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 CODEC = Path("service/aep/events/codec")
-SOURCES = [CODEC / "_native.c", CODEC / "codec_core.c"]
-HEADERS = [CODEC / "codec_core.h"]
+SOURCES = [CODEC / "_native.c", CODEC / "codec_core.c", CODEC / "id_set.c"]
+HEADERS = [CODEC / "codec_core.h", CODEC / "id_set.h"]
 
 
 def source_digest() -> str:

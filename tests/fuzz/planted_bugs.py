@@ -3,9 +3,11 @@
     .venv/bin/python tests/fuzz/planted_bugs.py [--examples N] [--only NAME]
 
 Each mutant is one small edit of codec_core.c (the kind of mistake a
-hand-written parser makes), built into a temporary folder and loaded by the
-codec tests instead of the installed build (AEP_TEST_NATIVE_CODEC). The
-differential tests run with the CI budget (AEP_CODEC_EXAMPLES, 600) and stop at
+hand-written parser makes) or of id_set.c (the file store's table of recent
+ids), built into a temporary folder and loaded by the tests instead of the
+installed build (AEP_TEST_NATIVE_CODEC). The differential tests
+(test_codec_differential.py; test_id_set.py for id_set.c) run with the CI
+budget (AEP_CODEC_EXAMPLES, 600) and stop at
 the first failure; memory mutants run the sanitized build. Prints one line per
 mutant: caught or not, by which test, after how many seconds.
 """
@@ -43,6 +45,12 @@ class Mutant:
     old: str
     new: str
     sanitized: bool = False
+    source: str = "codec_core.c"
+
+    @property
+    def test_file(self) -> str:
+        """The tests that hold this source to its Python counterpart."""
+        return "test_id_set.py" if self.source == "id_set.c" else "test_codec_differential.py"
 
 
 MUTANTS = [
@@ -111,6 +119,25 @@ MUTANTS = [
         "bound += event->attributes[i].key.len + event->attributes[i].value.len + 8;",
         sanitized=True,
     ),
+    Mutant(
+        "IdSet: a removal moves back entries that are home already",
+        "        if (!stays) {",
+        "        if (stays) {",
+        source="id_set.c",
+    ),
+    Mutant(
+        "IdSet: a removal leaves a hole in the probe chain",
+        "        int stays = hole <= index",
+        "        int stays = 1 || hole <= index",
+        source="id_set.c",
+    ),
+    Mutant(
+        "IdSet: an id kept without a reference",
+        "    Py_INCREF(key);\n    entry->key = key;",
+        "    entry->key = key;",
+        sanitized=True,
+        source="id_set.c",
+    ),
 ]
 
 
@@ -119,7 +146,7 @@ def run(mutant: Mutant, examples: int, scratch: Path) -> str:
     source.mkdir()
     for name in (*C_SOURCES, *C_HEADERS):
         shutil.copy(CODEC_DIR / name, source / name)
-    core = source / "codec_core.c"
+    core = source / mutant.source
     text = core.read_text()
     assert text.count(mutant.old) == 1, f"{mutant.name}: the edit does not apply"
     core.write_text(text.replace(mutant.old, mutant.new))
@@ -142,7 +169,7 @@ def run(mutant: Mutant, examples: int, scratch: Path) -> str:
             "addopts=",
             "-s",  # a sanitizer's report goes to the real stderr, before it aborts
             "--timeout=0",
-            str(REPO / "tests" / "unit" / "test_codec_differential.py"),
+            str(REPO / "tests" / "unit" / mutant.test_file),
         ],
         cwd=REPO,
         env=env,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CODEC_DIR = REPO / "service" / "aep" / "events" / "codec"
-C_SOURCES = ("_native.c", "codec_core.c")
-C_HEADERS = ("codec_core.h",)
+C_SOURCES = ("_native.c", "codec_core.c", "id_set.c")
+C_HEADERS = ("codec_core.h", "id_set.h")
 OVERRIDE_ENV = "AEP_TEST_NATIVE_CODEC"
 # What setup.py compiles with (and what the fuzz build adds to).
 BASE_FLAGS = ["-std=gnu11", "-ffp-contract=off"]

@@ -1,7 +1,8 @@
 """The native pass under AddressSanitizer + UBSan, and a bounded coverage-guided fuzz run.
 
-- The codec tests (differential and unit) run again in a child Python against
-  a build of _native.c + codec_core.c with -fsanitize=address,undefined
+- The codec tests (differential and unit) and the IdSet tests run again in a
+  child Python against a build of _native.c + codec_core.c + id_set.c with
+  -fsanitize=address,undefined
   (gcc; its ASan runtime preloaded). Any report fails the run.
 - libFuzzer (clang) drives the C entry point (tests/fuzz/fuzz_codec.c) for
   AEP_FUZZ_SECONDS (default 60) under ASan + UBSan, from seeds of every
@@ -87,6 +88,7 @@ def test_codec_tests_pass_under_address_and_undefined_behaviour_sanitizers(
             "-s",  # a sanitizer's report goes to the real stderr, before it aborts
             str(REPO / "tests" / "unit" / "test_codec_differential.py"),
             str(REPO / "tests" / "unit" / "test_codec.py"),
+            str(REPO / "tests" / "unit" / "test_id_set.py"),
         ],
         cwd=REPO,
         env=env,

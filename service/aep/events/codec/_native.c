@@ -6,6 +6,7 @@
  *         max_batch_events, reason, records)
  *   Codec.decode(kind, data, now, received_at) -> tuple (see DECODE_DOC)
  *   WireError: the request is not valid protobuf (message as upb words it)
+ *   IdSet: the file store's set of recent ids (id_set.c)
  *
  * `reason(event_bytes, now) -> str` names what is wrong with a rejected
  * event: the Python rules' own wording (aep.events.validation), asked only
@@ -16,6 +17,7 @@
 #include <Python.h>
 
 #include "codec_core.h"
+#include "id_set.h"
 
 #ifndef AEP_SOURCE_SHA256
 #define AEP_SOURCE_SHA256 "unknown"
@@ -367,7 +369,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (!WireError || PyModule_AddObjectRef(module, "WireError", WireError) ||
         PyModule_AddObjectRef(module, "Codec", (PyObject *)&CodecType) ||
         PyModule_AddStringConstant(module, "SOURCE_SHA256", AEP_SOURCE_SHA256) ||
-        PyModule_AddIntConstant(module, "TYPE_SLOTS", AEP_TYPE_SLOTS)) {
+        PyModule_AddIntConstant(module, "TYPE_SLOTS", AEP_TYPE_SLOTS) ||
+        aep_add_id_set_type(module)) {
         Py_DECREF(module);
         return NULL;
     }
