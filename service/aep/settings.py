@@ -404,7 +404,7 @@ class DatabaseSettings(_Section):
 
 
 class BatchSettings(_Section):
-    size: int = Field(500, ge=1)
+    size: int = Field(2000, ge=1)
     flush_interval: Duration = Field(0.2, gt=0)
     worker_pool_size: int = Field(4, ge=1, le=256)
 
