@@ -120,6 +120,11 @@ MUTANTS = [
         sanitized=True,
     ),
     Mutant(
+        "room left in a message measured from past its end",
+        "    if (r->p > r->end || len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;",
+        "    if (len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;",
+    ),
+    Mutant(
         "IdSet: a removal moves back entries that are home already",
         "        if (!stays) {",
         "        if (stays) {",

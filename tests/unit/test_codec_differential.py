@@ -271,6 +271,33 @@ def test_a_field_running_past_its_event(field: str, overrun: int) -> None:
         _check(CODECS["tight"], kind, raw[: len(raw) - len(_TRAILER) - overrun + 1])
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        varint(3) + delimited(1, b"\xff"),  # an entry whose key is bad UTF-8
+        varint(3) + delimited(1, b"k"),
+        varint(2) + tag(1, 0) + b"\x05",
+        varint(0),
+        varint(40),  # past the buffer's end too
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("field", [5, 6, 12, 20])
+def test_a_field_whose_length_prefix_lies_past_its_event(field: int, after: bytes) -> None:
+    """The event's last byte is a tag; its length prefix is the next event's bytes.
+
+    upb reads the prefix from the buffer, then refuses a message field that would
+    end past its event (Wire format was corrupt) before reading any of it. Found
+    by the fuzzer (CI, 2026-12-03): the native pass measured the room left in the
+    event as end - p with p already past end, which wrapped around as a size_t,
+    and parsed the entry out of the next event's bytes (bad UTF-8 instead).
+    """
+    event = b"".join(_VALID) + tag(field, 2)
+    raw = tag(1, 2) + varint(len(event)) + event + after + _TRAILER
+    for kind in RequestKind:
+        _check(CODECS["tight"], kind, raw)
+
+
 def test_strings_that_escape_to_six_times_their_length() -> None:
     """The longest lines there are: every character a \\u00XX escape (room for it all)."""
     control = "".join(chr(n % 32) for n in range(512))

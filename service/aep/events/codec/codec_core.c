@@ -280,12 +280,14 @@ static int read_string(reader *r, aep_span *out) {
     return AEP_OK;
 }
 
-/* A message field, unlike a string, must end within the message holding it. */
+/* A message field, unlike a string, must end within the message holding it;
+ * its length prefix may have been read from past that end (upb reads it from
+ * the buffer), and then there is no room at all, not end - p wrapped around. */
 static int read_submessage(reader *r, reader *sub) {
     size_t len;
     int rc;
     if ((rc = read_length(r, &len))) return rc;
-    if (len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;
+    if (r->p > r->end || len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;
     sub->p = r->p;
     sub->end = r->p + len;
     sub->limit = r->limit;
