@@ -137,6 +137,12 @@ MUTANTS = [
         source="id_set.c",
     ),
     Mutant(
+        "IdSet: an id looked up with the hash of the one fetched ahead of it",
+        "            ahead[i % LOOKAHEAD] = next;",
+        "            ahead[(i + 1) % LOOKAHEAD] = next;",
+        source="id_set.c",
+    ),
+    Mutant(
         "IdSet: an id kept without a reference",
         "    Py_INCREF(key);\n    entry->key = key;",
         "    entry->key = key;",
