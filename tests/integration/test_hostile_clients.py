@@ -295,7 +295,7 @@ def test_streams_whose_client_never_reads_acks_hold_bounded_memory(tmp_path: Pat
             f"then {', '.join(f'{value:.0f}' for _, value in samples)} MB"
         )
         # 64 unacknowledged chunks, the ack being written, the chunk being read,
-        # plus the 64 KiB receive window: about 0.32 MB; before, gRPC's BDP
+        # plus the 128 KiB receive window: about 0.4 MB; before, gRPC's BDP
         # probing grew the window to about 4.5 MB per stream.
         assert per_stream < 1_000_000
         assert rss - idle < 50
