@@ -143,6 +143,12 @@ MUTANTS = [
         source="id_set.c",
     ),
     Mutant(
+        "IdSet: add_if_new, refusing a batch, leaves its first id in",
+        "        for (Py_ssize_t i = 0; i < stopped_at; i++) {",
+        "        for (Py_ssize_t i = 1; i < stopped_at; i++) {",
+        source="id_set.c",
+    ),
+    Mutant(
         "IdSet: an id kept without a reference",
         "    Py_INCREF(key);\n    entry->key = key;",
         "    entry->key = key;",

@@ -33,7 +33,9 @@ EXAMPLES = int(os.environ.get("AEP_CODEC_EXAMPLES", "300"))
 IDS = st.sampled_from(["a", "b", "e1", "é", "中文", "😀x", "", "a" * 40, "id-7", "ID-7", "\x00"])
 OPERATIONS = st.lists(
     st.tuples(
-        st.sampled_from(["update", "difference_update", "isdisjoint", "contains", "clear"]),
+        st.sampled_from(
+            ["update", "difference_update", "isdisjoint", "add_if_new", "contains", "clear"]
+        ),
         st.lists(IDS | st.text(max_size=6), max_size=40),
     ),
     max_size=60,
@@ -72,6 +74,12 @@ def test_idset_answers_as_set_does(operations: list[tuple[str, list[str]]], expe
             model.difference_update(ids)
         elif operation == "isdisjoint":
             assert table.isdisjoint(copies) == model.isdisjoint(ids)
+        elif operation == "add_if_new":
+            # All of them if none is in the set and none repeats, else none.
+            new = model.isdisjoint(ids) and len(set(ids)) == len(ids)
+            assert table.add_if_new(copies) == new  # type: ignore[attr-defined]
+            if new:
+                model.update(ids)
         elif operation == "contains":
             for event_id in copies:
                 assert (event_id in table) == (event_id in model)
@@ -103,6 +111,8 @@ def test_idset_refuses_what_is_not_str_and_is_left_as_it_was() -> None:
             table.update(["c", *bad])
         with pytest.raises(TypeError, match="IdSet holds str"):
             table.isdisjoint(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="IdSet holds str"):
+            table.add_if_new(["d", *bad])  # type: ignore[attr-defined]
         with pytest.raises(TypeError, match="IdSet holds str"):
             _ = bad[0] in table
     assert len(table) == 2 and "c" not in table  # every id is checked first: none went in

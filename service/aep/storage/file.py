@@ -210,12 +210,14 @@ class RecentIds:
         self._max_ids = max_ids
         self._ids = new_id_table(max_ids) if table is None else table
         self._batches: deque[tuple[float, list[str]]] = deque()
+        # IdSet does it in one pass; a set in two (see _add_if_new_to_set).
+        add_if_new: Callable[[list[str]], bool] | None = getattr(self._ids, "add_if_new", None)
+        self.claim_if_new = add_if_new or self._add_if_new_to_set
+        """Claims them (see claim) if none is recent and none repeats; else claims none."""
 
-    def claim_if_new(self, event_ids: list[str]) -> bool:
-        """Claims them (see claim) if none is recent and none repeats; else claims none.
-
-        The common case, in set operations only: a batch of ids that are new and
-        distinct grows the set by exactly its length."""
+    def _add_if_new_to_set(self, event_ids: list[str]) -> bool:
+        """claim_if_new in set operations: a batch of ids that are new and distinct
+        grows the set by exactly its length."""
         ids = self._ids
         if not ids.isdisjoint(event_ids):
             return False

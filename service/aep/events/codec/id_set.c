@@ -19,6 +19,7 @@
  *   IdSet(expected=0)      room for `expected` ids without growing
  *   len(s), id in s
  *   s.isdisjoint(ids) -> bool, s.update(ids), s.difference_update(ids), s.clear()
+ *   s.add_if_new(ids) -> bool   all of them if none is in s and none repeats, else none
  *
  * Unlike set's, the methods taking many ids check them all first: one that is
  * not a str raises TypeError before any is looked up, and the set is left as
@@ -204,22 +205,17 @@ static inline void prefetch_home(const IdSetObject *self, Py_hash_t hash) {
 
 typedef int (*key_op)(IdSetObject *, PyObject *, Py_hash_t);
 
-/* op on every key of `items`, in order, each key's slot fetched LOOKAHEAD keys
- * ahead. Every key is checked to be a str first, so a bad one changes nothing.
- * op returns -1 (exception set), 0 (go on) or 1 (stop: the answer is known).
- * Returns -1, 0, or 1 if op stopped. */
-static int each(IdSetObject *self, PyObject *items, key_op op) {
-    PyObject *sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
-    if (!sequence) return -1;
+/* op on every key of `sequence` (a list or tuple), in order, each key's slot
+ * fetched LOOKAHEAD keys ahead. Every key is checked to be a str first, so a
+ * bad one changes nothing. op returns -1 (exception set), 0 (go on) or 1
+ * (stop: the answer is known). Returns -1, 0, or 1 if op stopped; *stopped_at
+ * (if given) is the index of the key op last ran on. */
+static int each_of(IdSetObject *self, PyObject *sequence, key_op op, Py_ssize_t *stopped_at) {
     Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
     PyObject **keys = PySequence_Fast_ITEMS(sequence);
     Py_hash_t ahead[LOOKAHEAD];
-    int result = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (check_key(keys[i], &ahead[0])) {
-            result = -1;
-            goto done;
-        }
+        if (check_key(keys[i], &ahead[0])) return -1;
     }
     for (Py_ssize_t i = 0; i < count && i < LOOKAHEAD; i++) {
         ahead[i] = PyObject_Hash(keys[i]); /* an exact, ready str: cannot fail */
@@ -232,10 +228,19 @@ static int each(IdSetObject *self, PyObject *items, key_op op) {
             ahead[i % LOOKAHEAD] = next;
             prefetch_home(self, next);
         }
-        result = op(self, keys[i], hash);
-        if (result) goto done;
+        int result = op(self, keys[i], hash);
+        if (result) {
+            if (stopped_at) *stopped_at = i;
+            return result;
+        }
     }
-done:
+    return 0;
+}
+
+static int each(IdSetObject *self, PyObject *items, key_op op) {
+    PyObject *sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
+    if (!sequence) return -1;
+    int result = each_of(self, sequence, op, NULL);
     Py_DECREF(sequence);
     return result;
 }
@@ -251,6 +256,32 @@ static int discard_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
 
 static int found_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
     return find_slot(self, key, hash)->key != NULL;
+}
+
+/* Adds a key that is not in the table yet; 1 if it is (recent, or earlier in
+ * the same call). */
+static int add_new_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
+    if (find_slot(self, key, hash)->key) return 1;
+    return add_key(self, key, hash);
+}
+
+/* add_if_new(ids) -> bool: adds every id if none is in the set and none
+ * repeats, in one pass; otherwise (or on an error) adds none. */
+static PyObject *IdSet_add_if_new(IdSetObject *self, PyObject *items) {
+    PyObject *sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
+    if (!sequence) return NULL;
+    Py_ssize_t stopped_at = 0;
+    int result = each_of(self, sequence, add_new_op, &stopped_at);
+    if (result != 0 && stopped_at > 0) {
+        /* keys 0 .. stopped_at - 1 went in, each once: take them out again */
+        PyObject **keys = PySequence_Fast_ITEMS(sequence);
+        for (Py_ssize_t i = 0; i < stopped_at; i++) {
+            discard_key(self, keys[i], PyObject_Hash(keys[i]));
+        }
+    }
+    Py_DECREF(sequence);
+    if (result < 0) return NULL;
+    return PyBool_FromLong(result == 0);
 }
 
 static PyObject *IdSet_update(IdSetObject *self, PyObject *items) {
@@ -291,6 +322,9 @@ static PyMethodDef IdSet_methods[] = {
     {"update", (PyCFunction)IdSet_update, METH_O, "update(ids): add every id."},
     {"difference_update", (PyCFunction)IdSet_difference_update, METH_O,
      "difference_update(ids): remove every id that is in the set."},
+    {"add_if_new", (PyCFunction)IdSet_add_if_new, METH_O,
+     "add_if_new(ids) -> bool: add every id if none is in the set and none repeats; "
+     "else add none."},
     {"isdisjoint", (PyCFunction)IdSet_isdisjoint, METH_O,
      "isdisjoint(ids) -> bool: no id is in the set."},
     {"clear", (PyCFunction)IdSet_clear, METH_NOARGS, "clear(): remove every id."},
