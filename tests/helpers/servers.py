@@ -122,9 +122,11 @@ class ChildServer:
 
 @dataclass
 class RedisServer(ChildServer):
-    """redis-server; with append_only, writes survive a SIGKILL (appendfsync everysec)."""
+    """redis-server; with append_only, writes survive a SIGKILL (appendfsync everysec);
+    with replica_of (a port on 127.0.0.1), a replica of that server."""
 
     append_only: bool = False
+    replica_of: int | None = None
 
     @property
     def kind(self) -> str:
@@ -149,11 +151,15 @@ class RedisServer(ChildServer):
             str(self.directory),
             "--daemonize",
             "no",
+            *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []),
         ]
 
     def ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as connection:
+                if self.replica_of:  # in sync with its primary
+                    connection.sendall(b"INFO replication\r\n")
+                    return b"master_link_status:up" in connection.recv(4096)
                 connection.sendall(b"PING\r\n")
                 return connection.recv(64).startswith(b"+PONG")
         except OSError:

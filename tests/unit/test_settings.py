@@ -246,6 +246,8 @@ def test_store_defaults() -> None:
     assert settings.database.startup is StartupPolicy.FAIL_FAST
     assert settings.database.redis.max_len == 0
     assert settings.database.redis.counters is False
+    assert settings.database.redis.min_replicas_acked == 0  # the primary's ack is enough
+    assert settings.database.redis.replica_ack_timeout == 1.0
     assert settings.database.mongodb.ttl == 0
     assert settings.database.mongodb.collection == "events"
     assert settings.health.store_down_after == 10.0
@@ -257,6 +259,12 @@ def test_store_defaults() -> None:
         ({"AEP_DATABASE_STARTUP": "later"}, "database.startup"),
         ({"AEP_DATABASE_CONNECT_TIMEOUT": "0s"}, "database.connect_timeout"),
         ({"AEP_DATABASE_REDIS_MAX_LEN": "-1"}, "database.redis.max_len"),
+        ({"AEP_DATABASE_REDIS_MIN_REPLICAS_ACKED": "-1"}, "database.redis.min_replicas_acked"),
+        ({"AEP_DATABASE_REDIS_REPLICA_ACK_TIMEOUT": "0s"}, "database.redis.replica_ack_timeout"),
+        (
+            {"AEP_DATABASE_REDIS_CLUSTER": "true", "AEP_DATABASE_REDIS_MIN_REPLICAS_ACKED": "1"},
+            "min_replicas_acked: not supported with cluster: true",
+        ),
         ({"AEP_HEALTH_STORE_DOWN_AFTER": "0"}, "health.store_down_after"),
     ],
 )

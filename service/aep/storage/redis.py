@@ -100,6 +100,9 @@ return written
 """
 
 
+# What a write that appended nothing publishes before WAIT (see _append_then_wait).
+REPLICATION_FENCE_CHANNEL = "ad-event-processor:replication-fence"
+
 # Writes the shard list of a clustered stream in one step, so a consumer never
 # reads it half written while replicas open concurrently.
 SHARD_LIST_SCRIPT = """
@@ -352,10 +355,37 @@ class RedisStore:
         stream = self._stream
         keys, args = self._script_input(stream, f"{{{stream}}}", records)
         try:
-            written = int(await append(keys=keys, args=args))
+            if self._settings.min_replicas_acked:
+                written = await self._append_then_wait(append, keys, args)
+            else:
+                written = int(await append(keys=keys, args=args))
         except (RedisError, OSError) as error:
             raise StoreError(f"redis store: append to {stream!r}: {error}") from error
         return WriteResult(written=written, duplicates=len(records) - written)
+
+    async def _append_then_wait(self, append: AsyncScript, keys: list[str], args: list[Any]) -> int:
+        """The script, then WAIT on the same connection (WAIT covers that
+        connection's writes). A batch whose events were all there already
+        (an earlier attempt wrote them, then its WAIT timed out) writes nothing,
+        so a PUBLISH, which Redis replicates, moves the connection's replication
+        offset past those earlier writes for WAIT to cover them too."""
+        client = self._client
+        assert isinstance(client, aioredis.Redis)
+        settings = self._settings
+        wanted = settings.min_replicas_acked
+        timeout_ms = max(1, int(settings.replica_ack_timeout * 1000))
+        async with client.client() as connection:
+            written = int(await append(keys=keys, args=args, client=connection))
+            if not written:
+                await connection.publish(REPLICATION_FENCE_CHANNEL, b"")
+            confirmed = int(await connection.wait(wanted, timeout_ms))
+        if confirmed < wanted:
+            raise StoreError(
+                f"redis store: {confirmed} of database.redis.min_replicas_acked={wanted} "
+                f"replicas confirmed the batch within {settings.replica_ack_timeout:g}s; "
+                "it is on the primary, and the retry finds it there by its dedupe keys"
+            )
+        return written
 
     async def _append_shard(
         self, append: AsyncScript, shard: int, records: list[dict[str, Any]]
