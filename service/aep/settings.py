@@ -212,9 +212,9 @@ class RedisStoreSettings(_Section):
     # ids to other shards, so dedupe does not hold across the change.
     shards: int = Field(16, ge=1, le=1024)
     # A batch counts as written only once this many replicas confirmed it
-    # (Redis WAIT, within replica_ack_timeout); else the write fails and is
-    # retried. 0: once the primary has it (a failover can lose what its
-    # replicas had not received yet). Not with cluster: true.
+    # (Redis WAIT, within replica_ack_timeout; in cluster mode, of each master
+    # that got a shard of it); else the write fails and is retried. 0: once the
+    # primary has it (a failover can lose what its replicas had not received).
     min_replicas_acked: int = Field(0, ge=0)
     replica_ack_timeout: Duration = Field(1.0, gt=0)
 
@@ -222,11 +222,6 @@ class RedisStoreSettings(_Section):
     def _check_nodes(self) -> RedisStoreSettings:
         if "," in self.url and not self.cluster:
             raise ValueError("url lists several nodes: that needs cluster: true")
-        if self.cluster and self.min_replicas_acked:
-            raise ValueError(
-                "min_replicas_acked: not supported with cluster: true (WAIT must run on "
-                "the connection of each shard's write); leave it 0"
-            )
         if self.cluster and ("{" in self.stream or "}" in self.stream):
             # Its own braces would be the hash tag of every shard: one slot for all.
             raise ValueError("stream: no { or } in cluster mode (the shards' hash tags)")

@@ -510,3 +510,58 @@ def test_cluster_node_fixture_runs_cluster_mode(redis_cluster: RedisClusterServe
         assert client.info("cluster")["cluster_enabled"] == 1
     finally:
         client.close()
+
+
+async def test_with_min_replicas_acked_a_master_killed_right_after_a_write_loses_none_of_it(
+    own_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """database.redis.min_replicas_acked=1: a batch counts as written once the replica of
+    every master that got a shard of it has that shard, so a master killed right after
+    the write (no waiting for replication, unlike the test above) loses nothing. The
+    promoted replica has no replica of its own: its shards' writes fail until one
+    joins, as the setting says."""
+    backend = Backend("redis-cluster", tmp_path, redis_cluster=own_cluster)
+    store = open_cluster_store(backend, min_replicas_acked=1, replica_ack_timeout=0.3)
+    await store.open()
+    try:
+        result = await store.write_batch(batch_of(events(0, 300)))
+        _master, replica = own_cluster.kill_master()
+        own_cluster.wait_promoted(replica, timeout_s=20)
+        deadline = time.monotonic() + 20
+        while True:  # until the client has the new slot map: then the replica count fails
+            with pytest.raises(StoreError) as raised:
+                await store.write_batch(batch_of(events(300, 100)))
+            if "min_replicas_acked=1" in str(raised.value) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "0 of database.redis.min_replicas_acked=1 replicas" in str(raised.value)
+    finally:
+        await store.close()
+    assert result.written == 300
+    stored = Counter(backend.read_ids())
+    assert [i for i in range(300) if stored[f"e{i}"] != 1] == []  # each once, none lost
+
+
+async def test_with_min_replicas_acked_a_replica_that_confirms_nothing_fails_its_shards(
+    own_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    backend = Backend("redis-cluster", tmp_path, redis_cluster=own_cluster)
+    store = open_cluster_store(backend, min_replicas_acked=1, replica_ack_timeout=0.3)
+    await store.open()
+    master = own_cluster.live_masters()[0]
+    replica = own_cluster.replica_of(master)
+    try:
+        replica.pause()  # connected, confirming nothing (shorter than the node timeout)
+        try:
+            with pytest.raises(
+                StoreError, match=r"0 of database\.redis\.min_replicas_acked=1 replicas"
+            ):
+                await store.write_batch(batch_of(events(0, 100)))
+        finally:
+            replica.resume()
+        # The pipeline's retry: every shard again, found by the dedupe keys where written.
+        result = await store.write_batch(batch_of(events(0, 100)))
+    finally:
+        await store.close()
+    assert result.written + result.duplicates == 100
+    assert_stored_exactly_once(backend, {f"e{i}" for i in range(100)})

@@ -261,10 +261,6 @@ def test_store_defaults() -> None:
         ({"AEP_DATABASE_REDIS_MAX_LEN": "-1"}, "database.redis.max_len"),
         ({"AEP_DATABASE_REDIS_MIN_REPLICAS_ACKED": "-1"}, "database.redis.min_replicas_acked"),
         ({"AEP_DATABASE_REDIS_REPLICA_ACK_TIMEOUT": "0s"}, "database.redis.replica_ack_timeout"),
-        (
-            {"AEP_DATABASE_REDIS_CLUSTER": "true", "AEP_DATABASE_REDIS_MIN_REPLICAS_ACKED": "1"},
-            "min_replicas_acked: not supported with cluster: true",
-        ),
         ({"AEP_HEALTH_STORE_DOWN_AFTER": "0"}, "health.store_down_after"),
     ],
 )

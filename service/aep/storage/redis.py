@@ -30,7 +30,11 @@ same batch counts their events as written, not as duplicates.
 Durability: a batch counts as written once Redis applied it in memory. Whether
 it survives a Redis crash is Redis' own setting: `appendonly yes` keeps it
 across a killed process (`appendfsync everysec` can lose up to a second on a
-machine crash; `always` loses nothing).
+machine crash; `always` loses nothing). Whether it survives a failover to a
+replica: with `min_replicas_acked` N > 0 it counts as written only once N
+replicas confirmed it (WAIT after the script, on its connection; in cluster
+mode on a connection to each shard's master); else the write fails and is
+retried (docs/stores.md, Replicas).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -100,8 +104,9 @@ return written
 """
 
 
-# What a write that appended nothing publishes before WAIT (see _append_then_wait).
-REPLICATION_FENCE_CHANNEL = "ad-event-processor:replication-fence"
+class ReplicasBehindError(RedisError):
+    """Fewer replicas than database.redis.min_replicas_acked confirmed a write."""
+
 
 # Writes the shard list of a clustered stream in one step, so a consumer never
 # reads it half written while replicas open concurrently.
@@ -240,6 +245,9 @@ class RedisStore:
         self._in_flight = asyncio.Semaphore(_CLUSTER_CONNECTIONS)
         # Event ids of a batch whose shards failed in part -> {shard: events it wrote}.
         self._partial: OrderedDict[tuple[str, ...], dict[int, int]] = OrderedDict()
+        # Cluster mode with min_replicas_acked: a client of each master, by name,
+        # so that a shard's script and its WAIT run on one connection.
+        self._master_clients: dict[str, aioredis.Redis] = {}
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings, *, worker_count: int) -> RedisStore:
@@ -356,36 +364,63 @@ class RedisStore:
         keys, args = self._script_input(stream, f"{{{stream}}}", records)
         try:
             if self._settings.min_replicas_acked:
-                written = await self._append_then_wait(append, keys, args)
+                client = self._client
+                assert isinstance(client, aioredis.Redis)
+                alive_key = f"{{{stream}}}:alive"
+                written = await self._append_then_wait(client, append, keys, args, alive_key)
             else:
                 written = int(await append(keys=keys, args=args))
         except (RedisError, OSError) as error:
             raise StoreError(f"redis store: append to {stream!r}: {error}") from error
         return WriteResult(written=written, duplicates=len(records) - written)
 
-    async def _append_then_wait(self, append: AsyncScript, keys: list[str], args: list[Any]) -> int:
+    async def _append_then_wait(
+        self,
+        client: aioredis.Redis,
+        append: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        alive_key: str,
+    ) -> int:
         """The script, then WAIT on the same connection (WAIT covers that
-        connection's writes). A batch whose events were all there already
-        (an earlier attempt wrote them, then its WAIT timed out) writes nothing,
-        so a PUBLISH, which Redis replicates, moves the connection's replication
-        offset past those earlier writes for WAIT to cover them too."""
-        client = self._client
-        assert isinstance(client, aioredis.Redis)
+        connection's writes). A batch whose events were all there already (an
+        earlier attempt wrote them, then its WAIT timed out) writes nothing, so
+        it first refreshes the stream's alive key (the ping's, in the stream's
+        slot): a replicated write, for WAIT to cover the earlier writes too.
+        ReplicasBehindError if fewer replicas confirmed than wanted."""
         settings = self._settings
         wanted = settings.min_replicas_acked
         timeout_ms = max(1, int(settings.replica_ack_timeout * 1000))
         async with client.client() as connection:
             written = int(await append(keys=keys, args=args, client=connection))
             if not written:
-                await connection.publish(REPLICATION_FENCE_CHANNEL, b"")
+                await connection.set(alive_key, str(time.time()), ex=60)
             confirmed = int(await connection.wait(wanted, timeout_ms))
         if confirmed < wanted:
-            raise StoreError(
-                f"redis store: {confirmed} of database.redis.min_replicas_acked={wanted} "
-                f"replicas confirmed the batch within {settings.replica_ack_timeout:g}s; "
-                "it is on the primary, and the retry finds it there by its dedupe keys"
+            raise ReplicasBehindError(
+                f"{confirmed} of database.redis.min_replicas_acked={wanted} replicas "
+                f"confirmed the batch within {settings.replica_ack_timeout:g}s; it is on "
+                "the primary, and the retry finds it there by its dedupe keys"
             )
         return written
+
+    def _master_client(self, node: ClusterNode) -> aioredis.Redis:
+        """A client of one master, with the options of the first URL."""
+        client = self._master_clients.get(node.name)
+        if client is None:
+            parts = urlsplit(self._settings.url.split(",")[0].strip())
+            credentials = parts.netloc.rpartition("@")[0]
+            host = f"[{node.host}]" if ":" in node.host else node.host
+            netloc = f"{credentials}@{host}:{node.port}" if credentials else f"{host}:{node.port}"
+            url = urlunsplit(parts._replace(netloc=netloc))
+            client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._operation_timeout,
+                client_name="ad-event-processor",
+            )
+            self._master_clients[node.name] = client
+        return client
 
     async def _append_shard(
         self, append: AsyncScript, shard: int, records: list[dict[str, Any]]
@@ -393,7 +428,22 @@ class RedisStore:
         stream = self._shard_streams[shard]
         keys, args = self._script_input(stream, stream, records)
         async with self._in_flight:
-            return int(await append(keys=keys, args=args))
+            if not self._settings.min_replicas_acked:
+                return int(await append(keys=keys, args=args))
+            cluster = self._client
+            assert isinstance(cluster, RedisCluster)
+            try:
+                node = cluster.get_node_from_key(stream)
+                if node is None:
+                    raise RedisClusterException(f"no master known for {stream!r}")
+                master = self._master_client(node)
+                return await self._append_then_wait(master, append, keys, args, f"{stream}:alive")
+            except _CLUSTER_ERRORS:
+                # The slot moved or its master is gone: a keyed call through the
+                # cluster client makes it re-read the slot map for the retry.
+                with contextlib.suppress(*_CLUSTER_ERRORS):
+                    await cluster.exists(stream)
+                raise
 
     async def _write_shards(self, append: AsyncScript, batch: EventBatch) -> WriteResult:
         """One script call per shard of the batch, concurrently. Any failure fails the
@@ -468,6 +518,8 @@ class RedisStore:
             await client.set(f"{stream}:alive", stamp, ex=60)
 
     async def close(self) -> None:
+        masters, self._master_clients = list(self._master_clients.values()), {}
+        await asyncio.gather(*(master.aclose() for master in masters), return_exceptions=True)
         if self._client is not None:
             client, self._client = self._client, None
             self._append = None
