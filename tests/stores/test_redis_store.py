@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -299,3 +300,38 @@ async def test_without_min_replicas_acked_a_write_counts_once_the_primary_has_it
         replica.resume()
         await store.close()
     assert result.written == 10
+
+
+async def test_a_batch_waiting_on_a_paused_redis_holds_little_memory_per_event(
+    tmp_path: Path,
+) -> None:
+    """What each writer holds while Redis does not answer (the queue-memory bound's
+    premise). It was ~8 KB an event: one orjson.dumps result per event as a script
+    argument, and orjson leaves ~8 KB allocated behind each small result."""
+    server = RedisServer(tmp_path / "paused")
+    server.start()
+    count = 2000
+    try:
+        backend = Backend("redis", tmp_path, redis=server)
+        store = await backend.open_store()
+        batch = batch_of(events(0, count))
+        admin = redis.Redis.from_url(server.url)
+        tracemalloc.start()
+        try:
+            admin.client_pause(30_000, all=False)  # writes wait, the connection stays up
+            before = tracemalloc.get_traced_memory()[0]
+            write = asyncio.create_task(store.write_batch(batch))
+            await asyncio.sleep(1.0)
+            assert not write.done()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            admin.client_unpause()
+            admin.close()
+        result = await write
+        await store.close()
+    finally:
+        server.stop()
+    assert result.written == count
+    print(f"a batch of {count} in flight holds {held / count:.0f} B per event")
+    assert held / count < 3000
