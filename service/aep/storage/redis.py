@@ -435,6 +435,7 @@ class RedisStore:
     ) -> int:
         stream = self._shard_streams[shard]
         keys, args = self._script_input(stream, stream, records)
+        del records  # not held while the script runs (see write_batch)
         async with self._in_flight:
             if not self._settings.min_replicas_acked:
                 return int(await append(keys=keys, args=args))
@@ -462,7 +463,10 @@ class RedisStore:
         parts: dict[int, list[dict[str, Any]]] = {}
         for record in records:
             parts.setdefault(shard_of(str(record["event_id"]), shards), []).append(record)
+        count = len(records)
+        shard_order = list(parts)
         calls = [self._append_shard(append, shard, part) for shard, part in parts.items()]
+        del records, parts  # each call drops its part once its script input is built
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         # Only a batch retried after a partial failure has an entry; the key is
         # built only while some batch has one.
@@ -471,7 +475,7 @@ class RedisStore:
         written = 0
         failures: list[tuple[int, BaseException]] = []
         done: dict[int, int] = dict(earlier)
-        for shard, outcome in zip(parts, outcomes, strict=True):
+        for shard, outcome in zip(shard_order, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, _CLUSTER_ERRORS):
                     raise outcome
@@ -489,10 +493,10 @@ class RedisStore:
                 self._partial.popitem(last=False)
             shard, error = failures[0]
             raise StoreError(
-                f"redis store: {len(failures)} of {len(parts)} shard appends failed, "
+                f"redis store: {len(failures)} of {len(shard_order)} shard appends failed, "
                 f"e.g. {self._shard_streams[shard]!r}: {error}"
             ) from error
-        return WriteResult(written=written, duplicates=len(records) - written)
+        return WriteResult(written=written, duplicates=count - written)
 
     async def ping(self) -> None:
         client = self._client
