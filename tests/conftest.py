@@ -17,6 +17,21 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield process
 
 
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A redis-server and one replica of it (started once it is in sync), on free
+    loopback ports: what database.redis.min_replicas_acked is tested against."""
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
+    try:
+        replica.start()
+        yield primary, replica
+    finally:
+        replica.stop()
+        primary.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests isolate by stream name."""

@@ -4,7 +4,6 @@ status that says so. Against a real redis-server and a real replica of it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -19,19 +18,6 @@ from tests.helpers.servers import RedisServer
 from tests.helpers.support import ServerProcess, valid_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = RedisServer(tmp_path / "primary")
-    primary.start()
-    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
-    try:
-        replica.start()  # returns once it is in sync
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
 
 
 def _stream_ids(server: RedisServer, stream: str) -> list[str]:

@@ -199,20 +199,6 @@ async def test_a_redis_that_stops_answering_fails_ping_within_the_connect_timeou
         server.stop()
 
 
-@pytest.fixture
-def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    """A redis-server and one replica of it, in sync."""
-    primary = RedisServer(tmp_path / "primary")
-    primary.start()
-    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
-    try:
-        replica.start()
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
-
-
 def _stream_length(server: RedisServer, stream: str) -> int:
     client = redis.Redis.from_url(server.url)
     try:
