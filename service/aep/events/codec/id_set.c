@@ -100,10 +100,18 @@ static int check_key(PyObject *key, Py_hash_t *hash) {
     return *hash == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+static int add_at(IdSetObject *self, IdSetEntry *entry, PyObject *key, Py_hash_t hash);
+
 /* Adds a checked str (see check_key) of that hash; -1 only when out of memory. */
 static int add_key(IdSetObject *self, PyObject *key, Py_hash_t hash) {
     IdSetEntry *entry = find_slot(self, key, hash);
     if (entry->key) return 0;
+    return add_at(self, entry, key, hash);
+}
+
+/* Puts the key into `entry`, the empty slot find_slot gave for it (found again
+ * after growing the table); -1 only when out of memory. */
+static int add_at(IdSetObject *self, IdSetEntry *entry, PyObject *key, Py_hash_t hash) {
     if ((self->used + 1) > (self->mask + 1) / 2) {
         size_t slots = slots_for(self->used + 1);
         if (!slots) {
@@ -261,8 +269,9 @@ static int found_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
 /* Adds a key that is not in the table yet; 1 if it is (recent, or earlier in
  * the same call). */
 static int add_new_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    if (find_slot(self, key, hash)->key) return 1;
-    return add_key(self, key, hash);
+    IdSetEntry *entry = find_slot(self, key, hash);
+    if (entry->key) return 1;
+    return add_at(self, entry, key, hash);
 }
 
 /* add_if_new(ids) -> bool: adds every id if none is in the set and none
