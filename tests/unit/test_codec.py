@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import time
+import uuid
 
 import pytest
 
@@ -94,6 +95,21 @@ def test_server_ids_are_uuid7_increasing_and_near_now() -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     first_ms = int(ids[0].replace("-", "")[:12], 16)
     assert before_ms <= first_ms <= after_ms
+
+
+@native
+def test_a_requests_server_ids_count_up_by_one_like_a_python_block() -> None:
+    """One clock read per request, as EventIdGenerator.new_ids: its ids share a
+    millisecond (or carry into the next) and count up by one. Reading the clock
+    per id made them jump to a fresh random wherever a millisecond ended."""
+    codec = create_codec(CodecChoice.NATIVE, DEFAULTS, 1000)
+    event = pb.AdEvent(user_id="u", ad_id="a", event_type=pb.EVENT_TYPE_CLICK)
+    event.timestamp.FromNanoseconds(int(NOW * 1e9))
+    raw = pb.SendAdEventBatchRequest(events=[event] * 1000).SerializeToString()
+    for _ in range(10):  # ~0.3 ms each: the clock ticks inside several of them
+        ids = codec.decode(RequestKind.BATCH, raw, NOW, RECEIVED_AT).block().event_ids
+        first = uuid.UUID(ids[0]).int
+        assert [uuid.UUID(event_id).int - first for event_id in ids] == list(range(1000))
 
 
 @native

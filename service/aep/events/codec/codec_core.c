@@ -509,10 +509,15 @@ static int fill_pool(aep_ids *ids) {
 
 static const char HEX[] = "0123456789abcdef";
 
-int aep_ids_next(aep_ids *ids, char out[36]) {
+int64_t aep_clock_ms(void) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+int aep_ids_next(aep_ids *ids, char out[36]) { return aep_ids_next_at(ids, aep_clock_ms(), out); }
+
+int aep_ids_next_at(aep_ids *ids, int64_t now_ms, char out[36]) {
     if (now_ms > ids->last_ms) {
         if (!ids->pool_left && fill_pool(ids)) return -1;
         const uint8_t *draw = ids->pool + 10 * (--ids->pool_left);
@@ -735,6 +740,7 @@ typedef struct {
     aep_output *out;
     double oldest, newest;
     aep_span received_at;
+    int64_t clock_ms; /* read once per request, when its first server id is drawn; -1 before */
     uint8_t results_key;
 } pass;
 
@@ -760,7 +766,10 @@ static int process_event(pass *ps, aep_event *event, size_t index, const uint8_t
     char server_id[36];
     aep_span event_id = client_id;
     if (!client_id.len) {
-        if (aep_ids_next(ps->ids, server_id)) return AEP_ERR_NOMEM;
+        /* One clock read per request: its ids share the millisecond and count up
+         * in it (monotonic as ever); a read per id cost 30 ns of a 1.5 us event. */
+        if (ps->clock_ms < 0) ps->clock_ms = aep_clock_ms();
+        if (aep_ids_next_at(ps->ids, ps->clock_ms, server_id)) return AEP_ERR_NOMEM;
         event_id.ptr = (const uint8_t *)server_id;
         event_id.len = sizeof server_id;
     }
@@ -818,6 +827,7 @@ int aep_decode(const aep_limits *limits, aep_ids *ids, const aep_callbacks *call
         .oldest = now - limits->max_event_age,
         .newest = now + limits->max_clock_skew,
         .received_at = {received_at_len ? (const uint8_t *)received_at : EMPTY, received_at_len},
+        .clock_ms = -1,
         .results_key = kind == AEP_KIND_STREAM ? 0x22 : 0x1a,
     };
     const uint32_t events_field = kind == AEP_KIND_STREAM ? 2 : 1;

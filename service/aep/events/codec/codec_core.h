@@ -131,6 +131,10 @@ void aep_ids_init(aep_ids *ids);
 
 /* Makes one UUIDv7 (36 characters, no terminator). 0 on success. */
 int aep_ids_next(aep_ids *ids, char out[36]);
+/* The next id as if the clock read `now_ms` (milliseconds since the epoch). */
+int aep_ids_next_at(aep_ids *ids, int64_t now_ms, char out[36]);
+/* CLOCK_REALTIME in milliseconds since the epoch. */
+int64_t aep_clock_ms(void);
 
 /*
  * Decodes, checks and encodes one request. `received_at` is the stored
