@@ -16,6 +16,7 @@ from aep.storage.disk import (
     fsync_directory,
     instance_token,
     write_all,
+    write_all_parts,
 )
 
 
@@ -48,6 +49,63 @@ def test_a_write_failing_part_way_says_how_much_was_written() -> None:
     # It reads as the failed os.write's own error.
     assert str(error) == str(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN)))
     assert isinstance(error.__cause__, BlockingIOError)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"one line\n"],
+        [b"a" * 70_000, b"", b"b" * 3, b"c" * 200_000],
+        [bytes([65 + index % 26]) * (index % 7) for index in range(3_000)],  # past IOV_MAX
+    ],
+    ids=["one part", "parts of mixed sizes", "more parts than one writev takes"],
+)
+def test_write_all_parts_writes_them_in_order(tmp_path: Path, parts: list[bytes]) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        write_all_parts(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)
+
+
+def test_write_all_parts_goes_on_after_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # writev may take any prefix (a signal, a pipe); this one takes 1000 bytes at most,
+    # so a write ends inside a part, at a part's end, and spans several parts.
+    real_write = os.write
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[bytes | memoryview]) -> int:
+        calls.append(len(buffers))
+        return real_write(fd, b"".join(bytes(buffer) for buffer in buffers)[:1000])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    parts = [b"x" * 999, b"y", b"z" * 2_500, b"w" * 10, b"v" * 1_000]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        write_all_parts(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)
+    assert len(calls) == 5  # 4,510 bytes, 1,000 per call
+
+
+def test_parts_failing_part_way_say_how_much_was_written() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, fcntl.F_SETFL, os.O_NONBLOCK)
+        capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+        with pytest.raises(IncompleteWriteError) as caught:
+            write_all_parts(write_end, [b"x" * (capacity // 3)] * 6)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert caught.value.written == capacity
+    assert caught.value.errno == errno.EAGAIN
 
 
 def test_nothing_written_is_an_incomplete_write_of_zero_bytes(tmp_path: Path) -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+# At most this many buffers per writev(2) (POSIX guarantees 16; Linux takes 1024).
+_IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
 
 
 class IncompleteWriteError(OSError):
@@ -37,6 +41,31 @@ def write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     except OSError as error:
         raise IncompleteWriteError(len(data) - len(view), error) from error
+
+
+def write_all_parts(fd: int, parts: Sequence[bytes]) -> None:
+    """Write every byte of `parts`, in order, as if joined: os.writev, so that a
+    batch of blocks reaches the file without being copied into one buffer first
+    (at 1,000-event requests the join was a third of the bytes copied per event).
+
+    Raises IncompleteWriteError like write_all, counting the bytes of all parts.
+    """
+    if len(parts) == 1 or len(parts) > _IOV_MAX:  # many small parts: one copy costs less
+        write_all(fd, parts[0] if len(parts) == 1 else b"".join(parts))
+        return
+    pending: list[bytes | memoryview] = [part for part in parts if part]
+    first = written = 0  # pending[first] is the next part with bytes left
+    try:
+        while first < len(pending):
+            n = os.writev(fd, pending[first : first + _IOV_MAX])
+            written += n
+            while first < len(pending) and n >= len(pending[first]):
+                n -= len(pending[first])
+                first += 1
+            if n:
+                pending[first] = memoryview(pending[first])[n:]
+    except OSError as error:
+        raise IncompleteWriteError(written, error) from error
 
 
 def fsync_directory(directory: Path) -> None:

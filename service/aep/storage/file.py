@@ -46,7 +46,7 @@ from aep.events.varint import encode_varint
 from aep.proto.adevents.v1 import ad_events_pb2 as pb
 from aep.settings import DatabaseSettings, FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
-from aep.storage.disk import file_stamp, fsync_directory, instance_token, write_all
+from aep.storage.disk import file_stamp, fsync_directory, instance_token, write_all_parts
 
 
 class JsonLinesCodec:
@@ -57,8 +57,9 @@ class JsonLinesCodec:
     decode = staticmethod(decode_json_lines)
 
     @staticmethod
-    def encode_batch(batch: EventBatch) -> bytes:
-        return batch.joined
+    def encode_batch(batch: EventBatch) -> list[bytes]:
+        """The batch's blocks as they are: written with one writev, not joined first."""
+        return [block.lines for block in batch.blocks]
 
 
 _STORED_FIELD_COUNT = len(STORED_FIELDS)
@@ -160,8 +161,8 @@ class ProtobufCodec:
             yield record
 
     @classmethod
-    def encode_batch(cls, batch: EventBatch) -> bytes:
-        return cls.encode(batch.records())
+    def encode_batch(cls, batch: EventBatch) -> list[bytes]:
+        return [cls.encode(batch.records())]
 
 
 Codec = type[JsonLinesCodec] | type[ProtobufCodec]
@@ -284,8 +285,9 @@ class _SegmentWriter:
         self._last_fsync = 0.0
         self.path: Path | None = None
 
-    def append(self, data: bytes) -> None:
-        """Write whole lines; runs in a worker thread, which only waits on syscalls."""
+    def append(self, parts: Sequence[bytes]) -> None:
+        """Write whole lines (`parts` in order); runs in a worker thread, which only
+        waits on syscalls."""
         now = time.time()
         if (
             self._fd is None
@@ -296,13 +298,13 @@ class _SegmentWriter:
         fd = self._fd
         assert fd is not None
         try:
-            write_all(fd, data)
+            write_all_parts(fd, parts)
         except OSError:
             # Cut a partial batch off again so the retry cannot leave half-lines
             # or events stored twice behind.
             os.ftruncate(fd, self._size)
             raise
-        self._size += len(data)
+        self._size += sum(len(part) for part in parts)
         policy = self._settings.fsync
         if policy is FsyncPolicy.BATCH or (
             policy is FsyncPolicy.INTERVAL
@@ -389,14 +391,15 @@ class FileStore:
             self._release(claim)
             return WriteResult(written=0, duplicates=batch.count)
         try:
-            # Joined (or encoded) here, not in the worker thread: that holds the
-            # GIL, and a CPU-bound thread would make the event loop wait for it.
-            data = self._codec.encode_batch(fresh)
+            # Encoded here (JSON Lines: the blocks as they are), not in the worker
+            # thread: that holds the GIL, and a CPU-bound thread would make the
+            # event loop wait for it.
+            parts = self._codec.encode_batch(fresh)
             writer = await self._free.get()
         except BaseException:
             self._release(claim)
             raise
-        append = asyncio.ensure_future(asyncio.to_thread(writer.append, data))
+        append = asyncio.ensure_future(asyncio.to_thread(writer.append, parts))
         # The bookkeeping runs when the thread ends, even if this call is
         # cancelled first: the writer is not reused and the ids are not released
         # while the thread may still be writing them.
