@@ -56,9 +56,9 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "length prefix of up to 6 bytes",
-        "static int read_length(reader *r, size_t *len) {\n    uint64_t value = 0;\n"
+        "        *len = value;\n        return AEP_OK;\n    }\n    uint64_t value = 0;\n"
         "    for (int i = 0; i < 5; i++) {",
-        "static int read_length(reader *r, size_t *len) {\n    uint64_t value = 0;\n"
+        "        *len = value;\n        return AEP_OK;\n    }\n    uint64_t value = 0;\n"
         "    for (int i = 0; i < 6; i++) {",
     ),
     Mutant(
@@ -123,6 +123,32 @@ MUTANTS = [
         "room left in a message measured from past its end",
         "    if (r->p > r->end || len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;",
         "    if (len > (size_t)(r->end - r->p)) return AEP_ERR_WIRE;",
+    ),
+    Mutant(
+        "a received_at that needs escapes copied as it is",
+        "    ps.received_at_plain = json_plain_ok(ps.received_at);",
+        "    ps.received_at_plain = 1;",
+    ),
+    Mutant(
+        "an escape in the last byte of an 8-byte word missed",
+        "            if (special & highs) break;\n            memcpy(d, &word, 8);",
+        "            if (special & highs & 0x00ffffffffffffffULL) break;\n"
+        "            memcpy(d, &word, 8);",
+    ),
+    Mutant(
+        "a one-byte tag of field 0 taken",
+        "        return *field == 0 || *wire_type > 5 ? AEP_ERR_WIRE : AEP_OK;",
+        "        return *wire_type > 5 ? AEP_ERR_WIRE : AEP_OK;",
+    ),
+    Mutant(
+        "a few attributes sorted the wrong way",
+        "            while (j && attribute_compare(&a[j - 1], &item) > 0) {",
+        "            while (j && attribute_compare(&a[j - 1], &item) < 0) {",
+    ),
+    Mutant(
+        "a server id's version nibble wrong",
+        "    bytes[6] = (uint8_t)(0x70 | ((rand_a >> 8) & 0xf));",
+        "    bytes[6] = (uint8_t)(0x60 | ((rand_a >> 8) & 0xf));",
     ),
     Mutant(
         "IdSet: a removal moves back entries that are home already",

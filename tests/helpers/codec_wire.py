@@ -336,20 +336,32 @@ def pair(validation: ValidationSettings) -> CodecPair:
     return CodecPair(NativeCodec(validation, MAX_BATCH_EVENTS), validation)
 
 
-def _decode(codec: Codec, kind: RequestKind, raw: bytes, now: float = NOW) -> object:
+def _decode(
+    codec: Codec, kind: RequestKind, raw: bytes, now: float = NOW, received_at: str | None = None
+) -> object:
     try:
-        return codec.decode(kind, raw, now, format_epoch(now))
+        return codec.decode(
+            kind, raw, now, format_epoch(now) if received_at is None else received_at
+        )
     except MalformedRequestError as error:
         return error
 
 
-def compare(codecs: CodecPair, kind: RequestKind, raw: bytes, now: float = NOW) -> str:
+def compare(
+    codecs: CodecPair,
+    kind: RequestKind,
+    raw: bytes,
+    now: float = NOW,
+    received_at: str | None = None,
+) -> str:
     """Both codecs on one request; asserts the same answer. Returns the outcome's name.
+
+    `received_at` is stored as given (default: format_epoch(now), as the servicer's).
 
     Server ids are random: the reference runs once with placeholder ids (to see
     which stored forms get one), then again with the ids the native pass made.
     """
-    native = _decode(codecs.native, kind, raw, now)
+    native = _decode(codecs.native, kind, raw, now, received_at)
     placeholders: list[str] = []
 
     def placeholder_ids(count: int) -> list[str]:
@@ -362,6 +374,7 @@ def compare(codecs: CodecPair, kind: RequestKind, raw: bytes, now: float = NOW) 
         kind,
         raw,
         now,
+        received_at,
     )
     if isinstance(first, MalformedRequestError) or isinstance(native, MalformedRequestError):
         assert type(native) is type(first), (native, first)
@@ -392,6 +405,7 @@ def compare(codecs: CodecPair, kind: RequestKind, raw: bytes, now: float = NOW) 
         kind,
         raw,
         now,
+        received_at,
     )
     assert isinstance(reference, DecodedRequest)
     assert native.count == reference.count

@@ -55,8 +55,10 @@ def _print_outcomes() -> object:
     print(f"codec differential outcomes: {dict(_OUTCOMES)}")
 
 
-def _check(codecs: CodecPair, kind: RequestKind, raw: bytes) -> None:
-    outcome = compare(codecs, kind, raw)
+def _check(
+    codecs: CodecPair, kind: RequestKind, raw: bytes, received_at: str | None = None
+) -> None:
+    outcome = compare(codecs, kind, raw, received_at=received_at)
     _OUTCOMES[outcome] += 1
     if currently_in_test_context():
         event(outcome)
@@ -317,6 +319,17 @@ def test_strings_that_escape_to_six_times_their_length() -> None:
         message.timestamp.FromNanoseconds(int(NOW * 1e9))
     raw = pb.SendAdEventBatchRequest(events=events).SerializeToString()
     assert compare(CODECS["defaults"], RequestKind.BATCH, raw) == "accepted"
+
+
+@_SETTINGS
+@given(st.lists(library_events(), min_size=1, max_size=5), st.text(max_size=40))
+def test_any_received_at_is_stored_as_the_reference_stores_it(
+    events: list[pb.AdEvent], received_at: str
+) -> None:
+    """The servicer's received_at never needs escapes, and the native pass copies it
+    as it is; any other text still gets the reference's escapes."""
+    raw = pb.SendAdEventBatchRequest(events=events).SerializeToString()
+    _check(CODECS["defaults"], RequestKind.BATCH, raw, received_at)
 
 
 def test_single_request_merges_its_event_occurrences() -> None:

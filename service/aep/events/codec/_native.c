@@ -101,6 +101,15 @@ static int set_owned(PyObject *record, PyObject *key, PyObject *item) {
     return rc;
 }
 
+/* An id as str: ASCII (every server id) copied straight in, else decoded. */
+static PyObject *ascii_text(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] >= 0x80) return PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "strict");
+    PyObject *text = PyUnicode_New((Py_ssize_t)len, 127);
+    if (text) memcpy(PyUnicode_DATA(text), s, len);
+    return text;
+}
+
 static PyObject *attribute_dict(const aep_event *event) {
     PyObject *attributes = PyDict_New();
     if (!attributes) return NULL;
@@ -121,7 +130,7 @@ static PyObject *attribute_dict(const aep_event *event) {
 static int on_accepted(void *ctx_, const aep_event *event, int event_type, const char *event_id,
                        size_t event_id_len, const char *timestamp, size_t timestamp_len) {
     decode_context *ctx = ctx_;
-    PyObject *id = PyUnicode_DecodeUTF8(event_id, (Py_ssize_t)event_id_len, "strict");
+    PyObject *id = ascii_text(event_id, event_id_len);
     if (!id) return -1;
     if (PyList_Append(ctx->event_ids, id)) {
         Py_DECREF(id);

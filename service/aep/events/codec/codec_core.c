@@ -140,6 +140,10 @@ typedef struct {
 
 /* At most 10 bytes; what a tenth byte holds past bit 63 is ignored. */
 static int read_varint(reader *r, uint64_t *out) {
+    if (r->p < r->limit && *r->p < 0x80) { /* most varints here: one byte */
+        *out = *r->p++;
+        return AEP_OK;
+    }
     uint64_t value = 0;
     for (int i = 0; i < 10; i++) {
         if (r->p >= r->limit) return AEP_ERR_WIRE;
@@ -154,7 +158,13 @@ static int read_varint(reader *r, uint64_t *out) {
 }
 
 /* At most 5 bytes, below 2^32; field 0 and wire types 6 and 7 do not exist. */
-static int read_tag(reader *r, uint32_t *field, int *wire_type) {
+static inline int read_tag(reader *r, uint32_t *field, int *wire_type) {
+    if (r->p < r->limit && *r->p < 0x80) { /* fields 1-15: a one-byte tag */
+        uint8_t byte = *r->p++;
+        *field = byte >> 3;
+        *wire_type = byte & 7;
+        return *field == 0 || *wire_type > 5 ? AEP_ERR_WIRE : AEP_OK;
+    }
     uint64_t value = 0;
     for (int i = 0; i < 5; i++) {
         if (r->p >= r->limit) return AEP_ERR_WIRE;
@@ -173,6 +183,12 @@ static int read_tag(reader *r, uint32_t *field, int *wire_type) {
 
 /* A length prefix: at most 5 bytes (this upb build's limit) and within the message. */
 static int read_length(reader *r, size_t *len) {
+    if (r->p < r->limit && *r->p < 0x80) { /* under 128 bytes: a one-byte prefix */
+        size_t value = *r->p++;
+        if (value > (size_t)(r->limit - r->p)) return AEP_ERR_WIRE;
+        *len = value;
+        return AEP_OK;
+    }
     uint64_t value = 0;
     for (int i = 0; i < 5; i++) {
         if (r->p >= r->limit) return AEP_ERR_WIRE;
@@ -419,7 +435,20 @@ static int attribute_compare(const void *left, const void *right) {
 static void finish_attributes(aep_event *event) {
     size_t n = event->attribute_count;
     if (n < 2) return;
-    qsort(event->attributes, n, sizeof *event->attributes, attribute_compare);
+    if (n <= 8) { /* the usual few: an insertion sort, no qsort call */
+        aep_attribute *a = event->attributes;
+        for (size_t i = 1; i < n; i++) {
+            aep_attribute item = a[i];
+            size_t j = i;
+            while (j && attribute_compare(&a[j - 1], &item) > 0) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = item;
+        }
+    } else {
+        qsort(event->attributes, n, sizeof *event->attributes, attribute_compare);
+    }
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && span_compare(&event->attributes[i].key, &event->attributes[i + 1].key) == 0)
@@ -537,18 +566,17 @@ int aep_ids_next_at(aep_ids *ids, int64_t now_ms, char out[36]) {
     unsigned __int128 random = ids->last_random;
     uint32_t rand_a = (uint32_t)(random >> 62);
     uint64_t low = (2ULL << 62) | (uint64_t)(random & ((((unsigned __int128)1) << 62) - 1));
+    /* the 16 bytes: 48 bits of milliseconds, version 7 and 12 bits, variant and 62 bits */
+    uint8_t bytes[16];
+    for (int i = 0; i < 6; i++) bytes[i] = (uint8_t)(ms >> (40 - 8 * i));
+    bytes[6] = (uint8_t)(0x70 | ((rand_a >> 8) & 0xf));
+    bytes[7] = (uint8_t)rand_a;
+    for (int i = 0; i < 8; i++) bytes[8 + i] = (uint8_t)(low >> (56 - 8 * i));
     char *o = out;
-    for (int shift = 44; shift >= 0; shift -= 4) {
-        *o++ = HEX[(ms >> shift) & 0xf];
-        if (shift == 16) *o++ = '-';
-    }
-    *o++ = '-';
-    *o++ = '7';
-    for (int shift = 8; shift >= 0; shift -= 4) *o++ = HEX[(rand_a >> shift) & 0xf];
-    *o++ = '-';
-    for (int shift = 60; shift >= 0; shift -= 4) {
-        *o++ = HEX[(low >> shift) & 0xf];
-        if (shift == 48) *o++ = '-';
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = HEX[bytes[i] >> 4];
+        *o++ = HEX[bytes[i] & 0xf];
     }
     return 0;
 }
@@ -558,11 +586,12 @@ int aep_ids_next_at(aep_ids *ids, int64_t now_ms, char out[36]) {
 /* orjson's escapes: the two-character ones it knows, else \u00XX for control
  * characters. Unchecked: the caller reserved 6 * s.len + 2 bytes. */
 static void json_string(aep_buf *b, aep_span s) {
-    put_byte(b, '"');
+    uint8_t *d = b->data + b->len;
+    *d++ = '"';
     const uint8_t *p = s.ptr, *end = s.ptr + s.len;
-    while (p < end) {
-        const uint8_t *run = p;
-        /* eight bytes at a time while none is a control character, '"' or '\\' */
+    for (;;) {
+        /* eight bytes at a time while none is a control character, '"' or '\\':
+         * copied as one word (the room is reserved), no memcpy call per run */
         while (end - p >= 8) {
             uint64_t word;
             memcpy(&word, p, 8);
@@ -571,29 +600,55 @@ static void json_string(aep_buf *b, aep_span s) {
             uint64_t special = ((word - ones * 0x20) & ~word) | ((quote - ones) & ~quote) |
                                ((backslash - ones) & ~backslash);
             if (special & highs) break;
+            memcpy(d, &word, 8);
+            d += 8;
             p += 8;
         }
-        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\') p++;
-        if (p > run) put_raw(b, run, (size_t)(p - run));
+        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\') *d++ = *p++;
         if (p == end) break;
-        uint8_t c = *p++;
-        put_byte(b, '\\');
+        uint8_t c = *p++; /* a control character, '"' or '\\' */
+        *d++ = '\\';
         switch (c) {
-        case '"': put_byte(b, '"'); break;
-        case '\\': put_byte(b, '\\'); break;
-        case '\b': put_byte(b, 'b'); break;
-        case '\t': put_byte(b, 't'); break;
-        case '\n': put_byte(b, 'n'); break;
-        case '\f': put_byte(b, 'f'); break;
-        case '\r': put_byte(b, 'r'); break;
+        case '"': *d++ = '"'; break;
+        case '\\': *d++ = '\\'; break;
+        case '\b': *d++ = 'b'; break;
+        case '\t': *d++ = 't'; break;
+        case '\n': *d++ = 'n'; break;
+        case '\f': *d++ = 'f'; break;
+        case '\r': *d++ = 'r'; break;
         default:
-            PUT_LITERAL(b, "u00");
-            put_byte(b, (uint8_t)HEX[c >> 4]);
-            put_byte(b, (uint8_t)HEX[c & 0xf]);
+            memcpy(d, "u00", 3);
+            d += 3;
+            *d++ = (uint8_t)HEX[c >> 4];
+            *d++ = (uint8_t)HEX[c & 0xf];
         }
     }
-    put_byte(b, '"');
+    *d++ = '"';
+    b->len = (size_t)(d - b->data);
 }
+
+/* Whether `s` is written as it is between quotes (no byte orjson escapes). */
+static int json_plain_ok(aep_span s) {
+    for (size_t i = 0; i < s.len; i++)
+        if (s.ptr[i] < 0x20 || s.ptr[i] == '"' || s.ptr[i] == '\\') return 0;
+    return 1;
+}
+
+/* A string known to need no escapes (made here, or checked once a request). */
+static inline void json_plain(aep_buf *b, aep_span s) {
+    uint8_t *d = b->data + b->len;
+    *d++ = '"';
+    memcpy(d, s.ptr, s.len);
+    d += s.len;
+    *d++ = '"';
+    b->len = (size_t)(d - b->data);
+}
+
+#define PLAIN_KEY(b, literal, value)    \
+    do {                                \
+        PUT_LITERAL((b), literal);      \
+        json_plain((b), (value));       \
+    } while (0)
 
 #define KEY(b, literal, value)          \
     do {                                \
@@ -604,6 +659,7 @@ static void json_string(aep_buf *b, aep_span s) {
 static const char *const TYPE_NAMES[4] = {
     "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_IMPRESSION", "EVENT_TYPE_CLICK", "EVENT_TYPE_CONVERSION",
 };
+static const size_t TYPE_NAME_LENGTHS[4] = {22, 21, 16, 21};
 
 /* `2026-11-26T19:00:00.123456Z`: time.gmtime + strftime, then nanos // 1000 as :06d. */
 static int format_timestamp(aep_output *out, int64_t seconds, int32_t nanos, char *dst,
@@ -614,12 +670,13 @@ static int format_timestamp(aep_output *out, int64_t seconds, int32_t nanos, cha
         if (!gmtime_r(&t, &parts)) return AEP_ERR_TIME;
         if (!strftime(out->prefix, sizeof out->prefix, "%Y-%m-%dT%H:%M:%S", &parts))
             return AEP_ERR_TIME;
+        out->prefix_len = strlen(out->prefix);
         out->prefix_seconds = seconds;
         out->prefix_valid = 1;
     }
     int32_t micros = nanos / 1000;
     if (nanos % 1000 != 0 && nanos < 0) micros -= 1; /* Python's floor division */
-    size_t n = strlen(out->prefix);
+    size_t n = out->prefix_len;
     memcpy(dst, out->prefix, n);
     dst[n++] = '.';
     /* :06d: at least six characters, a minus sign counting as one */
@@ -642,12 +699,15 @@ static int format_timestamp(aep_output *out, int64_t seconds, int32_t nanos, cha
     return AEP_OK;
 }
 
-static int write_line(aep_output *out, const aep_event *event, aep_span event_id,
-                      const char *timestamp, size_t timestamp_len, aep_span received_at) {
+/* `server_id`: event_id was made here (plain hex); `received_at_plain`: it needs no
+ * escapes (json_plain_ok, once a request). The timestamp and type name never do. */
+static int write_line(aep_output *out, const aep_event *event, aep_span event_id, int server_id,
+                      const char *timestamp, size_t timestamp_len, aep_span received_at,
+                      int received_at_plain) {
     aep_buf *b = &out->lines;
     const aep_span *text = event->text;
     aep_span type_name = {(const uint8_t *)TYPE_NAMES[event->event_type],
-                          strlen(TYPE_NAMES[event->event_type])};
+                          TYPE_NAME_LENGTHS[event->event_type]};
     aep_span stamp = {(const uint8_t *)timestamp, timestamp_len};
     /* Room for the whole line at once: every string escaped at worst (6 bytes
      * a byte), the keys and punctuation (under 256 bytes), a price. */
@@ -657,12 +717,18 @@ static int write_line(aep_output *out, const aep_event *event, aep_span event_id
     for (size_t i = 0; i < event->attribute_count; i++)
         bound += 6 * (event->attributes[i].key.len + event->attributes[i].value.len) + 8;
     if (buf_reserve(b, bound)) return AEP_ERR_NOMEM;
-    KEY(b, "{\"event_id\":", event_id);
+    if (server_id)
+        PLAIN_KEY(b, "{\"event_id\":", event_id);
+    else
+        KEY(b, "{\"event_id\":", event_id);
     KEY(b, ",\"user_id\":", text[AEP_USER_ID]);
     KEY(b, ",\"ad_id\":", text[AEP_AD_ID]);
-    KEY(b, ",\"event_type\":", type_name);
-    KEY(b, ",\"timestamp\":", stamp);
-    KEY(b, ",\"received_at\":", received_at);
+    PLAIN_KEY(b, ",\"event_type\":", type_name);
+    PLAIN_KEY(b, ",\"timestamp\":", stamp);
+    if (received_at_plain)
+        PLAIN_KEY(b, ",\"received_at\":", received_at);
+    else
+        KEY(b, ",\"received_at\":", received_at);
     KEY(b, ",\"campaign_id\":", text[AEP_CAMPAIGN_ID]);
     KEY(b, ",\"creative_id\":", text[AEP_CREATIVE_ID]);
     KEY(b, ",\"placement_id\":", text[AEP_PLACEMENT_ID]);
@@ -740,6 +806,7 @@ typedef struct {
     aep_output *out;
     double oldest, newest;
     aep_span received_at;
+    int received_at_plain;
     int64_t clock_ms; /* read once per request, when its first server id is drawn; -1 before */
     uint8_t results_key;
 } pass;
@@ -777,7 +844,8 @@ static int process_event(pass *ps, aep_event *event, size_t index, const uint8_t
     size_t timestamp_len;
     if ((rc = format_timestamp(out, event->seconds, event->nanos, timestamp, &timestamp_len)))
         return rc;
-    if ((rc = write_line(out, event, event_id, timestamp, timestamp_len, ps->received_at)))
+    if ((rc = write_line(out, event, event_id, !client_id.len, timestamp, timestamp_len,
+                         ps->received_at, ps->received_at_plain)))
         return rc;
     uint8_t type = (uint8_t)event->event_type;
     if (buf_put(&out->types, &type, 1)) return AEP_ERR_NOMEM;
@@ -830,6 +898,7 @@ int aep_decode(const aep_limits *limits, aep_ids *ids, const aep_callbacks *call
         .clock_ms = -1,
         .results_key = kind == AEP_KIND_STREAM ? 0x22 : 0x1a,
     };
+    ps.received_at_plain = json_plain_ok(ps.received_at);
     const uint32_t events_field = kind == AEP_KIND_STREAM ? 2 : 1;
     const uint32_t ack_field = kind == AEP_KIND_STREAM ? 3 : 2;
     aep_event *event = &out->event;

@@ -119,6 +119,7 @@ typedef struct {
     aep_buf merged; /* SendAdEventRequest: the event's occurrences concatenated */
     aep_event event;
     char prefix[40];
+    size_t prefix_len;
     int64_t prefix_seconds;
     int prefix_valid;
 } aep_output;
