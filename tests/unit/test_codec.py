@@ -130,6 +130,37 @@ def test_native_ids_follow_the_python_generator(last_random: int) -> None:
         assert native_pass._next_id() == python.new_id()
 
 
+@native
+def test_a_decode_from_inside_a_decode_is_refused_and_the_outer_one_goes_on() -> None:
+    """The lines are built in the bytes object the pass returns; a reentrant call
+    (from the reason callback) must neither use nor free the outer call's."""
+    from aep.events.codec import _native
+
+    inner_errors: list[str] = []
+
+    def reason(event: bytes, now: float) -> str:
+        try:
+            codec_pass.decode(1, raw, now, RECEIVED_AT)
+        except RuntimeError as error:
+            inner_errors.append(str(error))
+        return "rejected"
+
+    codec_pass = _native.Codec(128, 50, 64, 256, 86400.0, 300.0, 1000, reason, False)
+    good = [
+        pb.AdEvent(event_id=f"e{n}", user_id="u" * 50, ad_id="a", event_type=pb.EVENT_TYPE_CLICK)
+        for n in range(200)
+    ]
+    for event in good:
+        event.timestamp.FromNanoseconds(int(NOW * 1e9))
+    bad = pb.AdEvent(event_id="bad", user_id="u")  # no ad_id: rejected, the callback runs
+    raw = pb.SendAdEventBatchRequest(events=[*good[:100], bad, *good[100:]]).SerializeToString()
+    lines = codec_pass.decode(1, raw, NOW, RECEIVED_AT)[8]
+    assert inner_errors == ["Codec.decode is not reentrant"]
+    plain = _native.Codec(128, 50, 64, 256, 86400.0, 300.0, 1000, lambda event, now: "", False)
+    assert lines == plain.decode(1, raw, NOW, RECEIVED_AT)[8]
+    assert lines.count(b"\n") == 200
+
+
 def test_malformed_bytes_name_the_message_type() -> None:
     for choice in (CodecChoice.PYTHON, CodecChoice.AUTO):
         codec = create_codec(choice, DEFAULTS, 10)

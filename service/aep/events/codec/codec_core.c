@@ -28,6 +28,7 @@ static int buf_grow(aep_buf *b, size_t extra) {
     if (extra > SIZE_MAX / 2 - b->len) return AEP_ERR_NOMEM;
     size_t cap = b->cap ? b->cap : 256;
     while (cap - b->len < extra) cap *= 2;
+    if (b->resize) return b->resize(b, cap) ? AEP_ERR_NOMEM : AEP_OK;
     uint8_t *data = realloc(b->data, cap);
     if (!data) return AEP_ERR_NOMEM;
     b->data = data;
@@ -87,7 +88,7 @@ static size_t write_varint(uint8_t *out, uint64_t v) {
 void aep_output_init(aep_output *out) { memset(out, 0, sizeof *out); }
 
 void aep_output_free(aep_output *out) {
-    free(out->lines.data);
+    if (!out->lines.resize) free(out->lines.data); /* else its owner's */
     free(out->line_ends);
     free(out->types.data);
     free(out->results.data);
@@ -99,7 +100,7 @@ void aep_output_free(aep_output *out) {
 void aep_output_trim(aep_output *out, size_t keep) {
     aep_buf *buffers[] = {&out->lines, &out->types, &out->results, &out->merged};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) {
-        if (buffers[i]->cap > keep) {
+        if (buffers[i]->cap > keep && !buffers[i]->resize) {
             free(buffers[i]->data);
             buffers[i]->data = NULL;
             buffers[i]->len = buffers[i]->cap = 0;

@@ -72,9 +72,15 @@ typedef struct {
     int64_t max_batch_events; /* past it the events are only walked, not checked */
 } aep_limits;
 
-typedef struct {
+typedef struct aep_buf {
     uint8_t *data;
     size_t len, cap;
+    /* NULL: data is malloc'd (realloc grows it). Else it grows the buffer to at
+     * least `cap` bytes, keeping the first `len`, and returns 0 (the owner's
+     * memory: the extension builds a request's lines in the bytes object it
+     * returns, so they are not copied again). */
+    int (*resize)(struct aep_buf *b, size_t cap);
+    void *owner;
 } aep_buf;
 
 /* UUIDv7 generator state (RFC 9562 method 3, as aep.events.ids). */
