@@ -10,13 +10,14 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from aep.events.block import EventBatch
 from aep.events.event_types import VALID_EVENT_TYPE_NAMES
 from aep.events.schema import STORED_FIELD_NAMES, STORED_FIELDS, EventRecord, FieldKind
 from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
 from tests.helpers.full_disk import small_tmpfs
-from tests.helpers.support import batch_of, full_stored_record, stored_events
+from tests.helpers.support import batch_of, block_of, full_stored_record, stored_events
 
 
 def settings(directory: Path, **overrides: object) -> FileStoreSettings:
@@ -339,6 +340,31 @@ async def test_a_retry_racing_a_failing_write_writes_the_events_itself(tmp_path:
     assert not isinstance(second, BaseException), second
     assert (second.written, second.duplicates) == (10, 0)
     assert ids == sorted(f"e{i}" for i in range(10))
+
+
+async def test_a_batch_of_many_blocks_cut_off_by_a_full_disk_leaves_whole_lines(
+    tmp_path: Path,
+) -> None:
+    """A batch of 12 blocks goes to the file with one writev; the disk fills inside
+    it. The part that reached the file is cut off again (no half line, no event
+    of the failed batch), and the retry once there is room writes each event once."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        store = await open_store(disk.root / "events", writers=1)
+        await store.write_batch(batch_of(batch(0, 5)))  # the file exists and holds 5
+        blocks = [block_of(_large_batch(100 + 10 * n, 10, 2_000)) for n in range(12)]
+        disk.fill(leave_bytes=96 * 1024)  # room for about 4 of the 12 blocks
+        with pytest.raises(StoreError, match="No space left"):
+            await store.write_batch(EventBatch(blocks))
+        after_failure = [str(e["event_id"]) for e in stored_events(disk.root / "events")]
+        raw = b"".join(path.read_bytes() for path in (disk.root / "events").glob("events-*"))
+        disk.free()
+        retried = await store.write_batch(EventBatch(blocks))
+        ids = [str(e["event_id"]) for e in stored_events(disk.root / "events")]
+        await store.close()
+    assert after_failure == [f"e{i}" for i in range(5)]
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 5
+    assert (retried.written, retried.duplicates) == (120, 0)
+    assert sorted(ids) == sorted([f"e{i}" for i in range(5)] + [f"e{i}" for i in range(100, 220)])
 
 
 async def test_a_retry_racing_a_successful_write_is_a_duplicate(tmp_path: Path) -> None:
