@@ -6,8 +6,8 @@ Starts ours as `make bench` does (JSON Lines file store, native codec, default
 settings, pinned to CPU 0), warms it up, records it with `perf record -g` while
 the load driver (CPU 1) sends one of bench_ingest's loads, then groups every
 sample by the first rule its stack matches (GROUPS: the native pass, the
-dedupe's IdSet, fsync, the file write, socket sends and receives, the
-scheduler), else by the library it was in (gRPC's C core, CPython, libc, the
+dedupe's IdSet, fsync, the file write, wakeups between threads, socket
+sends and receives, the scheduler), else by the library it was in (gRPC's C core, CPython, libc, the
 kernel). Prints each group's share of the samples, and the server CPU µs per
 event of the run. perf's own overhead makes the run dearer than `make bench`'s:
 read shares, not µs. Needs `perf` (Debian: apt-get install linux-perf) and the
@@ -35,9 +35,12 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("the native pass", ("aep_decode", "Codec_decode", "process_event", "json_string")),
     ("dedupe (IdSet)", ("each_of", "find_slot", "discard_key", "check_key", "add_at", "IdSet_")),
     ("fsync", ("__x64_sys_fsync", "do_fsync", "ext4_sync_file")),
-    ("the file write", ("do_writev", "vfs_writev", "ksys_write")),
-    ("socket send", ("sendmsg",)),
-    ("socket receive", ("recvmsg", "recvfrom")),
+    # The store's writev into the page cache (not write(2) on an eventfd or a socket).
+    ("the file write", ("do_writev", "generic_perform_write")),
+    # gRPC's eventfd and asyncio's self-pipe (a socketpair): one thread waking another.
+    ("wakeups (eventfd, self-pipe)", ("eventfd_", "unix_stream_")),
+    ("socket send", ("tcp_sendmsg", "sendmsg")),
+    ("socket receive", ("tcp_recvmsg", "recvmsg", "recvfrom")),
     ("the scheduler: context switches", ("finish_task_switch", "__schedule", "futex")),
     ("page faults", ("exc_page_fault",)),
 ]

@@ -26,6 +26,19 @@ SCRIPT = """\
   4242
 \t    7f05 _PyEval_EvalFrameDefault+0x1 (/x/libpython3.11.so.1.0)
 
+  4244
+\t    ff06 eventfd_write+0x1 ([kernel.kallsyms])
+\t    ff07 vfs_write+0x1 ([kernel.kallsyms])
+\t    ff08 ksys_write+0x1 ([kernel.kallsyms])
+
+  4244
+\t    ff09 unix_stream_sendmsg+0x1 ([kernel.kallsyms])
+\t    ff0a sock_write_iter+0x1 ([kernel.kallsyms])
+
+  4244
+\t    ff0b tcp_sendmsg_locked+0x1 ([kernel.kallsyms])
+\t    ff0c __sys_sendmsg+0x1 ([kernel.kallsyms])
+
   4242
 \t    7f06 each_of+0x1 (/x/_native.cpython-311-x86_64-linux-gnu.so)
 
@@ -40,6 +53,8 @@ def test_each_sample_counts_for_the_first_group_its_stack_matches() -> None:
         "the file write": 1,
         "fsync": 1,  # a switch inside fsync is fsync's (GROUPS order)
         "CPython: interpreter, objects, GIL": 1,
+        "wakeups (eventfd, self-pipe)": 2,  # write(2) that is not the file write
+        "socket send": 1,
         "dedupe (IdSet)": 1,
         "other": 1,  # a sample without frames
     }
