@@ -205,6 +205,16 @@ static int Codec_init(CodecObject *self, PyObject *args, PyObject *kwargs) {
 /* The lines of a request are written straight into the bytes object returned for
  * them (aep_buf.resize): at 1,000-event requests a copy into a new bytes was a
  * third of the bytes copied per event. `owner` is that bytes, or NULL. */
+
+/* The buffer empty again (for the next request); returns the bytes it held, if any. */
+static PyObject *detach_lines(aep_buf *b) {
+    PyObject *bytes = b->owner;
+    b->owner = NULL;
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return bytes;
+}
+
 static int lines_resize(aep_buf *b, size_t cap) {
     if (cap > (size_t)PY_SSIZE_T_MAX) return -1;
     PyObject *bytes = b->owner;
@@ -212,9 +222,7 @@ static int lines_resize(aep_buf *b, size_t cap) {
         bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
         if (!bytes) return -1;
     } else if (_PyBytes_Resize(&bytes, (Py_ssize_t)cap)) { /* frees it on failure */
-        b->owner = NULL;
-        b->data = NULL;
-        b->len = b->cap = 0;
+        detach_lines(b);
         return -1;
     }
     b->owner = bytes;
@@ -223,23 +231,16 @@ static int lines_resize(aep_buf *b, size_t cap) {
     return 0;
 }
 
-/* The lines bytes, cut to their length; the buffer is empty again for the next request. */
+/* The lines bytes, cut to their length. */
 static PyObject *take_lines(aep_buf *b) {
-    PyObject *bytes = b->owner;
     size_t len = b->len;
-    b->owner = NULL;
-    b->data = NULL;
-    b->len = b->cap = 0;
+    PyObject *bytes = detach_lines(b);
     if (!bytes) return PyBytes_FromStringAndSize("", 0);
     if (_PyBytes_Resize(&bytes, (Py_ssize_t)len)) return NULL;
     return bytes;
 }
 
-static void drop_lines(aep_buf *b) {
-    Py_CLEAR(b->owner);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
+static void drop_lines(aep_buf *b) { Py_XDECREF(detach_lines(b)); }
 
 static PyObject *Codec_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     CodecObject *self = (CodecObject *)type->tp_alloc(type, 0);

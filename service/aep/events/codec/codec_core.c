@@ -586,6 +586,9 @@ int aep_ids_next_at(aep_ids *ids, int64_t now_ms, char out[36]) {
 
 /* orjson's escapes: the two-character ones it knows, else \u00XX for control
  * characters. Unchecked: the caller reserved 6 * s.len + 2 bytes. */
+/* Whether orjson escapes this byte: a control character, '"' or '\\'. */
+static inline int escaped_byte(uint8_t c) { return c < 0x20 || c == '"' || c == '\\'; }
+
 static void json_string(aep_buf *b, aep_span s) {
     uint8_t *d = b->data + b->len;
     *d++ = '"';
@@ -605,7 +608,7 @@ static void json_string(aep_buf *b, aep_span s) {
             d += 8;
             p += 8;
         }
-        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\') *d++ = *p++;
+        while (p < end && !escaped_byte(*p)) *d++ = *p++;
         if (p == end) break;
         uint8_t c = *p++; /* a control character, '"' or '\\' */
         *d++ = '\\';
@@ -631,7 +634,7 @@ static void json_string(aep_buf *b, aep_span s) {
 /* Whether `s` is written as it is between quotes (no byte orjson escapes). */
 static int json_plain_ok(aep_span s) {
     for (size_t i = 0; i < s.len; i++)
-        if (s.ptr[i] < 0x20 || s.ptr[i] == '"' || s.ptr[i] == '\\') return 0;
+        if (escaped_byte(s.ptr[i])) return 0;
     return 1;
 }
 
@@ -645,22 +648,25 @@ static inline void json_plain(aep_buf *b, aep_span s) {
     b->len = (size_t)(d - b->data);
 }
 
-#define PLAIN_KEY(b, literal, value)    \
-    do {                                \
-        PUT_LITERAL((b), literal);      \
-        json_plain((b), (value));       \
+/* A key and its string value; `plain`: the value needs no escapes (json_plain). */
+#define KEY_AS(b, literal, value, plain)                                    \
+    do {                                                                    \
+        PUT_LITERAL((b), literal);                                          \
+        if (plain)                                                          \
+            json_plain((b), (value));                                       \
+        else                                                                \
+            json_string((b), (value));                                      \
     } while (0)
 
-#define KEY(b, literal, value)          \
-    do {                                \
-        PUT_LITERAL((b), literal);      \
-        json_string((b), (value));      \
-    } while (0)
+#define KEY(b, literal, value) KEY_AS((b), literal, (value), 0)
 
-static const char *const TYPE_NAMES[4] = {
-    "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_IMPRESSION", "EVENT_TYPE_CLICK", "EVENT_TYPE_CONVERSION",
+#define LITERAL_SPAN(s) {(const uint8_t *)(s), sizeof(s) - 1}
+static const aep_span TYPE_NAMES[4] = {
+    LITERAL_SPAN("EVENT_TYPE_UNSPECIFIED"),
+    LITERAL_SPAN("EVENT_TYPE_IMPRESSION"),
+    LITERAL_SPAN("EVENT_TYPE_CLICK"),
+    LITERAL_SPAN("EVENT_TYPE_CONVERSION"),
 };
-static const size_t TYPE_NAME_LENGTHS[4] = {22, 21, 16, 21};
 
 /* `2026-11-26T19:00:00.123456Z`: time.gmtime + strftime, then nanos // 1000 as :06d. */
 static int format_timestamp(aep_output *out, int64_t seconds, int32_t nanos, char *dst,
@@ -707,8 +713,7 @@ static int write_line(aep_output *out, const aep_event *event, aep_span event_id
                       int received_at_plain) {
     aep_buf *b = &out->lines;
     const aep_span *text = event->text;
-    aep_span type_name = {(const uint8_t *)TYPE_NAMES[event->event_type],
-                          TYPE_NAME_LENGTHS[event->event_type]};
+    aep_span type_name = TYPE_NAMES[event->event_type];
     aep_span stamp = {(const uint8_t *)timestamp, timestamp_len};
     /* Room for the whole line at once: every string escaped at worst (6 bytes
      * a byte), the keys and punctuation (under 256 bytes), a price. */
@@ -718,18 +723,12 @@ static int write_line(aep_output *out, const aep_event *event, aep_span event_id
     for (size_t i = 0; i < event->attribute_count; i++)
         bound += 6 * (event->attributes[i].key.len + event->attributes[i].value.len) + 8;
     if (buf_reserve(b, bound)) return AEP_ERR_NOMEM;
-    if (server_id)
-        PLAIN_KEY(b, "{\"event_id\":", event_id);
-    else
-        KEY(b, "{\"event_id\":", event_id);
+    KEY_AS(b, "{\"event_id\":", event_id, server_id);
     KEY(b, ",\"user_id\":", text[AEP_USER_ID]);
     KEY(b, ",\"ad_id\":", text[AEP_AD_ID]);
-    PLAIN_KEY(b, ",\"event_type\":", type_name);
-    PLAIN_KEY(b, ",\"timestamp\":", stamp);
-    if (received_at_plain)
-        PLAIN_KEY(b, ",\"received_at\":", received_at);
-    else
-        KEY(b, ",\"received_at\":", received_at);
+    KEY_AS(b, ",\"event_type\":", type_name, 1);
+    KEY_AS(b, ",\"timestamp\":", stamp, 1);
+    KEY_AS(b, ",\"received_at\":", received_at, received_at_plain);
     KEY(b, ",\"campaign_id\":", text[AEP_CAMPAIGN_ID]);
     KEY(b, ",\"creative_id\":", text[AEP_CREATIVE_ID]);
     KEY(b, ",\"placement_id\":", text[AEP_PLACEMENT_ID]);
