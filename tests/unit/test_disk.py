@@ -6,6 +6,7 @@ import datetime
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,22 @@ from aep.storage.disk import (
 )
 
 
-def test_write_all_writes_every_byte(tmp_path: Path) -> None:
-    path = tmp_path / "f"
+def _file_after(path: Path, write: Callable[[int], object]) -> bytes:
+    """What a new file holds after `write(fd)` on it (opened for appending)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        write_all(fd, b"a" * 300_000)
-        write_all(fd, b"")
+        write(fd)
     finally:
         os.close(fd)
-    assert path.read_bytes() == b"a" * 300_000
+    return path.read_bytes()
+
+
+def test_write_all_writes_every_byte(tmp_path: Path) -> None:
+    def write(fd: int) -> None:
+        write_all(fd, b"a" * 300_000)
+        write_all(fd, b"")
+
+    assert _file_after(tmp_path / "f", write) == b"a" * 300_000
 
 
 def test_a_write_failing_part_way_says_how_much_was_written() -> None:
@@ -61,13 +69,7 @@ def test_a_write_failing_part_way_says_how_much_was_written() -> None:
     ids=["one part", "parts of mixed sizes", "more parts than one writev takes"],
 )
 def test_write_all_parts_writes_them_in_order(tmp_path: Path, parts: list[bytes]) -> None:
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        write_all_parts(fd, parts)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"".join(parts)
+    assert _file_after(tmp_path / "f", lambda fd: write_all_parts(fd, parts)) == b"".join(parts)
 
 
 def test_write_all_parts_goes_on_after_short_writes(
@@ -84,13 +86,7 @@ def test_write_all_parts_goes_on_after_short_writes(
 
     monkeypatch.setattr(os, "writev", short_writev)
     parts = [b"x" * 999, b"y", b"z" * 2_500, b"w" * 10, b"v" * 1_000]
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        write_all_parts(fd, parts)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"".join(parts)
+    assert _file_after(tmp_path / "f", lambda fd: write_all_parts(fd, parts)) == b"".join(parts)
     assert len(calls) == 5  # 4,510 bytes, 1,000 per call
 
 
