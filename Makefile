@@ -8,7 +8,7 @@ SERVER ?= localhost:8080
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps proto run test test-unit test-integration test-observability alerts \
-	load-test bench go-peer bench-stores bench-lanes bench-telemetry bench-codec bench-queue-memory profile native soak lint format clean helm e2e image-test \
+	load-test bench go-peer bench-stores bench-lanes bench-telemetry bench-codec bench-dedupe bench-queue-memory profile native soak lint format clean helm e2e image-test \
 	sync-dashboards chart-readme
 
 $(BIN)/ad-event-processor: pyproject.toml setup.py
@@ -86,6 +86,10 @@ bench-queue-memory: deps system-deps
 ## bench-codec: CPU per event of the native codec against the Python reference
 bench-codec: deps
 	$(PY) tests/benchmarks/bench_codec.py
+
+## bench-dedupe: the file store's dedupe at 500,000 recent ids: native IdSet against set
+bench-dedupe: deps
+	$(PY) tests/benchmarks/bench_dedupe.py
 
 ## profile: perf profile of ours under one load of make bench, grouped by what the CPU did (needs perf, root; PROFILE_ARGS='--load "batch 100"')
 profile: deps

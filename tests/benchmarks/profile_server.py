@@ -33,7 +33,10 @@ from tests.benchmarks import bench_ingest  # noqa: E402
 # (group, substrings of frames): a sample counts for the first group one of its frames matches.
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("the native pass", ("aep_decode", "Codec_decode", "process_event", "json_string")),
-    ("dedupe (IdSet)", ("each_of", "find_slot", "discard_key", "check_key", "add_at", "IdSet_")),
+    (
+        "dedupe (IdSet)",
+        ("IdSet_", "keys_of_", "find_slot", "discard_key", "add_at", "add_all", "pack_of"),
+    ),
     ("fsync", ("__x64_sys_fsync", "do_fsync", "ext4_sync_file")),
     # The store's writev into the page cache (not write(2) on an eventfd or a socket).
     ("the file write", ("do_writev", "generic_perform_write")),

@@ -10,10 +10,18 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from aep.events.block import EventBatch
+from aep.events.block import EventBatch, EventBlock
+from aep.events.codec import RequestKind, native_codec_problem
 from aep.events.event_types import VALID_EVENT_TYPE_NAMES
-from aep.events.schema import STORED_FIELD_NAMES, STORED_FIELDS, EventRecord, FieldKind
-from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy
+from aep.events.schema import (
+    STORED_FIELD_NAMES,
+    STORED_FIELDS,
+    EventRecord,
+    FieldKind,
+    format_epoch,
+)
+from aep.proto.adevents.v1 import ad_events_pb2 as pb
+from aep.settings import FileFormat, FileStoreSettings, FsyncPolicy, ValidationSettings
 from aep.storage.base import StoreError, WriteResult
 from aep.storage.file import FileStore, read_records
 from tests.helpers.full_disk import small_tmpfs
@@ -420,3 +428,41 @@ async def test_a_write_cancelled_before_it_had_a_writer_leaves_its_ids_new(
         f"e{i}" for i in range(10)
     )
     assert not store._claims
+
+
+def _native_block(event_ids: list[str]) -> EventBlock:
+    """The block the native codec makes of a batch with these client ids."""
+    from aep.events.codec.native import NativeCodec
+
+    now = time.time()
+    events = []
+    for event_id in event_ids:
+        event = pb.AdEvent(
+            event_id=event_id, user_id="u", ad_id="a", event_type=pb.EVENT_TYPE_CLICK
+        )
+        event.timestamp.FromNanoseconds(int((now - 1) * 1e9))
+        events.append(event)
+    raw = pb.SendAdEventBatchRequest(events=events).SerializeToString()
+    codec = NativeCodec(ValidationSettings(), 1000, records=False)
+    decoded = codec.decode(RequestKind.BATCH, raw, now, format_epoch(now))
+    assert decoded.verdicts.rejected == []
+    return decoded.block()
+
+
+@pytest.mark.skipif(native_codec_problem() is not None, reason="native extension not built")
+async def test_native_blocks_are_deduped_from_their_lines_without_a_str_per_event(
+    tmp_path: Path,
+) -> None:
+    """The store claims a native block's ids out of its JSON Lines (IdSet.claim_lines):
+    ids that escape in JSON are told apart and matched as the ids are, and no event id
+    becomes a str on the way (the block never read its ids out)."""
+    ids = ['q"1', "q\\1", "q\\\\1", "tab\t1", "é1", "x" * 100]
+    first, again = _native_block(ids), _native_block([*ids[:3], "new", ids[3]])
+    store = await open_store(tmp_path)
+    written = await store.write_batch(EventBatch((first,)))
+    repeated = await store.write_batch(EventBatch((again,)))
+    await store.close()
+    assert (written.written, written.duplicates) == (6, 0)
+    assert (repeated.written, repeated.duplicates) == (1, 4)
+    assert first._event_ids is None  # read by the store straight from the lines
+    assert sorted(str(e["event_id"]) for e in stored_events(tmp_path)) == sorted([*ids, "new"])

@@ -40,7 +40,7 @@ SCRIPT = """\
 \t    ff0c __sys_sendmsg+0x1 ([kernel.kallsyms])
 
   4242
-\t    7f06 each_of+0x1 (/x/_native.cpython-311-x86_64-linux-gnu.so)
+\t    7f06 keys_of_lines+0x1 (/x/_native.cpython-311-x86_64-linux-gnu.so)
 
   4242
 """

@@ -2,9 +2,13 @@
 
 An EventBlock is a request's valid events in their stored form, as JSON
 Lines bytes (one object per line, each ending in a newline), with what stores
-need beside them: each line's end offset, the event ids and the event types.
-The codec builds it in the same pass that checks the request; from there on
-no event is a Python object again unless a store needs one (records()).
+need beside them: each line's end offset and the event types. The codec
+builds it in the same pass that checks the request; from there on no event is
+a Python object again unless a store needs one (records(), event_ids). The
+ids are in the lines (each line starts with its event_id): the file store's
+dedupe reads them from there in C (IdSet.claim_lines); event_ids, the ids as
+str, is read out of the lines the first time a store asks for it, unless the
+block was made with them.
 
 An EventBatch is what one store write takes: the blocks (or parts of blocks)
 the batcher joined, without copying an event until a store asks for the joined
@@ -21,21 +25,46 @@ import orjson
 
 from aep.events.event_types import EVENT_TYPE_NUMBERS
 from aep.events.json_lines import encode_json_lines
-from aep.events.schema import EventRecord
+from aep.events.schema import KEY_FIELD, EventRecord
 
 _NO_ENDS: Sequence[int] = ()
+_ID_PREFIX = b'{"%s":"' % KEY_FIELD.encode()
+
+
+def ids_of_lines(lines: bytes) -> list[str]:
+    """Each JSON line's event_id (the first key of every stored form): in C when the
+    extension is built (aep.events.codec._native.ids_of_lines), else with orjson.
+    ValueError for a line that does not start with an event_id string."""
+    try:
+        from aep.events.codec._native import ids_of_lines as native_ids_of_lines
+    except ImportError:
+        return ids_of_lines_with_orjson(lines)
+    return native_ids_of_lines(lines)
+
+
+def ids_of_lines_with_orjson(lines: bytes) -> list[str]:
+    """ids_of_lines without the extension: each line decoded whole."""
+    ids: list[str] = []
+    if not lines:
+        return ids
+    for line in lines.split(b"\n")[:-1] if lines.endswith(b"\n") else lines.split(b"\n"):
+        record = orjson.loads(line) if line.startswith(_ID_PREFIX) else None
+        if not isinstance(record, dict) or not isinstance(record.get(KEY_FIELD), str):
+            raise ValueError("ids_of_lines: a line that does not start with an event_id string")
+        ids.append(record[KEY_FIELD])
+    return ids
 
 
 class EventBlock:
     """A run of stored-form events as JSON Lines; line i ends at ends[i] - base."""
 
-    __slots__ = ("base", "ends", "event_ids", "event_types", "lines")
+    __slots__ = ("_event_ids", "base", "ends", "event_types", "lines")
 
     def __init__(
         self,
         lines: bytes,
         ends: Sequence[int],
-        event_ids: list[str],
+        event_ids: list[str] | None,
         event_types: bytes,
         base: int = 0,
     ) -> None:
@@ -43,12 +72,19 @@ class EventBlock:
         # Offsets into the codec's original bytes; `base` is where `lines` starts
         # in them, so that a slice shares `ends` instead of rebasing every offset.
         self.ends = ends
-        self.event_ids = event_ids
+        self._event_ids = event_ids  # None: not read out of the lines yet
         self.event_types = event_types  # one byte per event: its EventType number
         self.base = base
 
     def __len__(self) -> int:
-        return len(self.event_ids)
+        return len(self.event_types)
+
+    @property
+    def event_ids(self) -> list[str]:
+        """The ids as str, in order (read out of the lines once, if need be)."""
+        if self._event_ids is None:
+            self._event_ids = ids_of_lines(self.lines)
+        return self._event_ids
 
     @property
     def nbytes(self) -> int:
@@ -60,7 +96,7 @@ class EventBlock:
 
     def slice(self, start: int, stop: int) -> EventBlock:
         """Events start .. stop - 1 (0 <= start <= stop <= len)."""
-        if start == 0 and stop == len(self.event_ids):
+        if start == 0 and stop == len(self.event_types):
             return self
         if start == stop:
             return EMPTY_BLOCK
@@ -70,7 +106,7 @@ class EventBlock:
         return EventBlock(
             self.lines[begin - base : ends[stop - 1] - base],
             ends[start:stop],
-            self.event_ids[start:stop],
+            None if self._event_ids is None else self._event_ids[start:stop],
             self.event_types[start:stop],
             begin,
         )
@@ -81,7 +117,7 @@ class EventBlock:
         ends: list[int] = []
         position = 0
         find = lines.find
-        for _ in range(len(event_ids)):
+        for _ in range(len(event_types)):
             position = find(b"\n", position) + 1
             ends.append(position)
         return cls(lines, ends, event_ids, event_types)
@@ -129,10 +165,10 @@ class EventBatch:
             self.add(block)
 
     def add(self, block: EventBlock) -> None:
-        if not block.event_ids:
+        if not block.event_types:
             return
         self.blocks.append(block)
-        self.count += len(block.event_ids)
+        self.count += len(block.event_types)
         self._joined = self._event_ids = self._event_types = None
 
     def __len__(self) -> int:
@@ -169,6 +205,11 @@ class EventBatch:
     @property
     def nbytes(self) -> int:
         return sum(len(block.lines) for block in self.blocks)
+
+    @property
+    def parts(self) -> list[bytes]:
+        """The blocks' lines, in order: the joined bytes without joining them."""
+        return [block.lines for block in self.blocks]
 
     def lines(self) -> list[bytes]:
         """Each event's line without its newline (a Kafka value, a Redis entry's source)."""

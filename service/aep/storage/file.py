@@ -26,7 +26,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -178,93 +178,152 @@ def read_records(path: Path) -> list[EventRecord]:
     return list(codec.decode(path.read_bytes()))
 
 
+Claim = bytes | list[str]
+"""What a table hands back for the ids it took, to forget them by later: the
+native IdSet's pack of their keys (bytes), or on a set the ids themselves."""
+
+
 class IdTable(Protocol):
-    """What RecentIds needs of a set of str: set, or the native IdSet."""
+    """RecentIds' set of ids: the native IdSet (NativeIdTable), or a set (SetIdTable)."""
 
     def __len__(self) -> int: ...
-    def __contains__(self, event_id: object, /) -> bool: ...
-    def isdisjoint(self, event_ids: Iterable[str], /) -> bool: ...
-    def update(self, event_ids: Iterable[str], /) -> None: ...
-    def difference_update(self, event_ids: Iterable[str], /) -> None: ...
+    def claim_if_new(self, batch: EventBatch) -> Claim | None:
+        """Takes the batch's ids if none is in the table and none repeats; else none (None)."""
+
+    def fresh_mask(self, batch: EventBatch) -> list[bool]:
+        """Per event: its id neither in the table nor an earlier event's."""
+
+    def add_ids(self, event_ids: list[str]) -> Claim:
+        """Takes the ids, those already in too."""
+
+    def forget(self, claim: Claim) -> None:
+        """Removes the ids of a claim."""
+
+
+class NativeIdTable:
+    """The native IdSet, keyed on the ids' stored bytes: a batch's ids are read out of
+    its JSON Lines in C, so no event is a Python object (see id_set.c)."""
+
+    def __init__(self, expected: int) -> None:
+        from aep.events.codec._native import IdSet
+
+        self._set = IdSet(expected)
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def claim_if_new(self, batch: EventBatch) -> Claim | None:
+        return self._set.claim_lines(batch.parts)
+
+    def fresh_mask(self, batch: EventBatch) -> list[bool]:
+        return self._set.fresh_lines(batch.parts)
+
+    def add_ids(self, event_ids: list[str]) -> Claim:
+        return self._set.add_ids(event_ids)
+
+    def forget(self, claim: Claim) -> None:
+        assert isinstance(claim, bytes), "a NativeIdTable's claims are packs"
+        self._set.discard_pack(claim)
+
+
+class SetIdTable:
+    """A set of the ids as str: the table without the extension.
+
+    A set that churns (a batch in, the oldest out) rebuilds its whole table
+    every so often, stalling the event loop: for 500,000 ids 5-20 ms every
+    ~125,000 events. IdSet never rebuilds at a steady size."""
+
+    def __init__(self) -> None:
+        self._set: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def claim_if_new(self, batch: EventBatch) -> Claim | None:
+        # New and distinct ids grow the set by exactly their number.
+        ids = self._set
+        event_ids = batch.event_ids
+        if not ids.isdisjoint(event_ids):
+            return None
+        before = len(ids)
+        ids.update(event_ids)
+        if len(ids) - before == len(event_ids):
+            return event_ids
+        ids.difference_update(event_ids)  # an id repeats; none was recent: undone
+        return None
+
+    def fresh_mask(self, batch: EventBatch) -> list[bool]:
+        mask: list[bool] = []
+        seen: set[str] = set()
+        recent = self._set
+        for event_id in batch.event_ids:
+            mask.append(event_id not in recent and event_id not in seen)
+            seen.add(event_id)
+        return mask
+
+    def add_ids(self, event_ids: list[str]) -> Claim:
+        self._set.update(event_ids)
+        return event_ids
+
+    def forget(self, claim: Claim) -> None:
+        assert isinstance(claim, list), "a SetIdTable's claims are lists of ids"
+        self._set.difference_update(claim)
 
 
 def new_id_table(expected: int) -> IdTable:
-    """The native IdSet when the extension is built, else a set.
-
-    A set that churns (a batch in, the oldest out) rebuilds its whole table every
-    so often, stalling the event loop: for 500,000 ids 5-20 ms every ~125,000
-    events. IdSet never rebuilds at a steady size (see id_set.c).
-    """
+    """The native IdSet when the extension is built, else a set."""
     try:
-        from aep.events.codec._native import IdSet
+        return NativeIdTable(expected)
     except ImportError:
-        return set()
-    table: IdTable = IdSet(expected)
-    return table
+        return SetIdTable()
 
 
 class RecentIds:
-    """Ids written recently, forgotten by age and count (oldest batch first)."""
+    """Ids written recently, forgotten by age and count (oldest batch first).
+
+    A batch's ids are claimed (counted as recent from then on) right after the
+    lookup that found them new, while their slots of the table are still in
+    the CPU's cache (inserting them after the write, milliseconds later, cost a
+    cache miss per id); confirmed when written, from then on aging out with
+    the window; forgotten (new again) when the write failed."""
 
     def __init__(self, window: float, max_ids: int, table: IdTable | None = None) -> None:
         self._window = window
         self._max_ids = max_ids
         self._ids = new_id_table(max_ids) if table is None else table
-        self._batches: deque[tuple[float, list[str]]] = deque()
-        # IdSet does it in one pass; a set in two (see _add_if_new_to_set).
-        add_if_new: Callable[[list[str]], bool] | None = getattr(self._ids, "add_if_new", None)
-        self.claim_if_new = add_if_new or self._add_if_new_to_set
-        """Claims them (see claim) if none is recent and none repeats; else claims none."""
+        self._batches: deque[tuple[float, Claim]] = deque()
 
-    def _add_if_new_to_set(self, event_ids: list[str]) -> bool:
-        """claim_if_new in set operations: a batch of ids that are new and distinct
-        grows the set by exactly its length."""
-        ids = self._ids
-        if not ids.isdisjoint(event_ids):
-            return False
-        before = len(ids)
-        ids.update(event_ids)
-        if len(ids) - before == len(event_ids):
-            return True
-        ids.difference_update(event_ids)  # an id repeats; none was recent: undone
-        return False
+    def __len__(self) -> int:
+        return len(self._ids)
 
-    def fresh_mask(self, event_ids: Iterable[str]) -> list[bool]:
-        """Per id: neither recent nor taken by an earlier one of these."""
-        mask: list[bool] = []
-        seen: set[str] = set()
-        recent = self._ids
-        for event_id in event_ids:
-            fresh = event_id not in recent and event_id not in seen
-            seen.add(event_id)
-            mask.append(fresh)
-        return mask
+    def claim_if_new(self, batch: EventBatch) -> Claim | None:
+        """Claims the batch's ids if none is recent and none repeats; else claims
+        none and returns None. (An empty claim is falsy but not None.)"""
+        return self._ids.claim_if_new(batch)
 
-    def add_batch(self, event_ids: list[str], at: float) -> None:
-        self.claim(event_ids)
-        self.confirm(event_ids, at)
+    def fresh_mask(self, batch: EventBatch) -> list[bool]:
+        """Per event: its id neither recent nor taken by an earlier one of the batch."""
+        return self._ids.fresh_mask(batch)
 
-    def claim(self, event_ids: list[str]) -> None:
-        """Counted as recent from now: right after the lookup that found them new,
-        while their slots of the set are still in the CPU's cache (inserting them
-        after the write, milliseconds later, cost a cache miss per id)."""
-        self._ids.update(event_ids)
+    def add_ids(self, event_ids: list[str], at: float) -> None:
+        """Ids written at `at` (found on disk at start-up), as if claimed and confirmed."""
+        self.confirm(self._ids.add_ids(event_ids), at)
 
-    def confirm(self, event_ids: list[str], at: float) -> None:
+    def confirm(self, claim: Claim, at: float) -> None:
         """Claimed ids written at `at`: from now on they age out with the window."""
-        self._batches.append((at, event_ids))
+        self._batches.append((at, claim))
         self._evict(at)
 
-    def forget(self, event_ids: list[str]) -> None:
+    def forget(self, claim: Claim) -> None:
         """Claimed ids whose write failed: new again."""
-        self._ids.difference_update(event_ids)
+        self._ids.forget(claim)
 
     def _evict(self, now: float) -> None:
         horizon = now - self._window
         batches = self._batches
         while batches and (batches[0][0] < horizon or len(self._ids) > self._max_ids):
             _, expired = batches.popleft()
-            self._ids.difference_update(expired)
+            self._ids.forget(expired)
 
 
 class _SegmentWriter:
@@ -351,7 +410,7 @@ class FileStore:
         # id is claimed by one write at a time. Claimed ids are in _recent from
         # the claim on, so an id that is not recent is neither written nor being
         # written: the common case needs no other set.
-        self._claims: dict[asyncio.Future[None], list[str]] = {}
+        self._claims: dict[asyncio.Future[None], tuple[EventBatch, Claim]] = {}
         self._codec = CODECS[settings.format]
 
     @classmethod
@@ -381,7 +440,7 @@ class FileStore:
                 recent.append((modified, path))
         for modified, path in sorted(recent):  # oldest first: the newest survive the count bound
             ids = [str(record.get("event_id")) for record in read_records(path)]
-            self._recent.add_batch(ids, modified)
+            self._recent.add_ids(ids, modified)
 
     async def write_batch(self, batch: EventBatch) -> WriteResult:
         # Claimed until the write ends, so a concurrent batch with these ids
@@ -416,25 +475,29 @@ class FileStore:
         of any of their ids. Returns them with their claim, to be released."""
         recent = self._recent
         while True:
-            event_ids = batch.event_ids
-            if recent.claim_if_new(event_ids):
-                return batch, self._new_claim(event_ids)
+            claimed = recent.claim_if_new(batch)
+            if claimed is not None:
+                return batch, self._new_claim(batch, claimed)
             # Some id is recent or repeats. Ids of a write in flight: whether they
             # are duplicates is known once it ended (written: recent; failed: new
             # again), so wait for it first.
-            wanted = set(event_ids)
-            in_flight = [claim for claim, ids in self._claims.items() if not wanted.isdisjoint(ids)]
+            wanted = set(batch.event_ids)
+            in_flight = [
+                claim
+                for claim, (writing, _) in self._claims.items()
+                if not wanted.isdisjoint(writing.event_ids)
+            ]
             if in_flight:
                 await asyncio.wait(in_flight)
                 continue
-            fresh = batch.select(recent.fresh_mask(event_ids))
-            fresh_ids = fresh.event_ids
-            recent.claim(fresh_ids)  # distinct and new: fresh_mask keeps first occurrences
-            return fresh, self._new_claim(fresh_ids)
+            fresh = batch.select(recent.fresh_mask(batch))
+            claimed = recent.claim_if_new(fresh)  # distinct and new: fresh_mask keeps firsts
+            assert claimed is not None, "the fresh events of a batch are new and distinct"
+            return fresh, self._new_claim(fresh, claimed)
 
-    def _new_claim(self, event_ids: list[str]) -> asyncio.Future[None]:
+    def _new_claim(self, batch: EventBatch, claimed: Claim) -> asyncio.Future[None]:
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._claims[claim] = event_ids
+        self._claims[claim] = (batch, claimed)
         return claim
 
     def _appended(
@@ -443,14 +506,14 @@ class FileStore:
         self._free.put_nowait(writer)
         written = not append.cancelled() and append.exception() is None
         if written:
-            self._recent.confirm(self._claims[claim], time.time())
+            self._recent.confirm(self._claims[claim][1], time.time())
         self._release(claim, written=written)
 
     def _release(self, claim: asyncio.Future[None], *, written: bool = False) -> None:
         """The claim's ids are no longer being written; unless written, new again."""
-        event_ids = self._claims.pop(claim)
+        _, claimed = self._claims.pop(claim)
         if not written:
-            self._recent.forget(event_ids)
+            self._recent.forget(claimed)
         claim.set_result(None)
 
     async def ping(self) -> None:

@@ -50,7 +50,6 @@ typedef struct {
     PyObject *received_at;
     PyObject *records;   /* list or NULL */
     PyObject *rejected;  /* list of (index, event_id, reason) */
-    PyObject *event_ids; /* list of str */
     PyObject *reason;    /* the last reason, kept alive while its bytes are read */
 } decode_context;
 
@@ -131,16 +130,11 @@ static PyObject *attribute_dict(const aep_event *event) {
 static int on_accepted(void *ctx_, const aep_event *event, int event_type, const char *event_id,
                        size_t event_id_len, const char *timestamp, size_t timestamp_len) {
     decode_context *ctx = ctx_;
+    /* Without records nothing per event is a Python object: the ids stay in
+     * the lines (EventBlock reads them from there if a store asks). */
+    if (!ctx->records) return 0;
     PyObject *id = ascii_text(event_id, event_id_len);
     if (!id) return -1;
-    if (PyList_Append(ctx->event_ids, id)) {
-        Py_DECREF(id);
-        return -1;
-    }
-    if (!ctx->records) {
-        Py_DECREF(id);
-        return 0;
-    }
     PyObject *record = PyDict_New();
     if (!record) {
         Py_DECREF(id);
@@ -261,7 +255,7 @@ static void Codec_dealloc(CodecObject *self) {
 
 PyDoc_STRVAR(DECODE_DOC,
              "decode(kind, data, now, received_at) -> (count, has_event, ack_mode, sequence,\n"
-             "    received_by_type, records, rejected, response, lines, line_ends, event_ids,\n"
+             "    received_by_type, records, rejected, response, lines, line_ends,\n"
              "    event_types)\n\n"
              "kind: 0 SendAdEventRequest, 1 SendAdEventBatchRequest, 2 StreamAdEventsRequest.\n"
              "response: the serialised response without its ack_mode (batch and stream).\n"
@@ -274,7 +268,7 @@ static PyObject *Codec_decode(CodecObject *self, PyObject *args) {
     PyObject *now, *received_at;
     if (!PyArg_ParseTuple(args, "iy*OU", &kind, &data, &now, &received_at)) return NULL;
     PyObject *result = NULL;
-    decode_context ctx = {self, now, received_at, NULL, NULL, NULL, NULL};
+    decode_context ctx = {self, now, received_at, NULL, NULL, NULL};
     int owns_lines = 0;
     double now_value = PyFloat_AsDouble(now);
     Py_ssize_t received_len;
@@ -289,9 +283,8 @@ static PyObject *Codec_decode(CodecObject *self, PyObject *args) {
         goto done;
     }
     ctx.rejected = PyList_New(0);
-    ctx.event_ids = PyList_New(0);
     ctx.records = self->records ? PyList_New(0) : NULL;
-    if (!ctx.rejected || !ctx.event_ids || (self->records && !ctx.records)) goto done;
+    if (!ctx.rejected || (self->records && !ctx.records)) goto done;
     aep_callbacks callbacks = {&ctx, on_rejected, on_accepted};
     /* room for the lines up front, from the last request's bytes of lines per
      * byte on the wire: growing it later copies them (a realloc) */
@@ -336,7 +329,7 @@ static PyObject *Codec_decode(CodecObject *self, PyObject *args) {
     if (out->results.len) memcpy(bytes + out->head_len, out->results.data, out->results.len);
     const uint64_t *by_type = out->received_by_type;
     result = Py_BuildValue(
-        "(nOiK(KKKK)OONNNON)", (Py_ssize_t)out->count, out->has_event ? Py_True : Py_False,
+        "(nOiK(KKKK)OONNNN)", (Py_ssize_t)out->count, out->has_event ? Py_True : Py_False,
         (int)out->ack_mode, (unsigned long long)out->sequence, (unsigned long long)by_type[0],
         (unsigned long long)by_type[1], (unsigned long long)by_type[2],
         (unsigned long long)by_type[3], ctx.records ? ctx.records : Py_None, ctx.rejected,
@@ -344,7 +337,6 @@ static PyObject *Codec_decode(CodecObject *self, PyObject *args) {
         take_lines(&out->lines),
         PyBytes_FromStringAndSize(out->line_count ? (const char *)out->line_ends : "",
                                   (Py_ssize_t)(out->line_count * sizeof *out->line_ends)),
-        ctx.event_ids,
         PyBytes_FromStringAndSize(out->types.len ? (const char *)out->types.data : "",
                                   (Py_ssize_t)out->types.len));
     /* the scratch buffers stay for the next request, up to a size */
@@ -354,7 +346,6 @@ done:
     PyBuffer_Release(&data);
     Py_XDECREF(ctx.records);
     Py_XDECREF(ctx.rejected);
-    Py_XDECREF(ctx.event_ids);
     Py_XDECREF(ctx.reason);
     return result;
 }

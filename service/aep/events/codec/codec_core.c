@@ -631,6 +631,8 @@ static void json_string(aep_buf *b, aep_span s) {
     b->len = (size_t)(d - b->data);
 }
 
+void aep_json_string(aep_buf *b, aep_span s) { json_string(b, s); }
+
 /* Whether `s` is written as it is between quotes (no byte orjson escapes). */
 static int json_plain_ok(aep_span s) {
     for (size_t i = 0; i < s.len; i++)

@@ -130,6 +130,9 @@ typedef struct {
     int prefix_valid;
 } aep_output;
 
+/* Appends `s` as orjson writes a str of that UTF-8, quotes included. Unchecked:
+ * the caller reserved 6 * s.len + 2 bytes after b->len. */
+void aep_json_string(aep_buf *b, aep_span s);
 void aep_output_init(aep_output *out);
 void aep_output_free(aep_output *out);
 /* Frees the buffers grown past `keep` bytes (one huge request keeps no memory). */

@@ -1,68 +1,158 @@
 /*
- * IdSet: a set of str that never rebuilds itself while its size holds steady.
+ * IdSet: the file store's set of recent event ids, keyed on the bytes each id
+ * is stored as, and never rebuilding itself while its size holds steady.
  *
- * The file store keeps the ids of the last dedupe_max_ids events it wrote
- * (aep.storage.file.RecentIds): a batch's ids in, the oldest batch's ids out.
- * A CPython set under that churn fills with deleted-entry markers and, when
- * they reach its fill limit, rebuilds its whole table in one go: for 500,000
- * ids a stall of the event loop of several milliseconds every ~125,000 events.
- * This table uses linear probing with backward-shift deletion: a removal
- * moves the entries after it back instead of leaving a marker, so the table
- * holds only live entries and grows (doubling) only when they outgrow half
- * of it, which a bounded set stops doing once it reached its bound.
+ * Keys. An event's key is its id as it appears in its stored line: the JSON
+ * string's contents, escapes included, read straight out of the JSON Lines
+ * the store writes (each line starts with {"event_id":" -- see json_lines.py).
+ * Escaping is a function (orjson's, which the native codec reproduces), so
+ * two ids are equal exactly when their escaped forms are. A str given to the
+ * str methods is escaped the same way (aep_json_string) and meets the same
+ * key. So the file store dedupes a batch without one Python object per event:
+ * no str per id from the codec, none to hash, none to free when it ages out.
+ * A line that does not start with an event_id string (a hand-made file) is
+ * keyed on the whole line, a kind of key no id meets.
  *
- * It holds exact str only (TypeError otherwise) and compares them by their
- * code points, as set does; hashes are the str's own (cached in the object).
- * Nothing here runs Python code while the table is being changed: hashing and
- * comparing exact str cannot call back.
+ * Table. Linear probing with backward-shift deletion: a removal moves the
+ * entries after it back instead of leaving a marker, so the table holds only
+ * live entries and grows (doubling) only when they outgrow half of it, which
+ * a bounded set stops doing once it reached its bound. (A CPython set under
+ * the store's churn -- a batch in, the oldest batch out -- rebuilds its whole
+ * table every so often: for 500,000 ids a stall of several milliseconds every
+ * ~125,000 events.) A key of up to INLINE_KEY bytes (a UUID's 36) lives in its
+ * entry; a longer one in a copy the entry points to. Hashes are CPython's
+ * keyed hash of bytes (SipHash, seeded per process), so clients choosing ids
+ * cannot aim them at one chain.
  *
- *   IdSet(expected=0)      room for `expected` ids without growing
+ *   IdSet(expected=0)        room for `expected` ids without growing
  *   len(s), id in s
- *   s.isdisjoint(ids) -> bool, s.update(ids), s.difference_update(ids), s.clear()
- *   s.add_if_new(ids) -> bool   all of them if none is in s and none repeats, else none
+ *   s.update(ids), s.difference_update(ids), s.isdisjoint(ids) -> bool
+ *   s.add_if_new(ids) -> bool  all of them if none is in s and none repeats, else none
+ *   s.claim_lines(parts) -> bytes | None
+ *       add_if_new for the events of JSON Lines (a list of bytes-likes, each
+ *       whole lines); on success the added keys as a pack, for discard_pack
+ *   s.fresh_lines(parts) -> list[bool]
+ *       per event: neither in s nor an earlier event's id (s is left as it was)
+ *   s.add_ids(ids) -> bytes  update(ids), returning their keys as a pack
+ *   s.discard_pack(pack)     remove every key of a pack (claim_lines', add_ids')
+ *   s.clear()
+ *   ids_of_lines(lines) -> list[str]   (module function) each line's event_id
  *
- * Unlike set's, the methods taking many ids check them all first: one that is
- * not a str raises TypeError before any is looked up, and the set is left as
- * it was. They look the ids up in order, each one's slot fetched from memory
- * a few ids ahead (see each()).
+ * Every method reads all its keys first: an id that is not an exact str
+ * (TypeError) or a malformed pack (ValueError) changes nothing. Keys are
+ * looked up after all of them were read and hashed, each one's slot having
+ * been fetched from memory when its hash was known. Nothing here runs Python
+ * code while the table is being changed.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
 
+#include "codec_core.h"
 #include "id_set.h"
 
+
+#define INLINE_KEY 36
+/* size: 0 marks an empty slot; else the key's length + 1, with LINE_KEY set
+ * for a whole-line key. */
+#define LINE_KEY 0x80000000u
+#define MAX_KEY_LENGTH 0x7ffffffeu
+
 typedef struct {
-    Py_hash_t hash;
-    PyObject *key; /* NULL: empty slot */
+    uint64_t hash;
+    uint32_t size;
+    uint8_t key[INLINE_KEY]; /* the key, or (longer) a pointer to its PyMem copy */
 } IdSetEntry;
 
 typedef struct {
     PyObject_HEAD IdSetEntry *table;
     size_t mask; /* table size - 1; the size is a power of two */
     size_t used;
+    size_t long_key_bytes; /* held in copies of keys longer than INLINE_KEY */
 } IdSetObject;
+
+/* A key being looked up: its bytes (in the caller's buffers) and hash. */
+typedef struct {
+    const uint8_t *ptr;
+    uint64_t hash;
+    uint32_t size;
+} Key;
 
 #define MIN_SLOTS 8
 
-static int same_str(PyObject *a, PyObject *b) {
-    if (a == b) return 1;
-    Py_ssize_t length = PyUnicode_GET_LENGTH(a);
-    int kind = PyUnicode_KIND(a);
-    /* Canonical (compact) str: equal text has the same kind and length. */
-    return length == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
-           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)length * (size_t)kind) == 0;
+static const uint8_t ID_PREFIX[] = "{\"event_id\":\"";
+#define ID_PREFIX_LENGTH (sizeof ID_PREFIX - 1)
+
+static inline size_t key_length(uint32_t size) { return (size_t)(size & ~LINE_KEY) - 1; }
+
+static inline const uint8_t *entry_key(const IdSetEntry *entry) {
+    if (key_length(entry->size) <= INLINE_KEY) return entry->key;
+    const uint8_t *copy;
+    memcpy(&copy, entry->key, sizeof copy);
+    return copy;
+}
+
+static uint64_t hash_key(const uint8_t *ptr, size_t length, uint32_t size) {
+#if PY_VERSION_HEX >= 0x030E0000
+    uint64_t hash = (uint64_t)Py_HashBuffer(ptr, (Py_ssize_t)length);
+#else
+    uint64_t hash = (uint64_t)_Py_HashBytes(ptr, (Py_ssize_t)length);
+#endif
+    return (size & LINE_KEY) ? hash ^ 0x9e3779b97f4a7c15ULL : hash;
+}
+
+static inline void set_key(Key *key, const uint8_t *ptr, size_t length, uint32_t kind) {
+    key->ptr = ptr;
+    key->size = (uint32_t)(length + 1) | kind;
+    key->hash = hash_key(ptr, length, key->size);
 }
 
 /* The slot holding `key`, or the empty slot where it would go. */
-static IdSetEntry *find_slot(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    size_t index = (size_t)hash & self->mask;
+static IdSetEntry *find_slot(IdSetObject *self, const Key *key) {
+    size_t index = (size_t)key->hash & self->mask;
+    size_t length = key_length(key->size);
     for (;;) {
         IdSetEntry *entry = &self->table[index];
-        if (entry->key == NULL || (entry->hash == hash && same_str(entry->key, key))) return entry;
+        if (!entry->size) return entry;
+        if (entry->hash == key->hash && entry->size == key->size &&
+            memcmp(entry_key(entry), key->ptr, length) == 0)
+            return entry;
         index = (index + 1) & self->mask;
     }
 }
+
+/* Fetches the cache lines of the slot where a key of that hash starts looking
+ * and of the slot after it (a removal looks at that one; an entry may span
+ * two lines). Macros, not functions: GCC takes a function that
+ * only prefetches for one without effects and drops its calls. */
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_HOME(self, hash)                                                          \
+    do {                                                                                   \
+        const IdSetEntry *home_ = &(self)->table[(size_t)(hash) & (self)->mask];           \
+        __builtin_prefetch(home_);                                                         \
+        __builtin_prefetch((const char *)home_ + sizeof *home_ - 1);                       \
+        __builtin_prefetch((const char *)home_ + 2 * sizeof *home_ - 1);                   \
+    } while (0)
+#else
+#define PREFETCH_HOME(self, hash) ((void)(self), (void)(hash))
+#endif
+
+/* How many keys ahead of the one being looked up its slot is fetched from
+ * memory. At the file store's 500,000 ids the table is tens of MB: without it
+ * every lookup waits for its own cache miss, one after the other. */
+#define LOOKAHEAD 16
+
+/* Before key i of `keys` (count of them): fetch the slot of key i + LOOKAHEAD
+ * (at i = 0, those of the first LOOKAHEAD keys too). */
+#define FETCH_AHEAD(self, keys, count, i)                                                  \
+    do {                                                                                   \
+        if ((i) == 0) {                                                                    \
+            for (size_t ahead_ = 0; ahead_ < LOOKAHEAD && ahead_ < (count); ahead_++)      \
+                PREFETCH_HOME(self, (keys)[ahead_].hash);                                  \
+        }                                                                                  \
+        if ((i) + LOOKAHEAD < (count)) PREFETCH_HOME(self, (keys)[(i) + LOOKAHEAD].hash); \
+    } while (0)
 
 static size_t slots_for(size_t count) {
     size_t slots = MIN_SLOTS;
@@ -84,34 +174,18 @@ static int resize(IdSetObject *self, size_t slots) {
     self->table = table;
     self->mask = slots - 1;
     for (size_t i = 0; i < old_slots; i++) {
-        if (old[i].key) *find_slot(self, old[i].key, old[i].hash) = old[i];
+        if (!old[i].size) continue;
+        size_t index = (size_t)old[i].hash & self->mask;
+        while (table[index].size) index = (index + 1) & self->mask;
+        table[index] = old[i]; /* a long key's copy moves with its pointer */
     }
     PyMem_Free(old);
     return 0;
 }
 
-static int check_key(PyObject *key, Py_hash_t *hash) {
-    if (!PyUnicode_CheckExact(key)) {
-        PyErr_Format(PyExc_TypeError, "IdSet holds str, not %.100s", Py_TYPE(key)->tp_name);
-        return -1;
-    }
-    if (PyUnicode_READY(key) < 0) return -1;
-    *hash = PyObject_Hash(key);
-    return *hash == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
-static int add_at(IdSetObject *self, IdSetEntry *entry, PyObject *key, Py_hash_t hash);
-
-/* Adds a checked str (see check_key) of that hash; -1 only when out of memory. */
-static int add_key(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    IdSetEntry *entry = find_slot(self, key, hash);
-    if (entry->key) return 0;
-    return add_at(self, entry, key, hash);
-}
-
 /* Puts the key into `entry`, the empty slot find_slot gave for it (found again
  * after growing the table); -1 only when out of memory. */
-static int add_at(IdSetObject *self, IdSetEntry *entry, PyObject *key, Py_hash_t hash) {
+static int add_at(IdSetObject *self, IdSetEntry *entry, const Key *key) {
     if ((self->used + 1) > (self->mask + 1) / 2) {
         size_t slots = slots_for(self->used + 1);
         if (!slots) {
@@ -119,20 +193,40 @@ static int add_at(IdSetObject *self, IdSetEntry *entry, PyObject *key, Py_hash_t
             return -1;
         }
         if (resize(self, slots)) return -1;
-        entry = find_slot(self, key, hash);
+        entry = find_slot(self, key);
     }
-    Py_INCREF(key);
-    entry->key = key;
-    entry->hash = hash;
+    size_t length = key_length(key->size);
+    if (length <= INLINE_KEY) {
+        memcpy(entry->key, key->ptr, length);
+    } else {
+        uint8_t *copy = PyMem_Malloc(length);
+        if (!copy) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(copy, key->ptr, length);
+        memcpy(entry->key, &copy, sizeof copy);
+        self->long_key_bytes += length;
+    }
+    entry->hash = key->hash;
+    entry->size = key->size;
     self->used++;
     return 0;
 }
 
-/* Removes a checked str of that hash if it is in the table. */
-static void discard_key(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    IdSetEntry *entry = find_slot(self, key, hash);
-    if (!entry->key) return;
-    PyObject *removed = entry->key;
+static void free_key(IdSetObject *self, IdSetEntry *entry) {
+    size_t length = key_length(entry->size);
+    if (length > INLINE_KEY) {
+        PyMem_Free((void *)entry_key(entry));
+        self->long_key_bytes -= length;
+    }
+}
+
+/* Removes the key if it is in the table. */
+static void discard_key(IdSetObject *self, const Key *key) {
+    IdSetEntry *entry = find_slot(self, key);
+    if (!entry->size) return;
+    free_key(self, entry);
     size_t hole = (size_t)(entry - self->table);
     size_t index = hole;
     /* Backward shift: an entry after the hole whose home slot is not in the
@@ -140,7 +234,7 @@ static void discard_key(IdSetObject *self, PyObject *key, Py_hash_t hash) {
     for (;;) {
         index = (index + 1) & self->mask;
         IdSetEntry *next = &self->table[index];
-        if (!next->key) break;
+        if (!next->size) break;
         size_t home = (size_t)next->hash & self->mask;
         int stays = hole <= index ? (hole < home && home <= index) : (hole < home || home <= index);
         if (!stays) {
@@ -148,17 +242,266 @@ static void discard_key(IdSetObject *self, PyObject *key, Py_hash_t hash) {
             hole = index;
         }
     }
-    self->table[hole].key = NULL;
-    self->table[hole].hash = 0;
+    memset(&self->table[hole], 0, sizeof(IdSetEntry));
     self->used--;
-    Py_DECREF(removed); /* a str: its deallocation runs no Python code */
 }
 
-static int contains_key(IdSetObject *self, PyObject *key) {
-    Py_hash_t hash;
-    if (check_key(key, &hash)) return -1;
-    return find_slot(self, key, hash)->key != NULL;
+/* -- reading keys ------------------------------------------------------------------- */
+
+/* The keys of one call, and what holds their bytes until it ends. */
+typedef struct {
+    Key *keys;
+    size_t count, capacity;
+    uint8_t *escaped; /* the escaped forms of str ids */
+    Py_buffer *views; /* the parts of JSON Lines */
+    size_t view_count;
+    PyObject *sequence;
+} KeyList;
+
+static void keys_free(KeyList *list) {
+    for (size_t i = 0; i < list->view_count; i++) PyBuffer_Release(&list->views[i]);
+    PyMem_Free(list->views);
+    PyMem_Free(list->keys);
+    PyMem_Free(list->escaped);
+    Py_XDECREF(list->sequence);
+    memset(list, 0, sizeof *list);
 }
+
+static Key *next_key(KeyList *list) {
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? list->capacity * 2 : 64;
+        Key *keys = PyMem_Realloc(list->keys, capacity * sizeof(Key));
+        if (!keys) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        list->keys = keys;
+        list->capacity = capacity;
+    }
+    return &list->keys[list->count++];
+}
+
+static int key_too_long(size_t length) {
+    if (length <= MAX_KEY_LENGTH) return 0;
+    PyErr_SetString(PyExc_ValueError, "IdSet: an id or line longer than 2 GiB");
+    return 1;
+}
+
+/* The keys of str ids (each escaped as its stored form writes it). */
+static int keys_of_ids(IdSetObject *Py_UNUSED(self), PyObject *items, KeyList *list) {
+    list->sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
+    if (!list->sequence) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(list->sequence);
+    PyObject **ids = PySequence_Fast_ITEMS(list->sequence);
+    size_t room = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyUnicode_CheckExact(ids[i])) {
+            PyErr_Format(PyExc_TypeError, "IdSet holds str, not %.100s", Py_TYPE(ids[i])->tp_name);
+            return -1;
+        }
+        Py_ssize_t length;
+        if (!PyUnicode_AsUTF8AndSize(ids[i], &length)) return -1;
+        if ((size_t)length > (PY_SSIZE_T_MAX - room) / 6 - 2) return PyErr_NoMemory(), -1;
+        room += 6 * (size_t)length + 2;
+    }
+    list->escaped = PyMem_Malloc(room ? room : 1);
+    if (!list->escaped) return PyErr_NoMemory(), -1;
+    aep_buf buffer = {list->escaped, 0, room, NULL, NULL};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t length;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(ids[i], &length);
+        size_t start = buffer.len;
+        aep_json_string(&buffer, (aep_span){(const uint8_t *)utf8, (size_t)length});
+        size_t escaped = buffer.len - start - 2; /* without its quotes */
+        if (key_too_long(escaped)) return -1;
+        Key *key = next_key(list);
+        if (!key) return -1;
+        set_key(key, list->escaped + start + 1, escaped, 0);
+    }
+    return 0;
+}
+
+/* Where the event_id string a line starts with ends (its closing quote: one
+ * not escaped by an odd run of backslashes); NULL if the line does not start
+ * with one. */
+static const uint8_t *id_end(const uint8_t *line, size_t length) {
+    if (length <= ID_PREFIX_LENGTH || memcmp(line, ID_PREFIX, ID_PREFIX_LENGTH) != 0) return NULL;
+    const uint8_t *start = line + ID_PREFIX_LENGTH, *end = line + length, *quote = start;
+    while ((quote = memchr(quote, '"', (size_t)(end - quote))) != NULL) {
+        size_t backslashes = 0;
+        while ((size_t)(quote - start) > backslashes && quote[-1 - (ptrdiff_t)backslashes] == '\\')
+            backslashes++;
+        if (!(backslashes & 1)) return quote;
+        quote++;
+    }
+    return NULL;
+}
+
+/* A line's key: the contents of its event_id string when the line starts with
+ * one, else the whole line (without its newline). */
+static int line_key(KeyList *list, const uint8_t *line, size_t length) {
+    if (key_too_long(length)) return -1;
+    Key *key = next_key(list);
+    if (!key) return -1;
+    const uint8_t *quote = id_end(line, length);
+    if (quote)
+        set_key(key, line + ID_PREFIX_LENGTH, (size_t)(quote - line) - ID_PREFIX_LENGTH, 0);
+    else
+        set_key(key, line, length, LINE_KEY);
+    return 0;
+}
+
+/* The keys of the events of JSON Lines: a list or tuple of bytes-likes. */
+static int keys_of_lines(IdSetObject *Py_UNUSED(self), PyObject *parts, KeyList *list) {
+    list->sequence = PySequence_Fast(parts, "IdSet: expected a list of bytes of JSON Lines");
+    if (!list->sequence) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(list->sequence);
+    PyObject **items = PySequence_Fast_ITEMS(list->sequence);
+    list->views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    if (!list->views) return PyErr_NoMemory(), -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (PyObject_GetBuffer(items[i], &list->views[i], PyBUF_SIMPLE)) return -1;
+        list->view_count++;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint8_t *at = list->views[i].buf, *end = at + list->views[i].len;
+        while (at < end) {
+            const uint8_t *newline = memchr(at, '\n', (size_t)(end - at));
+            const uint8_t *line_end = newline ? newline : end;
+            if (line_key(list, at, (size_t)(line_end - at))) return -1;
+            at = newline ? newline + 1 : end;
+        }
+    }
+    return 0;
+}
+
+/* A pack: for each key its size (uint32, native order) and its bytes. */
+static int keys_of_pack(IdSetObject *Py_UNUSED(self), PyObject *pack, KeyList *list) {
+    if (!PyBytes_CheckExact(pack)) {
+        PyErr_Format(PyExc_TypeError, "IdSet: a pack is bytes, not %.100s", Py_TYPE(pack)->tp_name);
+        return -1;
+    }
+    const uint8_t *at = (const uint8_t *)PyBytes_AS_STRING(pack);
+    const uint8_t *end = at + PyBytes_GET_SIZE(pack);
+    while (at < end) {
+        uint32_t size;
+        if ((size_t)(end - at) < sizeof size) goto malformed;
+        memcpy(&size, at, sizeof size);
+        at += sizeof size;
+        if ((size & ~LINE_KEY) == 0) goto malformed;
+        size_t length = key_length(size);
+        if ((size_t)(end - at) < length) goto malformed;
+        Key *key = next_key(list);
+        if (!key) return -1;
+        set_key(key, at, length, size & LINE_KEY);
+        at += length;
+    }
+    list->sequence = Py_NewRef(pack);
+    return 0;
+malformed:
+    PyErr_SetString(PyExc_ValueError, "IdSet: not a pack of keys (see claim_lines)");
+    return -1;
+}
+
+static PyObject *pack_of(const KeyList *list) {
+    size_t size = 0;
+    for (size_t i = 0; i < list->count; i++) size += sizeof(uint32_t) + key_length(list->keys[i].size);
+    PyObject *pack = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!pack) return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(pack);
+    for (size_t i = 0; i < list->count; i++) {
+        const Key *key = &list->keys[i];
+        memcpy(out, &key->size, sizeof key->size);
+        out += sizeof key->size;
+        memcpy(out, key->ptr, key_length(key->size));
+        out += key_length(key->size);
+    }
+    return pack;
+}
+
+/* -- operations on the keys of one call ---------------------------------------------- */
+
+/* Adds every key if none is in the table and none repeats: 1; else adds none:
+ * 0; -1 when out of memory (none added). */
+static int add_all_if_new(IdSetObject *self, const KeyList *list) {
+    size_t i;
+    int result = 1;
+    for (i = 0; i < list->count; i++) {
+        FETCH_AHEAD(self, list->keys, list->count, i);
+        IdSetEntry *entry = find_slot(self, &list->keys[i]);
+        if (entry->size) {
+            result = 0;
+            break;
+        }
+        if (add_at(self, entry, &list->keys[i])) {
+            result = -1;
+            break;
+        }
+    }
+    if (result != 1) {
+        /* keys 0 .. i - 1 went in, each once: take them out again */
+        for (size_t j = 0; j < i; j++) discard_key(self, &list->keys[j]);
+    }
+    return result;
+}
+
+static int add_all(IdSetObject *self, const KeyList *list) {
+    for (size_t i = 0; i < list->count; i++) {
+        FETCH_AHEAD(self, list->keys, list->count, i);
+        IdSetEntry *entry = find_slot(self, &list->keys[i]);
+        if (!entry->size && add_at(self, entry, &list->keys[i])) return -1;
+    }
+    return 0;
+}
+
+static void discard_all(IdSetObject *self, const KeyList *list) {
+    for (size_t i = 0; i < list->count; i++) {
+        FETCH_AHEAD(self, list->keys, list->count, i);
+        discard_key(self, &list->keys[i]);
+    }
+}
+
+static int any_found(IdSetObject *self, const KeyList *list) {
+    for (size_t i = 0; i < list->count; i++) {
+        FETCH_AHEAD(self, list->keys, list->count, i);
+        if (find_slot(self, &list->keys[i])->size) return 1;
+    }
+    return 0;
+}
+
+/* Per key: neither in the table nor an earlier key of the list. Each fresh key
+ * goes in while the list is read (so a later copy of it is found) and all of
+ * them come out again. */
+static PyObject *fresh_mask(IdSetObject *self, const KeyList *list) {
+    PyObject *mask = PyList_New((Py_ssize_t)list->count);
+    if (!mask) return NULL;
+    size_t *added = PyMem_Malloc((list->count ? list->count : 1) * sizeof(size_t));
+    if (!added) {
+        Py_DECREF(mask);
+        return PyErr_NoMemory();
+    }
+    size_t added_count = 0;
+    int failed = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        FETCH_AHEAD(self, list->keys, list->count, i);
+        IdSetEntry *entry = find_slot(self, &list->keys[i]);
+        int fresh = !entry->size;
+        if (fresh) {
+            if (add_at(self, entry, &list->keys[i])) {
+                failed = 1;
+                break;
+            }
+            added[added_count++] = i;
+        }
+        PyList_SET_ITEM(mask, (Py_ssize_t)i, Py_NewRef(fresh ? Py_True : Py_False));
+    }
+    for (size_t j = 0; j < added_count; j++) discard_key(self, &list->keys[added[j]]);
+    PyMem_Free(added);
+    if (failed) Py_CLEAR(mask);
+    return mask;
+}
+
+/* -- the type ------------------------------------------------------------------------ */
 
 static PyObject *IdSet_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"expected", NULL};
@@ -174,6 +517,7 @@ static PyObject *IdSet_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!self) return NULL;
     self->table = NULL;
     self->used = 0;
+    self->long_key_bytes = 0;
     if (resize(self, slots)) {
         Py_DECREF(self);
         return NULL;
@@ -184,10 +528,9 @@ static PyObject *IdSet_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void clear_table(IdSetObject *self) {
     if (!self->table) return;
     for (size_t i = 0; i <= self->mask; i++) {
-        PyObject *key = self->table[i].key;
-        self->table[i].key = NULL;
-        Py_XDECREF(key);
+        if (self->table[i].size) free_key(self, &self->table[i]);
     }
+    memset(self->table, 0, (self->mask + 1) * sizeof(IdSetEntry));
     self->used = 0;
 }
 
@@ -197,116 +540,81 @@ static void IdSet_dealloc(IdSetObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* How many keys ahead of the one being looked up its slot is fetched from
- * memory. At the file store's 500,000 ids the table is tens of MB: without it
- * every lookup waits for its own cache miss, one after the other. */
-#define LOOKAHEAD 16
+typedef int (*key_reader)(IdSetObject *, PyObject *, KeyList *);
 
-static inline void prefetch_home(const IdSetObject *self, Py_hash_t hash) {
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(&self->table[(size_t)hash & self->mask]);
-#else
-    (void)self;
-    (void)hash;
-#endif
+static PyObject *IdSet_update(IdSetObject *self, PyObject *ids) {
+    KeyList list = {0};
+    int rc = keys_of_ids(self, ids, &list) ? -1 : add_all(self, &list);
+    keys_free(&list);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
 }
 
-typedef int (*key_op)(IdSetObject *, PyObject *, Py_hash_t);
-
-/* op on every key of `sequence` (a list or tuple), in order, each key's slot
- * fetched LOOKAHEAD keys ahead. Every key is checked to be a str first, so a
- * bad one changes nothing. op returns -1 (exception set), 0 (go on) or 1
- * (stop: the answer is known). Returns -1, 0, or 1 if op stopped; *stopped_at
- * (if given) is the index of the key op last ran on. */
-static int each_of(IdSetObject *self, PyObject *sequence, key_op op, Py_ssize_t *stopped_at) {
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
-    PyObject **keys = PySequence_Fast_ITEMS(sequence);
-    Py_hash_t ahead[LOOKAHEAD];
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (check_key(keys[i], &ahead[0])) return -1;
-    }
-    for (Py_ssize_t i = 0; i < count && i < LOOKAHEAD; i++) {
-        ahead[i] = PyObject_Hash(keys[i]); /* an exact, ready str: cannot fail */
-        prefetch_home(self, ahead[i]);
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_hash_t hash = ahead[i % LOOKAHEAD];
-        if (i + LOOKAHEAD < count) {
-            Py_hash_t next = PyObject_Hash(keys[i + LOOKAHEAD]);
-            ahead[i % LOOKAHEAD] = next;
-            prefetch_home(self, next);
-        }
-        int result = op(self, keys[i], hash);
-        if (result) {
-            if (stopped_at) *stopped_at = i;
-            return result;
-        }
-    }
-    return 0;
+static PyObject *discard_keys_of(IdSetObject *self, PyObject *source, key_reader read) {
+    KeyList list = {0};
+    int rc = read(self, source, &list);
+    if (!rc) discard_all(self, &list);
+    keys_free(&list);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
 }
 
-static int each(IdSetObject *self, PyObject *items, key_op op) {
-    PyObject *sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
-    if (!sequence) return -1;
-    int result = each_of(self, sequence, op, NULL);
-    Py_DECREF(sequence);
+static PyObject *IdSet_difference_update(IdSetObject *self, PyObject *ids) {
+    return discard_keys_of(self, ids, keys_of_ids);
+}
+
+static PyObject *IdSet_discard_pack(IdSetObject *self, PyObject *pack) {
+    return discard_keys_of(self, pack, keys_of_pack);
+}
+
+static PyObject *IdSet_isdisjoint(IdSetObject *self, PyObject *ids) {
+    KeyList list = {0};
+    int found = keys_of_ids(self, ids, &list) ? -1 : any_found(self, &list);
+    keys_free(&list);
+    if (found < 0) return NULL;
+    return PyBool_FromLong(!found);
+}
+
+static PyObject *IdSet_add_if_new(IdSetObject *self, PyObject *ids) {
+    KeyList list = {0};
+    int added = keys_of_ids(self, ids, &list) ? -1 : add_all_if_new(self, &list);
+    keys_free(&list);
+    if (added < 0) return NULL;
+    return PyBool_FromLong(added);
+}
+
+static PyObject *IdSet_claim_lines(IdSetObject *self, PyObject *parts) {
+    KeyList list = {0};
+    PyObject *result = NULL;
+    if (keys_of_lines(self, parts, &list)) goto done;
+    /* the pack first: once the keys are in, nothing may fail */
+    PyObject *pack = pack_of(&list);
+    if (!pack) goto done;
+    int added = add_all_if_new(self, &list);
+    if (added == 1) {
+        result = pack;
+    } else {
+        Py_DECREF(pack);
+        if (added == 0) result = Py_NewRef(Py_None);
+    }
+done:
+    keys_free(&list);
     return result;
 }
 
-static int add_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    return add_key(self, key, hash);
+static PyObject *IdSet_add_ids(IdSetObject *self, PyObject *ids) {
+    KeyList list = {0};
+    PyObject *pack = keys_of_ids(self, ids, &list) ? NULL : pack_of(&list);
+    if (pack && add_all(self, &list)) Py_CLEAR(pack);
+    keys_free(&list);
+    return pack;
 }
 
-static int discard_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    discard_key(self, key, hash);
-    return 0;
-}
-
-static int found_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    return find_slot(self, key, hash)->key != NULL;
-}
-
-/* Adds a key that is not in the table yet; 1 if it is (recent, or earlier in
- * the same call). */
-static int add_new_op(IdSetObject *self, PyObject *key, Py_hash_t hash) {
-    IdSetEntry *entry = find_slot(self, key, hash);
-    if (entry->key) return 1;
-    return add_at(self, entry, key, hash);
-}
-
-/* add_if_new(ids) -> bool: adds every id if none is in the set and none
- * repeats, in one pass; otherwise (or on an error) adds none. */
-static PyObject *IdSet_add_if_new(IdSetObject *self, PyObject *items) {
-    PyObject *sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
-    if (!sequence) return NULL;
-    Py_ssize_t stopped_at = 0;
-    int result = each_of(self, sequence, add_new_op, &stopped_at);
-    if (result != 0 && stopped_at > 0) {
-        /* keys 0 .. stopped_at - 1 went in, each once: take them out again */
-        PyObject **keys = PySequence_Fast_ITEMS(sequence);
-        for (Py_ssize_t i = 0; i < stopped_at; i++) {
-            discard_key(self, keys[i], PyObject_Hash(keys[i]));
-        }
-    }
-    Py_DECREF(sequence);
-    if (result < 0) return NULL;
-    return PyBool_FromLong(result == 0);
-}
-
-static PyObject *IdSet_update(IdSetObject *self, PyObject *items) {
-    if (each(self, items, add_op) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *IdSet_difference_update(IdSetObject *self, PyObject *items) {
-    if (each(self, items, discard_op) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *IdSet_isdisjoint(IdSetObject *self, PyObject *items) {
-    int found = each(self, items, found_op);
-    if (found < 0) return NULL;
-    return PyBool_FromLong(!found);
+static PyObject *IdSet_fresh_lines(IdSetObject *self, PyObject *parts) {
+    KeyList list = {0};
+    PyObject *mask = keys_of_lines(self, parts, &list) ? NULL : fresh_mask(self, &list);
+    keys_free(&list);
+    return mask;
 }
 
 static PyObject *IdSet_clear(IdSetObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -315,12 +623,21 @@ static PyObject *IdSet_clear(IdSetObject *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *IdSet_sizeof(IdSetObject *self, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromSize_t(sizeof(IdSetObject) + (self->mask + 1) * sizeof(IdSetEntry));
+    return PyLong_FromSize_t(sizeof(IdSetObject) + (self->mask + 1) * sizeof(IdSetEntry) +
+                             self->long_key_bytes);
 }
 
 static Py_ssize_t IdSet_length(IdSetObject *self) { return (Py_ssize_t)self->used; }
 
-static int IdSet_contains(IdSetObject *self, PyObject *key) { return contains_key(self, key); }
+static int IdSet_contains(IdSetObject *self, PyObject *id) {
+    PyObject *one = PyTuple_Pack(1, id);
+    if (!one) return -1;
+    KeyList list = {0};
+    int found = keys_of_ids(self, one, &list) ? -1 : any_found(self, &list);
+    keys_free(&list);
+    Py_DECREF(one);
+    return found;
+}
 
 static PySequenceMethods IdSet_as_sequence = {
     .sq_length = (lenfunc)IdSet_length,
@@ -336,6 +653,16 @@ static PyMethodDef IdSet_methods[] = {
      "else add none."},
     {"isdisjoint", (PyCFunction)IdSet_isdisjoint, METH_O,
      "isdisjoint(ids) -> bool: no id is in the set."},
+    {"claim_lines", (PyCFunction)IdSet_claim_lines, METH_O,
+     "claim_lines(parts) -> bytes | None: add_if_new for the event_ids of JSON Lines (a list "
+     "of bytes-likes); the added keys as a pack for discard_pack, or None if none was added."},
+    {"fresh_lines", (PyCFunction)IdSet_fresh_lines, METH_O,
+     "fresh_lines(parts) -> list[bool]: per event of the JSON Lines, whether its id is neither "
+     "in the set nor an earlier event's."},
+    {"add_ids", (PyCFunction)IdSet_add_ids, METH_O,
+     "add_ids(ids) -> bytes: update(ids), returning their keys as a pack for discard_pack."},
+    {"discard_pack", (PyCFunction)IdSet_discard_pack, METH_O,
+     "discard_pack(pack): remove every key of a pack claim_lines or add_ids returned."},
     {"clear", (PyCFunction)IdSet_clear, METH_NOARGS, "clear(): remove every id."},
     {"__sizeof__", (PyCFunction)IdSet_sizeof, METH_NOARGS, "The table's size in bytes."},
     {NULL, NULL, 0, NULL},
@@ -345,7 +672,7 @@ static PyTypeObject IdSetType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aep.events.codec._native.IdSet",
     .tp_basicsize = sizeof(IdSetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A set of str that never rebuilds while its size holds steady (see id_set.c).",
+    .tp_doc = "The file store's set of recent ids, keyed on their stored bytes (see id_set.c).",
     .tp_new = IdSet_new,
     .tp_dealloc = (destructor)IdSet_dealloc,
     .tp_as_sequence = &IdSet_as_sequence,
@@ -353,7 +680,127 @@ static PyTypeObject IdSetType = {
     .tp_hash = PyObject_HashNotImplemented,
 };
 
+/* -- ids_of_lines ---------------------------------------------------------------------- */
+
+static int hex4(const uint8_t *p, unsigned *out) {
+    unsigned value = 0;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = p[i];
+        unsigned digit;
+        if (c >= '0' && c <= '9')
+            digit = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            digit = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            digit = c - 'A' + 10;
+        else
+            return -1;
+        value = value << 4 | digit;
+    }
+    *out = value;
+    return 0;
+}
+
+static uint8_t *put_utf8(uint8_t *out, unsigned cp) {
+    if (cp < 0x80) {
+        *out++ = (uint8_t)cp;
+    } else if (cp < 0x800) {
+        *out++ = (uint8_t)(0xc0 | cp >> 6);
+        *out++ = (uint8_t)(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+        *out++ = (uint8_t)(0xe0 | cp >> 12);
+        *out++ = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+        *out++ = (uint8_t)(0x80 | (cp & 0x3f));
+    } else {
+        *out++ = (uint8_t)(0xf0 | cp >> 18);
+        *out++ = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
+        *out++ = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+        *out++ = (uint8_t)(0x80 | (cp & 0x3f));
+    }
+    return out;
+}
+
+/* The str a JSON string's contents (escapes included) stand for. */
+static PyObject *unescaped(const uint8_t *s, size_t length) {
+    if (!memchr(s, '\\', length)) return PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)length, "strict");
+    uint8_t *text = PyMem_Malloc(length), *out = text; /* escapes only shrink */
+    if (!text) return PyErr_NoMemory();
+    const uint8_t *p = s, *end = s + length;
+    while (p < end) {
+        if (*p != '\\') {
+            *out++ = *p++;
+            continue;
+        }
+        if (end - p < 2) goto bad;
+        uint8_t c = p[1];
+        p += 2;
+        switch (c) {
+        case '"': case '\\': case '/': *out++ = c; break;
+        case 'b': *out++ = '\b'; break;
+        case 'f': *out++ = '\f'; break;
+        case 'n': *out++ = '\n'; break;
+        case 'r': *out++ = '\r'; break;
+        case 't': *out++ = '\t'; break;
+        case 'u': {
+            unsigned cp, low;
+            if (end - p < 4 || hex4(p, &cp)) goto bad;
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00) {
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &low) || low < 0xdc00 ||
+                    low >= 0xe000)
+                    goto bad;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+            } else if (cp >= 0xdc00 && cp < 0xe000) {
+                goto bad;
+            }
+            out = put_utf8(out, cp);
+            break;
+        }
+        default: goto bad;
+        }
+    }
+    PyObject *result = PyUnicode_DecodeUTF8((const char *)text, (Py_ssize_t)(out - text), "strict");
+    PyMem_Free(text);
+    return result;
+bad:
+    PyMem_Free(text);
+    PyErr_SetString(PyExc_ValueError, "ids_of_lines: an event_id with a malformed escape");
+    return NULL;
+}
+
+static PyObject *ids_of_lines(PyObject *Py_UNUSED(module), PyObject *lines) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(lines, &view, PyBUF_SIMPLE)) return NULL;
+    PyObject *ids = PyList_New(0);
+    const uint8_t *at = view.buf, *end = at + view.len;
+    while (ids && at < end) {
+        const uint8_t *newline = memchr(at, '\n', (size_t)(end - at));
+        const uint8_t *line_end = newline ? newline : end;
+        size_t length = (size_t)(line_end - at);
+        const uint8_t *quote = id_end(at, length);
+        PyObject *id = quote ? unescaped(at + ID_PREFIX_LENGTH, (size_t)(quote - at) - ID_PREFIX_LENGTH)
+                             : NULL;
+        if (!quote)
+            PyErr_SetString(PyExc_ValueError,
+                            "ids_of_lines: a line that does not start with an event_id string");
+        if (!id || PyList_Append(ids, id)) Py_CLEAR(ids);
+        Py_XDECREF(id);
+        at = newline ? newline + 1 : end;
+    }
+    PyBuffer_Release(&view);
+    return ids;
+}
+
+static PyMethodDef module_functions[] = {
+    {"ids_of_lines", ids_of_lines, METH_O,
+     "ids_of_lines(lines) -> list[str]: each JSON line's event_id (the first key of the stored "
+     "form); ValueError for a line that does not start with one."},
+    {NULL, NULL, 0, NULL},
+};
+
 int aep_add_id_set_type(PyObject *module) {
     if (PyType_Ready(&IdSetType) < 0) return -1;
+    if (PyModule_AddFunctions(module, module_functions) < 0) return -1;
     return PyModule_AddObjectRef(module, "IdSet", (PyObject *)&IdSetType);
 }

@@ -66,7 +66,6 @@ class NativeCodec:
                 response,
                 lines,
                 line_ends,
-                event_ids,
                 event_types,
             ) = self._pass.decode(kind, raw, now, received_at)
         except _native.WireError as error:
@@ -95,5 +94,5 @@ class NativeCodec:
             received_by_type=by_type,
             verdicts=Verdicts(records if records is not None else [], rejected),
             response=response,
-            block=EventBlock(lines, ends, event_ids, event_types),
+            block=EventBlock(lines, ends, None, event_types),
         )
