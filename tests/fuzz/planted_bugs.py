@@ -169,6 +169,12 @@ MUTANTS = [
         source="id_set.c",
     ),
     Mutant(
+        "IdSet: a UUID packed without checking its low digits",
+        "        missing |= (high == 0) | (low == 0);",
+        "        missing |= (high == 0);",
+        source="id_set.c",
+    ),
+    Mutant(
         "IdSet: claim_lines, refusing a batch, leaves its first id in",
         "        for (size_t j = 0; j < i; j++) discard_key(self, &list->keys[j]);",
         "        for (size_t j = 1; j < i; j++) discard_key(self, &list->keys[j]);",

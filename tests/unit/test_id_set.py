@@ -194,6 +194,19 @@ def test_the_file_store_uses_the_native_table_when_it_is_built() -> None:
     assert isinstance(new_id_table(10), NativeIdTable)
 
 
+# UUIDs in canonical text are kept as their 16 bytes; the others as they are.
+UUID = "0190a3b2-7c4d-7e5f-8a9b-0c1d2e3f4a5b"
+UUIDS = (
+    UUID,
+    UUID.upper(),  # another id, not packed
+    UUID[:-1] + "c",
+    UUID[:8] + "x" + UUID[9:],  # a dash where none goes
+    UUID[:35] + "g",  # not hex
+    UUID[:35] + "f",
+    UUID[:9] + "-" + UUID[10:],
+    UUID + "0",
+)
+
 # Ids whose stored forms escape (quote, backslash, control characters), hold
 # non-ASCII text, end in backslashes, or are longer than the 36 bytes an entry
 # holds in place (a copy elsewhere).
@@ -201,6 +214,7 @@ LINE_IDS = st.sampled_from(
     [
         *("a", "b", 'q"', "\\", "x\\", '\\"', "\n", "\x01", "\x1f", "é", "中文", "😀x", ""),
         *("a" * 37, "id-7", "u" * 36, "v" * 200, '"' * 20),
+        *UUIDS,
     ]
 )
 

@@ -19,8 +19,10 @@
  * a bounded set stops doing once it reached its bound. (A CPython set under
  * the store's churn -- a batch in, the oldest batch out -- rebuilds its whole
  * table every so often: for 500,000 ids a stall of several milliseconds every
- * ~125,000 events.) A key of up to INLINE_KEY bytes (a UUID's 36) lives in its
- * entry; a longer one in a copy the entry points to. Hashes are CPython's
+ * ~125,000 events.) An entry is 24 bytes: 32 bits of hash, the size, and the
+ * key if it has up to INLINE_KEY bytes -- a UUID in canonical text (every
+ * server id, and most clients') is kept as its 16 bytes -- or else a pointer
+ * to a copy. Hashes are CPython's
  * keyed hash of bytes (SipHash, seeded per process), so clients choosing ids
  * cannot aim them at one chain.
  *
@@ -53,30 +55,37 @@
 #include "id_set.h"
 
 
-#define INLINE_KEY 36
-/* size: 0 marks an empty slot; else the key's length + 1, with LINE_KEY set
- * for a whole-line key. */
+#define INLINE_KEY 16
+/* size: 0 marks an empty slot; else the stored key's length + 1, with LINE_KEY
+ * set for a whole-line key and UUID_KEY for an id that is a UUID in canonical
+ * text (36 lowercase hex digits and dashes), stored as its 16 bytes. */
 #define LINE_KEY 0x80000000u
-#define MAX_KEY_LENGTH 0x7ffffffeu
+#define UUID_KEY 0x40000000u
+#define KEY_KINDS (LINE_KEY | UUID_KEY)
+#define MAX_KEY_LENGTH 0x3ffffffeu
+#define UUID_TEXT_LENGTH 36
 
+/* 24 bytes: 1,048,576 slots (the default 500,000 ids) take 24 MiB. */
 typedef struct {
-    uint64_t hash;
+    uint32_t hash; /* the low 32 bits of the key's hash: its home slot and a filter */
     uint32_t size;
-    uint8_t key[INLINE_KEY]; /* the key, or (longer) a pointer to its PyMem copy */
+    uint8_t key[INLINE_KEY]; /* the stored key, or (longer) a pointer to its PyMem copy */
 } IdSetEntry;
 
 typedef struct {
     PyObject_HEAD IdSetEntry *table;
-    size_t mask; /* table size - 1; the size is a power of two */
+    size_t mask; /* table size - 1; the size is a power of two, at most 2**32 */
     size_t used;
     size_t long_key_bytes; /* held in copies of keys longer than INLINE_KEY */
 } IdSetObject;
 
-/* A key being looked up: its bytes (in the caller's buffers) and hash. */
+/* A key being looked up: its stored bytes (in the caller's buffers, or for a
+ * UUID in `packed`) and its hash. */
 typedef struct {
     const uint8_t *ptr;
-    uint64_t hash;
+    uint32_t hash;
     uint32_t size;
+    uint8_t packed[16];
 } Key;
 
 #define MIN_SLOTS 8
@@ -84,7 +93,11 @@ typedef struct {
 static const uint8_t ID_PREFIX[] = "{\"event_id\":\"";
 #define ID_PREFIX_LENGTH (sizeof ID_PREFIX - 1)
 
-static inline size_t key_length(uint32_t size) { return (size_t)(size & ~LINE_KEY) - 1; }
+static inline size_t key_length(uint32_t size) { return (size_t)(size & ~KEY_KINDS) - 1; }
+
+static inline const uint8_t *key_bytes(const Key *key) {
+    return (key->size & UUID_KEY) ? key->packed : key->ptr;
+}
 
 static inline const uint8_t *entry_key(const IdSetEntry *entry) {
     if (key_length(entry->size) <= INLINE_KEY) return entry->key;
@@ -93,30 +106,78 @@ static inline const uint8_t *entry_key(const IdSetEntry *entry) {
     return copy;
 }
 
-static uint64_t hash_key(const uint8_t *ptr, size_t length, uint32_t size) {
+/* Each byte's hex value + 1; 0 for what is not a lowercase hex digit (only the
+ * canonical text is packed: an uppercase UUID is another id). */
+static const uint8_t HEX_PLUS_ONE[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+    ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+    ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
+/* Where the 32 hex digits of a UUID's canonical text are. */
+static const uint8_t UUID_DIGITS[32] = {0,  1,  2,  3,  4,  5,  6,  7,  9,  10, 11,
+                                        12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25,
+                                        26, 27, 28, 29, 30, 31, 32, 33, 34, 35};
+
+/* Packs a UUID's canonical text into its 16 bytes; 0 if `text` is not one. */
+static int pack_uuid(const uint8_t *text, size_t length, uint8_t out[16]) {
+    if (length != UUID_TEXT_LENGTH || text[8] != '-' || text[13] != '-' || text[18] != '-' ||
+        text[23] != '-')
+        return 0;
+    unsigned missing = 0; /* nonzero once a digit is not one */
+    for (size_t n = 0; n < 16; n++) {
+        unsigned high = HEX_PLUS_ONE[text[UUID_DIGITS[2 * n]]];
+        unsigned low = HEX_PLUS_ONE[text[UUID_DIGITS[2 * n + 1]]];
+        missing |= (high == 0) | (low == 0);
+        out[n] = (uint8_t)((high - 1) << 4 | ((low - 1) & 0xf));
+    }
+    return !missing;
+}
+
+static uint32_t hash_key(const uint8_t *ptr, size_t length, uint32_t size) {
 #if PY_VERSION_HEX >= 0x030E0000
     uint64_t hash = (uint64_t)Py_HashBuffer(ptr, (Py_ssize_t)length);
 #else
     uint64_t hash = (uint64_t)_Py_HashBytes(ptr, (Py_ssize_t)length);
 #endif
-    return (size & LINE_KEY) ? hash ^ 0x9e3779b97f4a7c15ULL : hash;
+    if (size & LINE_KEY) hash ^= 0x9e3779b97f4a7c15ULL;
+    if (size & UUID_KEY) hash ^= 0x7f4a7c159e3779b9ULL;
+    return (uint32_t)hash;
 }
 
-static inline void set_key(Key *key, const uint8_t *ptr, size_t length, uint32_t kind) {
-    key->ptr = ptr;
+/* A key already in its stored form (a pack's): `stored` stays valid meanwhile. */
+static inline void set_stored_key(Key *key, const uint8_t *stored, size_t length, uint32_t kind) {
+    if (kind & UUID_KEY) {
+        memcpy(key->packed, stored, sizeof key->packed);
+        key->ptr = NULL;
+    } else {
+        key->ptr = stored;
+    }
     key->size = (uint32_t)(length + 1) | kind;
-    key->hash = hash_key(ptr, length, key->size);
+    key->hash = hash_key(stored, length, key->size);
+}
+
+/* An id's key (`kind` 0: its escaped text) or a whole line's (LINE_KEY). */
+static inline void set_key(Key *key, const uint8_t *text, size_t length, uint32_t kind) {
+    if (!kind && pack_uuid(text, length, key->packed)) {
+        key->ptr = NULL;
+        key->size = (uint32_t)(sizeof key->packed + 1) | UUID_KEY;
+        key->hash = hash_key(key->packed, sizeof key->packed, key->size);
+        return;
+    }
+    set_stored_key(key, text, length, kind);
 }
 
 /* The slot holding `key`, or the empty slot where it would go. */
 static IdSetEntry *find_slot(IdSetObject *self, const Key *key) {
     size_t index = (size_t)key->hash & self->mask;
     size_t length = key_length(key->size);
+    const uint8_t *bytes = key_bytes(key);
     for (;;) {
         IdSetEntry *entry = &self->table[index];
         if (!entry->size) return entry;
         if (entry->hash == key->hash && entry->size == key->size &&
-            memcmp(entry_key(entry), key->ptr, length) == 0)
+            memcmp(entry_key(entry), bytes, length) == 0)
             return entry;
         index = (index + 1) & self->mask;
     }
@@ -158,6 +219,7 @@ static size_t slots_for(size_t count) {
     size_t slots = MIN_SLOTS;
     while (slots / 2 < count) {
         if (slots > ((size_t)PY_SSIZE_T_MAX / sizeof(IdSetEntry)) / 2) return 0;
+        if (slots >= ((size_t)1 << 31)) return 0; /* 32-bit hashes address the slots */
         slots *= 2;
     }
     return slots;
@@ -197,14 +259,14 @@ static int add_at(IdSetObject *self, IdSetEntry *entry, const Key *key) {
     }
     size_t length = key_length(key->size);
     if (length <= INLINE_KEY) {
-        memcpy(entry->key, key->ptr, length);
+        memcpy(entry->key, key_bytes(key), length);
     } else {
         uint8_t *copy = PyMem_Malloc(length);
         if (!copy) {
             PyErr_NoMemory();
             return -1;
         }
-        memcpy(copy, key->ptr, length);
+        memcpy(copy, key_bytes(key), length);
         memcpy(entry->key, &copy, sizeof copy);
         self->long_key_bytes += length;
     }
@@ -388,12 +450,13 @@ static int keys_of_pack(IdSetObject *Py_UNUSED(self), PyObject *pack, KeyList *l
         if ((size_t)(end - at) < sizeof size) goto malformed;
         memcpy(&size, at, sizeof size);
         at += sizeof size;
-        if ((size & ~LINE_KEY) == 0) goto malformed;
+        if ((size & ~KEY_KINDS) == 0 || (size & KEY_KINDS) == KEY_KINDS) goto malformed;
         size_t length = key_length(size);
         if ((size_t)(end - at) < length) goto malformed;
+        if ((size & UUID_KEY) && length != 16) goto malformed;
         Key *key = next_key(list);
         if (!key) return -1;
-        set_key(key, at, length, size & LINE_KEY);
+        set_stored_key(key, at, length, size & KEY_KINDS);
         at += length;
     }
     list->sequence = Py_NewRef(pack);
@@ -413,7 +476,7 @@ static PyObject *pack_of(const KeyList *list) {
         const Key *key = &list->keys[i];
         memcpy(out, &key->size, sizeof key->size);
         out += sizeof key->size;
-        memcpy(out, key->ptr, key_length(key->size));
+        memcpy(out, key_bytes(key), key_length(key->size));
         out += key_length(key->size);
     }
     return pack;
