@@ -18,7 +18,7 @@ newlines are exactly the line ends: lines() splits on them in C.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -29,17 +29,22 @@ from aep.events.schema import KEY_FIELD, EventRecord
 
 _NO_ENDS: Sequence[int] = ()
 _ID_PREFIX = b'{"%s":"' % KEY_FIELD.encode()
+_ids_of_lines: Callable[[bytes], list[str]] | None = None
 
 
 def ids_of_lines(lines: bytes) -> list[str]:
     """Each JSON line's event_id (the first key of every stored form): in C when the
     extension is built (aep.events.codec._native.ids_of_lines), else with orjson.
     ValueError for a line that does not start with an event_id string."""
-    try:
-        from aep.events.codec._native import ids_of_lines as native_ids_of_lines
-    except ImportError:
-        return ids_of_lines_with_orjson(lines)
-    return native_ids_of_lines(lines)
+    global _ids_of_lines
+    if _ids_of_lines is None:  # looked up on first use: tests may load another build first
+        try:
+            from aep.events.codec._native import ids_of_lines as native_ids_of_lines
+        except ImportError:
+            _ids_of_lines = ids_of_lines_with_orjson
+        else:
+            _ids_of_lines = native_ids_of_lines
+    return _ids_of_lines(lines)
 
 
 def ids_of_lines_with_orjson(lines: bytes) -> list[str]:

@@ -349,12 +349,22 @@ static int key_too_long(size_t length) {
     return 1;
 }
 
+/* `items` as a list or tuple (held by the list until keys_free): its items and
+ * their count; -1 on error. (An empty list's items may be NULL.) */
+static int sequence_items(KeyList *list, PyObject *items, const char *message, PyObject ***out,
+                          Py_ssize_t *count) {
+    list->sequence = PySequence_Fast(items, message);
+    if (!list->sequence) return -1;
+    *count = PySequence_Fast_GET_SIZE(list->sequence);
+    *out = PySequence_Fast_ITEMS(list->sequence);
+    return 0;
+}
+
 /* The keys of str ids (each escaped as its stored form writes it). */
 static int keys_of_ids(IdSetObject *Py_UNUSED(self), PyObject *items, KeyList *list) {
-    list->sequence = PySequence_Fast(items, "IdSet: expected an iterable of str");
-    if (!list->sequence) return -1;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(list->sequence);
-    PyObject **ids = PySequence_Fast_ITEMS(list->sequence);
+    Py_ssize_t count;
+    PyObject **ids;
+    if (sequence_items(list, items, "IdSet: expected an iterable of str", &ids, &count)) return -1;
     size_t room = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         if (!PyUnicode_CheckExact(ids[i])) {
@@ -381,6 +391,16 @@ static int keys_of_ids(IdSetObject *Py_UNUSED(self), PyObject *items, KeyList *l
         set_key(key, list->escaped + start + 1, escaped, 0);
     }
     return 0;
+}
+
+/* The line starting at *at (up to its newline, or to `end` for a last line
+ * without one), its length in *length; *at moves past it. */
+static inline const uint8_t *next_line(const uint8_t **at, const uint8_t *end, size_t *length) {
+    const uint8_t *line = *at;
+    const uint8_t *newline = memchr(line, '\n', (size_t)(end - line));
+    *length = (size_t)((newline ? newline : end) - line);
+    *at = newline ? newline + 1 : end;
+    return line;
 }
 
 /* Where the event_id string a line starts with ends (its closing quote: one
@@ -415,10 +435,10 @@ static int line_key(KeyList *list, const uint8_t *line, size_t length) {
 
 /* The keys of the events of JSON Lines: a list or tuple of bytes-likes. */
 static int keys_of_lines(IdSetObject *Py_UNUSED(self), PyObject *parts, KeyList *list) {
-    list->sequence = PySequence_Fast(parts, "IdSet: expected a list of bytes of JSON Lines");
-    if (!list->sequence) return -1;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(list->sequence);
-    PyObject **items = PySequence_Fast_ITEMS(list->sequence);
+    Py_ssize_t count;
+    PyObject **items;
+    if (sequence_items(list, parts, "IdSet: expected a list of bytes of JSON Lines", &items, &count))
+        return -1;
     list->views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
     if (!list->views) return PyErr_NoMemory(), -1;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -428,10 +448,9 @@ static int keys_of_lines(IdSetObject *Py_UNUSED(self), PyObject *parts, KeyList 
     for (Py_ssize_t i = 0; i < count; i++) {
         const uint8_t *at = list->views[i].buf, *end = at + list->views[i].len;
         while (at < end) {
-            const uint8_t *newline = memchr(at, '\n', (size_t)(end - at));
-            const uint8_t *line_end = newline ? newline : end;
-            if (line_key(list, at, (size_t)(line_end - at))) return -1;
-            at = newline ? newline + 1 : end;
+            size_t length;
+            const uint8_t *line = next_line(&at, end, &length);
+            if (line_key(list, line, length)) return -1;
         }
     }
     return 0;
@@ -838,18 +857,16 @@ static PyObject *ids_of_lines(PyObject *Py_UNUSED(module), PyObject *lines) {
     PyObject *ids = PyList_New(0);
     const uint8_t *at = view.buf, *end = at + view.len;
     while (ids && at < end) {
-        const uint8_t *newline = memchr(at, '\n', (size_t)(end - at));
-        const uint8_t *line_end = newline ? newline : end;
-        size_t length = (size_t)(line_end - at);
-        const uint8_t *quote = id_end(at, length);
-        PyObject *id = quote ? unescaped(at + ID_PREFIX_LENGTH, (size_t)(quote - at) - ID_PREFIX_LENGTH)
-                             : NULL;
+        size_t length;
+        const uint8_t *line = next_line(&at, end, &length);
+        const uint8_t *quote = id_end(line, length);
+        PyObject *id =
+            quote ? unescaped(line + ID_PREFIX_LENGTH, (size_t)(quote - line) - ID_PREFIX_LENGTH) : NULL;
         if (!quote)
             PyErr_SetString(PyExc_ValueError,
                             "ids_of_lines: a line that does not start with an event_id string");
         if (!id || PyList_Append(ids, id)) Py_CLEAR(ids);
         Py_XDECREF(id);
-        at = newline ? newline + 1 : end;
     }
     PyBuffer_Release(&view);
     return ids;
